@@ -1,0 +1,1 @@
+"""peewee-migrate scripts; also installed as ``stream_state.migrations``."""

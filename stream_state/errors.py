@@ -1,0 +1,83 @@
+"""Every error the package raises on purpose.
+
+Callers catch ``StreamStateError`` for "the package refused or could not do
+this"; the subclasses say why. Driver errors are never leaked bare: they are
+wrapped in one of these with the original kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StreamStateError(Exception):
+    """Base class of every error raised by stream_state on purpose."""
+
+
+class ValidationError(StreamStateError, ValueError):
+    """An argument was rejected before anything was written.
+
+    ``field`` names the offending argument and ``value`` holds what was given
+    (already redacted when it could carry a credential).
+    """
+
+    def __init__(self, field: str, value: Any, reason: str):
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {field}={value!r}: {reason}")
+
+
+class NotFound(StreamStateError, LookupError):
+    """The stream, recording or series asked for does not exist."""
+
+    def __init__(self, kind: str, key: Any):
+        self.kind = kind
+        self.key = key
+        super().__init__(f"{kind} {key!r} not found")
+
+
+class AlreadyExists(StreamStateError):
+    """A unique thing (a segment path, a stream name) is already taken."""
+
+    def __init__(self, kind: str, field: str, value: Any):
+        self.kind = kind
+        self.field = field
+        self.value = value
+        super().__init__(f"{kind} with {field}={value!r} already exists")
+
+
+class InvalidTransition(StreamStateError):
+    """A state change that the transition map does not allow."""
+
+    def __init__(self, what: str, current: Any, requested: Any, detail: str = ""):
+        self.what = what
+        self.current = current
+        self.requested = requested
+        message = f"cannot move {what} from {current!s} to {requested!s}"
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class SchemaMismatch(StreamStateError):
+    """The database schema is not the version this code expects."""
+
+    def __init__(self, database_version: str | None, code_version: str | None, detail: str = ""):
+        self.database_version = database_version
+        self.code_version = code_version
+        message = (
+            f"database schema is at {database_version or 'nothing (empty database)'}, "
+            f"this code expects {code_version}"
+        )
+        super().__init__(f"{message}; {detail}" if detail else message)
+
+
+class MigrationError(StreamStateError):
+    """Applying or rolling back a migration failed; the database was left as it was."""
+
+
+class DatabaseUnavailable(StreamStateError):
+    """The database cannot be reached, opened or written at all."""
+
+
+class StorageFull(StreamStateError):
+    """The write did not fit: the disk or the database's size limit is full."""

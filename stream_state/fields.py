@@ -1,0 +1,57 @@
+"""Column types shared by the models."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+import peewee as pw
+
+from .errors import ValidationError
+from .timeutil import from_millis, to_millis
+
+
+class TimestampField(pw.BigIntegerField):
+    """An aware UTC datetime stored as integer epoch milliseconds.
+
+    Integers index and compare cheaply on both backends and carry no time zone
+    ambiguity; the API still only ever sees aware datetimes.
+    """
+
+    def db_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, (int, pw.Node)):
+            return value
+        return to_millis(value, self.name or "time")
+
+    def python_value(self, value: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return from_millis(int(value))
+
+
+class EnumField(pw.TextField):
+    """A ``str`` enum stored as its value, read back as the enum member."""
+
+    def __init__(self, enum_class: type[enum.Enum], **kwargs: Any):
+        self.enum_class = enum_class
+        super().__init__(**kwargs)
+
+    def db_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, pw.Node):
+            return value
+        try:
+            return self.enum_class(value).value
+        except ValueError:
+            allowed = ", ".join(member.value for member in self.enum_class)
+            raise ValidationError(self.name or "value", value, f"expected one of: {allowed}") from None
+
+    def python_value(self, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return self.enum_class(value)
+        except ValueError:
+            # A value written by a newer version of the package: keep it
+            # readable rather than failing the whole query.
+            return value

@@ -1,0 +1,21 @@
+"""The domain models, one module per aggregate."""
+
+from .base import BaseModel, database_proxy
+from .event import Event
+from .metric import MetricSample, MetricSeries
+from .recording import Recording
+from .stream import Stream
+
+# In dependency order: create in this order, drop in reverse.
+MODELS = (Stream, Recording, Event, MetricSeries, MetricSample)
+
+__all__ = [
+    "MODELS",
+    "BaseModel",
+    "Event",
+    "MetricSample",
+    "MetricSeries",
+    "Recording",
+    "Stream",
+    "database_proxy",
+]

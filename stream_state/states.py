@@ -1,0 +1,50 @@
+"""The named states the models move through.
+
+They are ``str`` enums so that they compare equal to their stored text, print
+readably and serialise to JSON without help.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class StreamStatus(enum.StrEnum):
+    """What the manager last reported a stream to be doing."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    ERROR = "error"
+
+
+class HealthState(enum.StrEnum):
+    """How well a stream is doing, as judged by the manager's health checks."""
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+    FAILED = "failed"
+
+
+class SegmentState(enum.StrEnum):
+    """The life of one segment file's row."""
+
+    RECORDING = "recording"  # the row exists and the file is being written
+    COMPLETE = "complete"  # closed normally
+    INTERRUPTED = "interrupted"  # the process died while writing; kept what was on disk
+    FAILED = "failed"  # nothing usable was written, or the manager gave up
+    DELETING = "deleting"  # a delete is under way: the file may or may not still exist
+    RECOVERED = "recovered"  # a file found on disk without a row, adopted by `check`
+
+
+class Severity(enum.StrEnum):
+    """How much an event matters to an operator."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"

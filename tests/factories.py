@@ -1,0 +1,77 @@
+"""factory-boy factories for every model, on a small peewee base."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import factory
+
+from stream_state import Event, MetricSample, MetricSeries, Recording, Stream
+from stream_state.states import SegmentState
+
+T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
+
+
+class PeeweeFactory(factory.Factory):
+    """factory-boy has no maintained peewee integration; this is all it takes."""
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        return model_class.create(*args, **kwargs)
+
+
+class StreamFactory(PeeweeFactory):
+    class Meta:
+        model = Stream
+
+    name = factory.Sequence(lambda n: f"cam-{n}")
+    uri = factory.Sequence(lambda n: f"rtsp://viewer:secret{n}@10.0.0.{n % 250 + 1}/stream1")
+    config = factory.LazyFunction(lambda: {"fps": 15, "codec": "h264"})
+
+
+class RecordingFactory(PeeweeFactory):
+    class Meta:
+        model = Recording
+
+    stream = factory.SubFactory(StreamFactory)
+    segment_index = factory.Sequence(lambda n: n)
+    path = factory.LazyAttribute(lambda o: f"/recordings/{o.stream.name}/{o.segment_index:08d}.mp4")
+    storage = "main"
+    started_at = factory.LazyAttribute(lambda o: T0 + dt.timedelta(seconds=60 * o.segment_index))
+    ended_at = factory.LazyAttribute(lambda o: o.started_at + dt.timedelta(seconds=60))
+    size_bytes = 1_000_000
+    state = SegmentState.COMPLETE
+
+
+class EventFactory(PeeweeFactory):
+    class Meta:
+        model = Event
+
+    ts = factory.Sequence(lambda n: T0 + dt.timedelta(seconds=n))
+    stream = factory.SubFactory(StreamFactory)
+    type = "note"
+    message = factory.Sequence(lambda n: f"event {n}")
+
+
+class MetricSeriesFactory(PeeweeFactory):
+    class Meta:
+        model = MetricSeries
+
+    name = "bitrate_kbps"
+    stream = factory.SubFactory(StreamFactory)
+    labels = factory.LazyFunction(dict)
+    key = factory.LazyAttribute(
+        lambda o: f"{o.name}|{o.stream.id if o.stream else ''}|{sorted(o.labels.items())}"
+    )
+
+
+class MetricSampleFactory(PeeweeFactory):
+    class Meta:
+        model = MetricSample
+
+    series = factory.SubFactory(MetricSeriesFactory)
+    ts = factory.Sequence(lambda n: T0 + dt.timedelta(seconds=n))
+    value = factory.Sequence(lambda n: float(n))

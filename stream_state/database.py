@@ -203,6 +203,9 @@ def _open_sqlite(url: str, *, synchronous: str, busy_timeout: float, **connect_p
         # from its start: a deferred one fails with "database is locked" when
         # another writer got in between, whatever the busy timeout.
         lock_type="IMMEDIATE",
+        # UPDATE ... RETURNING takes the next segment index in one statement
+        # on both backends (SQLite 3.35+).
+        returning_clause=True,
         **connect_params,
     )
 

@@ -25,7 +25,10 @@ class ValidationError(StreamStateError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid {field}={value!r}: {reason}")
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:200] + "...(truncated)"
+        super().__init__(f"invalid {field}={shown}: {reason}")
 
 
 class NotFound(StreamStateError, LookupError):

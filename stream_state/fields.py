@@ -8,8 +8,8 @@ from typing import Any
 
 import peewee as pw
 
-from .errors import ValidationError
 from .timeutil import from_millis, to_millis
+from .validate import require_choice
 
 
 class TimestampField(pw.BigIntegerField):
@@ -40,11 +40,7 @@ class EnumField(pw.TextField):
     def db_value(self, value: Any) -> Any:
         if value is None or isinstance(value, pw.Node):
             return value
-        try:
-            return self.enum_class(value).value
-        except ValueError:
-            allowed = ", ".join(member.value for member in self.enum_class)
-            raise ValidationError(self.name or "value", value, f"expected one of: {allowed}") from None
+        return require_choice(self.name or "value", value, self.enum_class).value
 
     def python_value(self, value: Any) -> Any:
         if value is None:

@@ -8,6 +8,7 @@ every representation meant for people or logs goes through here first.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
@@ -38,3 +39,33 @@ def redact_uri(uri: str) -> str:
         netloc = f"{user}:{MASK}@{hostinfo}" if has_password else f"{user}@{hostinfo}"
     query = _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, "?" + parts.query)[1:] if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# "scheme://user:password@" anywhere in free text (log lines, event messages).
+_CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
+_SECRET_KEY = re.compile(
+    r"(?i)(pass(word|wd|phrase)?|pwd|secret|token|api[_-]?key|private[_-]?key|credential|auth)"
+)
+
+
+def redact_text(text: str) -> str:
+    """Mask credentials of any URIs embedded in free text."""
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, _CREDENTIALS_IN_TEXT.sub(rf"\1:{MASK}@", text))
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key looks like it holds a secret (``password``, ``api_key``, ...)."""
+    return bool(_SECRET_KEY.search(key))
+
+
+def redact_data(value: Any) -> Any:
+    """A copy of JSON-like data with secret-looking keys masked and URIs in strings redacted."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {
+            k: MASK if isinstance(k, str) and is_secret_key(k) else redact_data(v) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact_data(item) for item in value]
+    return value

@@ -48,3 +48,16 @@ class Severity(enum.StrEnum):
     WARNING = "warning"
     ERROR = "error"
     CRITICAL = "critical"
+
+
+class EventType(enum.StrEnum):
+    """The event types the package writes itself. Managers may use any other string."""
+
+    STREAM_REGISTERED = "stream_registered"
+    STREAM_UPDATED = "stream_updated"
+    STREAM_REMOVED = "stream_removed"
+    CONFIG_CHANGED = "config_changed"
+    DESIRED_CHANGED = "desired_changed"
+    STATUS_CHANGED = "status_changed"
+    HEALTH_CHANGED = "health_changed"
+    SEGMENT_FAILED = "segment_failed"

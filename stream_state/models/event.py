@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import peewee as pw
 
+from ..errors import NotFound
 from ..fields import EnumField, TimestampField
+from ..redact import redact_data, redact_text
 from ..states import Severity
-from ..timeutil import utc_now
+from ..timeutil import to_millis, utc_now
+from ..validate import optional_text, require_choice, require_json, require_text
 from .base import BaseModel
 from .stream import Stream
 
@@ -29,4 +35,56 @@ class Event(BaseModel):
             (("ts", "id"), False),
             (("stream", "ts", "id"), False),
             (("type", "ts", "id"), False),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.type}@{self.ts.isoformat() if self.ts else '?'}"
+
+    @classmethod
+    def record(
+        cls,
+        type: str,
+        stream: Stream | int | None = None,
+        severity: Severity | str = Severity.INFO,
+        message: str | None = None,
+        data: dict[str, Any] | None = None,
+        at: dt.datetime | None = None,
+    ) -> Event:
+        """Write one event and return it.
+
+        Credentials in ``message`` and ``data`` (URIs with passwords,
+        secret-looking keys) are masked before they are stored: events are
+        shown to operators.
+        """
+        row = cls.build(type, stream=stream, severity=severity, message=message, data=data, at=at)
+        try:
+            row.save(force_insert=True)
+        except pw.IntegrityError as exc:
+            raise NotFound("stream", row.stream_id) from exc
+        return row
+
+    @classmethod
+    def build(
+        cls,
+        type: str,
+        stream: Stream | int | None = None,
+        severity: Severity | str = Severity.INFO,
+        message: str | None = None,
+        data: dict[str, Any] | None = None,
+        at: dt.datetime | None = None,
+    ) -> Event:
+        """Validate and build an unsaved event (for writing inside a larger transaction)."""
+        require_text("type", type, max_length=100)
+        severity = require_choice("severity", severity, Severity)
+        message = optional_text("message", message)
+        require_json("data", data)
+        ts = utc_now() if at is None else at
+        to_millis(ts, "at")
+        return cls(
+            ts=ts,
+            stream=stream,
+            type=type,
+            severity=severity,
+            message=redact_text(message) if message is not None else None,
+            data=redact_data(data) if data is not None else None,
         )

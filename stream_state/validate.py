@@ -1,0 +1,124 @@
+"""Argument checks shared by the domain methods.
+
+Each check raises ``ValidationError`` naming the argument and the value, and
+runs before anything is written, so a refused call leaves the database as it
+was.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from .errors import ValidationError
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def require_text(field: str, value: Any, *, max_length: int = 1000, allow_control: bool = False) -> str:
+    """A non-empty string of at most ``max_length`` characters."""
+    if not isinstance(value, str):
+        raise ValidationError(field, value, f"expected a string, got {type(value).__name__}")
+    if not value:
+        raise ValidationError(field, value, "must not be empty")
+    if len(value) > max_length:
+        raise ValidationError(field, value[:40] + "...", f"longer than {max_length} characters")
+    if "\x00" in value or (not allow_control and _CONTROL.search(value)):
+        raise ValidationError(field, value, "contains control characters")
+    return value
+
+
+def optional_text(field: str, value: Any, *, max_length: int = 10_000) -> str | None:
+    if value is None:
+        return None
+    return require_text(field, value, max_length=max_length, allow_control=True)
+
+
+def require_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(field, value, "expected True or False")
+    return value
+
+
+def require_count(field: str, value: Any, *, maximum: int = 2**63 - 1) -> int:
+    """A non-negative integer (bools are refused: ``True`` is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, value, "expected a non-negative integer")
+    if value < 0:
+        raise ValidationError(field, value, "must not be negative")
+    if value > maximum:
+        raise ValidationError(field, value, f"larger than {maximum}")
+    return value
+
+
+def require_number(field: str, value: Any) -> float:
+    """A finite real number (NaN and infinities are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(field, value, "expected a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValidationError(field, value, "too large for a float") from None
+    if not math.isfinite(number):
+        raise ValidationError(field, value, "must be finite (not NaN or infinity)")
+    return number
+
+
+def require_json(field: str, value: Any, *, allow_none: bool = True) -> Any:
+    """A value that JSON represents exactly; the error names the offending key path."""
+    if value is None and allow_none:
+        return None
+    _check_json(value, field)
+    return value
+
+
+def require_json_object(field: str, value: Any) -> dict[str, Any]:
+    """A JSON object (``dict`` with string keys); ``None`` becomes ``{}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, value, "expected a mapping (JSON object)")
+    _check_json(value, field)
+    return dict(value)
+
+
+def _check_json(value: Any, path: str, depth: int = 0) -> None:
+    # Errors name the offending key path (``config['cam']['fps']``) as the field.
+    if depth > 64:
+        raise ValidationError(path, "...", "nested deeper than 64 levels")
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValidationError(path, value, "integer does not fit in 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(path, value, "not valid JSON (NaN or infinity)")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(f"{path}[{key!r}]", key, "keys must be strings")
+            _check_json(item, f"{path}[{key!r}]", depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
+        return
+    raise ValidationError(path, value, f"{type(value).__name__} is not JSON-serialisable")
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def require_choice(field: str, value: Any, enum_class: type[E]) -> E:
+    """One of an enum's members, given as the member or its value."""
+    try:
+        return enum_class(value)
+    except (ValueError, TypeError):
+        allowed = ", ".join(str(member.value) for member in enum_class)
+        raise ValidationError(field, value, f"expected one of: {allowed}") from None

@@ -84,3 +84,14 @@ class DatabaseUnavailable(StreamStateError):
 
 class StorageFull(StreamStateError):
     """The write did not fit: the disk or the database's size limit is full."""
+
+
+class StreamRemoved(NotFound):
+    """The stream was removed (soft-deleted); its history stays, but it takes no new writes."""
+
+    def __init__(self, name: str):
+        StreamStateError.__init__(
+            self, f"stream {name!r} has been removed; register it again to reuse the name"
+        )
+        self.kind = "stream"
+        self.key = name

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from .errors import ValidationError
 
@@ -122,3 +123,44 @@ def require_choice(field: str, value: Any, enum_class: type[E]) -> E:
     except (ValueError, TypeError):
         allowed = ", ".join(str(member.value) for member in enum_class)
         raise ValidationError(field, value, f"expected one of: {allowed}") from None
+
+
+def require_uri(field: str, value: Any) -> str:
+    """A stream URI: a scheme and a host (``rtsp://cam/1``), or a path for ``file:``.
+
+    Errors show the URI with its password masked.
+    """
+    from .redact import redact_uri
+
+    if not isinstance(value, str):
+        raise ValidationError(field, value, f"expected a string, got {type(value).__name__}")
+    shown = redact_uri(value)
+    if not value or len(value) > 4000:
+        raise ValidationError(field, shown, "must be 1 to 4000 characters")
+    if _CONTROL.search(value) or any(ch.isspace() for ch in value):
+        raise ValidationError(field, shown, "contains whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ValidationError(field, shown, f"not a well-formed URI ({exc})") from None
+    if (
+        not parts.scheme
+        or not _SCHEME.fullmatch(parts.scheme)
+        or ("://" not in value and parts.scheme != "file")
+    ):
+        raise ValidationError(
+            field, shown, "needs a scheme such as rtsp://, http://, srt://, udp:// or file:"
+        )
+    if parts.scheme.lower() == "file":
+        if not parts.path or parts.path == "/":
+            raise ValidationError(field, shown, "a file: URI needs a path")
+    elif not parts.hostname and not (parts.scheme.lower() in _LISTENER_SCHEMES and parts.port):
+        raise ValidationError(field, shown, f"a {parts.scheme}: URI needs a host")
+    return value
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# Receivers that listen on every interface are written without a host
+# (``udp://:5000``, ``srt://:9000?mode=listener``); they still need a port.
+_LISTENER_SCHEMES = frozenset({"udp", "rtp", "srt", "tcp"})

@@ -14,3 +14,13 @@ class BaseModel(pw.Model):
     class Meta:
         database = database_proxy
         legacy_table_names = False
+
+
+def locked(query: pw.ModelSelect) -> pw.ModelSelect:
+    """``SELECT ... FOR UPDATE`` where the backend has it.
+
+    PostgreSQL needs the row lock for read-then-write transactions; SQLite has
+    no FOR UPDATE and needs none, because its transactions begin IMMEDIATE
+    and so already hold the database's write lock.
+    """
+    return query.for_update() if query.model._meta.database.for_update else query

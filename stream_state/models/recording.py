@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import os
+from typing import Any
+
 import peewee as pw
 
+from ..errors import InvalidTransition, NotFound, ValidationError
 from ..fields import EnumField, TimestampField
-from ..states import SegmentState
-from .base import BaseModel
+from ..redact import redact_text
+from ..states import EventType, SegmentState, Severity
+from ..timeutil import from_millis, to_millis, utc_now
+from ..transitions import check_segment_transition
+from ..validate import require_count, require_json_object, require_text
+from .base import BaseModel, locked
 from .stream import Stream
+
+log = logging.getLogger(__name__)
 
 
 class Recording(BaseModel):
@@ -19,7 +31,7 @@ class Recording(BaseModel):
     storage = pw.TextField(null=True)
     segment_index = pw.BigIntegerField(constraints=[pw.Check("segment_index >= 0")])
     started_at = TimestampField()
-    ended_at = TimestampField(null=True)  # NULL while the segment is open
+    ended_at = TimestampField(null=True)  # NULL exactly while the segment is open
     checkpoint_at = TimestampField(null=True)  # last progress report of an open segment
     size_bytes = pw.BigIntegerField(default=0, constraints=[pw.Check("size_bytes >= 0")])
     state = EnumField(SegmentState, default=SegmentState.RECORDING)
@@ -37,6 +49,164 @@ class Recording(BaseModel):
             # Retention scans oldest-first by end time.
             (("ended_at",), False),
         )
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"<Recording {self.id} {self.path!r} #{self.segment_index} {self.state}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+    @property
+    def duration(self) -> dt.timedelta | None:
+        """How long the segment covers; None while it is open."""
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+    # --- queries ---------------------------------------------------------------------------
+
+    @classmethod
+    def open_segments(cls) -> pw.ModelSelect:
+        """Segments still being written, oldest first (served by the partial index)."""
+        return cls.select().where(cls.ended_at.is_null()).order_by(cls.started_at, cls.id)
+
+    @classmethod
+    def for_stream(cls, stream: Stream | int) -> pw.ModelSelect:
+        """A stream's segments in recording order."""
+        return cls.select().where(cls.stream == stream).order_by(cls.stream, cls.started_at, cls.id)
+
+    # --- the life of a segment ------------------------------------------------------------
+
+    def checkpoint(self, size_bytes: int, at: dt.datetime | None = None) -> None:
+        """Record the progress of an open segment: one UPDATE, no transaction.
+
+        After a crash the last checkpoint bounds what was lost.
+        """
+        require_count("size_bytes", size_bytes)
+        when = utc_now() if at is None else at
+        when_ms = to_millis(when, "at")
+        if when_ms < to_millis(self.started_at):
+            raise ValidationError("at", when, f"before the segment started ({self.started_at.isoformat()})")
+        cls = type(self)
+        updated = (
+            cls.update(size_bytes=size_bytes, checkpoint_at=when_ms)
+            .where((cls.id == self.id) & cls.ended_at.is_null())
+            .execute()
+        )
+        if not updated:
+            self._raise_not_open("checkpoint")
+        self.size_bytes = size_bytes
+        self.checkpoint_at = from_millis(when_ms)
+
+    def complete_segment(
+        self,
+        ended_at: dt.datetime | None = None,
+        size_bytes: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Recording:
+        """Close the segment: end time (default now), size (default the file's), metadata merged.
+
+        Completing again with the same values is harmless; completing a
+        segment that is not open is ``InvalidTransition``.
+        """
+        ended = utc_now() if ended_at is None else ended_at
+        ended_ms = to_millis(ended, "ended_at")
+        if ended_ms < to_millis(self.started_at):
+            raise ValidationError(
+                "ended_at", ended, f"before the segment started ({self.started_at.isoformat()})"
+            )
+        if size_bytes is None:
+            size_bytes = self._size_on_disk()
+        require_count("size_bytes", size_bytes)
+        if metadata is not None:
+            metadata = require_json_object("metadata", metadata)
+        cls = type(self)
+        with self._meta.database.atomic():
+            fresh = locked(cls.select().where(cls.id == self.id)).first()
+            if fresh is None:
+                raise NotFound("recording", self.path)
+            if fresh.state != SegmentState.RECORDING:
+                if (
+                    fresh.state == SegmentState.COMPLETE
+                    and fresh.ended_at == from_millis(ended_ms)
+                    and fresh.size_bytes == size_bytes
+                    and (metadata is None or {**(fresh.metadata or {}), **metadata} == (fresh.metadata or {}))
+                ):
+                    self.__data__.update(fresh.__data__)
+                    return self
+                check_segment_transition(fresh.state, SegmentState.COMPLETE)
+            merged = {**(fresh.metadata or {}), **metadata} if metadata else fresh.metadata
+            cls.update(
+                state=SegmentState.COMPLETE,
+                ended_at=ended_ms,
+                size_bytes=size_bytes,
+                metadata=merged,
+            ).where(cls.id == self.id).execute()
+        self.state = SegmentState.COMPLETE
+        self.ended_at = from_millis(ended_ms)
+        self.size_bytes = size_bytes
+        self.metadata = merged
+        return self
+
+    def fail(self, reason: str, at: dt.datetime | None = None) -> Recording:
+        """Give up on an open segment; writes a ``segment_failed`` event with the reason.
+
+        The row keeps what is known: size from the file if it exists (else the
+        last checkpoint) and an end time. Failing a failed segment again does
+        nothing.
+        """
+        from .event import Event
+
+        reason = require_text("reason", reason, max_length=2000, allow_control=True)
+        when = utc_now() if at is None else at
+        when_ms = max(to_millis(when, "at"), to_millis(self.started_at))
+        cls = type(self)
+        with self._meta.database.atomic():
+            fresh = locked(cls.select().where(cls.id == self.id)).first()
+            if fresh is None:
+                raise NotFound("recording", self.path)
+            if fresh.state == SegmentState.FAILED:
+                self.__data__.update(fresh.__data__)
+                return self
+            check_segment_transition(fresh.state, SegmentState.FAILED)
+            size = self._size_on_disk(default=fresh.size_bytes)
+            cls.update(state=SegmentState.FAILED, ended_at=when_ms, size_bytes=size).where(
+                cls.id == self.id
+            ).execute()
+            Event.record(
+                EventType.SEGMENT_FAILED,
+                fresh.stream_id,
+                severity=Severity.ERROR,
+                message=f"segment {self.path} failed: {reason}",
+                data={"recording_id": self.id, "path": self.path, "reason": reason, "size_bytes": size},
+                at=from_millis(when_ms),
+            )
+        self.state = SegmentState.FAILED
+        self.ended_at = from_millis(when_ms)
+        self.size_bytes = size
+        log.warning("segment %s failed: %s", self.path, redact_text(reason))
+        return self
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _size_on_disk(self, default: int | None = None) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except OSError as exc:
+            if default is not None:
+                return default
+            raise ValidationError(
+                "size_bytes", None, f"not given, and the file {self.path} cannot be read ({exc.strerror})"
+            ) from exc
+
+    def _raise_not_open(self, action: str) -> None:
+        cls = type(self)
+        current = cls.select(cls.state).where(cls.id == self.id).scalar()
+        if current is None:
+            raise NotFound("recording", self.path)
+        raise InvalidTransition("segment", current, action, f"{self.path} is not open")
 
 
 # Open segments have no end yet, so the bounded range scan above cannot find

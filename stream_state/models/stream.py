@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
 import peewee as pw
 
+from ..errors import AlreadyExists, InvalidTransition, NotFound, StreamRemoved, ValidationError
 from ..fields import EnumField, TimestampField
-from ..states import HealthState, StreamStatus
-from ..timeutil import utc_now
-from .base import BaseModel
+from ..redact import MASK, is_secret_key, redact_data, redact_text, redact_uri
+from ..states import EventType, HealthState, Severity, StreamStatus
+from ..timeutil import to_millis, utc_now
+from ..transitions import REPORTABLE_HEALTH, health_severity, status_change
+from ..validate import (
+    optional_text,
+    require_bool,
+    require_choice,
+    require_json,
+    require_json_object,
+    require_text,
+    require_uri,
+)
+from .base import BaseModel, locked
+
+if TYPE_CHECKING:
+    from .recording import Recording
+
+log = logging.getLogger(__name__)
+
+DESIRED_FLAGS = ("enabled", "recording")
 
 
 class Stream(BaseModel):
@@ -36,6 +60,409 @@ class Stream(BaseModel):
 
     class Meta:
         table_name = "stream"
+
+    # --- how it shows ------------------------------------------------------------
+
+    @property
+    def display_uri(self) -> str:
+        """The URI with its password masked: the only form ever shown or logged."""
+        return redact_uri(self.uri)
+
+    @property
+    def is_removed(self) -> bool:
+        return self.removed_at is not None
+
+    def __str__(self) -> str:
+        return str(self.name)
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.id} {self.name!r} {self.display_uri} {self.status}/{self.health}>"
+
+    # --- queries -------------------------------------------------------------------
+
+    @classmethod
+    def active(cls) -> pw.ModelSelect:
+        """Streams that have not been removed, by name."""
+        return cls.select().where(cls.removed_at.is_null()).order_by(cls.name)
+
+    @classmethod
+    def by_name(cls, name: str) -> Stream:
+        """The live stream called ``name``; ``NotFound`` if there is none."""
+        stream = cls.get_or_none((cls.name == name) & cls.removed_at.is_null())
+        if stream is None:
+            raise NotFound("stream", name)
+        return stream
+
+    # --- registration and configuration ---------------------------------------------
+
+    @classmethod
+    def register(cls, name: str, uri: str, config: dict[str, Any] | None = None, **desired: bool) -> Stream:
+        """Create the stream ``name``, or update the live one of that name, and return it.
+
+        ``config`` replaces the stored config when given (``None`` keeps it);
+        ``enabled=`` and ``recording=`` set the desired state. Every change is
+        written as an event in the same transaction.
+        """
+        require_text("name", name, max_length=200)
+        if name != name.strip():
+            raise ValidationError("name", name, "must not start or end with whitespace")
+        require_uri("uri", uri)
+        if config is not None:
+            config = require_json_object("config", config)
+        flags = _desired_flags(desired)
+        from .event import Event
+
+        db = cls._meta.database
+        # On PostgreSQL two processes can both find no row and both insert;
+        # the unique index refuses the second, which then updates instead.
+        for attempt in range(3):
+            try:
+                with db.atomic():
+                    stream = locked(cls.select().where((cls.name == name) & cls.removed_at.is_null())).first()
+                    if stream is None:
+                        stream = cls.create(
+                            name=name,
+                            uri=uri,
+                            config=config or {},
+                            desired_enabled=flags.get("enabled", True),
+                            desired_recording=flags.get("recording", False),
+                        )
+                        Event.record(
+                            EventType.STREAM_REGISTERED,
+                            stream,
+                            message=f"stream {name} registered",
+                            data={"uri": stream.display_uri, "enabled": stream.desired_enabled,
+                                  "recording": stream.desired_recording},
+                        )  # fmt: skip
+                        log.info("registered stream %s (%s)", name, stream.display_uri)
+                        return stream
+                    if stream.uri != uri:
+                        old = stream.display_uri
+                        stream.uri = uri
+                        stream._touch(uri=uri)
+                        Event.record(
+                            EventType.STREAM_UPDATED,
+                            stream,
+                            message=f"stream {name} URI changed",
+                            data={"uri": {"old": old, "new": stream.display_uri}},
+                        )
+                    if config is not None:
+                        stream._replace_config(config)
+                    if flags:
+                        stream._change_desired(flags)
+                    return stream
+            except pw.IntegrityError as exc:
+                if attempt == 2:
+                    raise AlreadyExists("stream", "name", name) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def update_config(self, config: dict[str, Any]) -> bool:
+        """Replace the config; write a ``config_changed`` event naming the changed keys.
+
+        Returns False (and writes nothing) when the config is unchanged.
+        """
+        config = require_json_object("config", config)
+        with self._meta.database.atomic():
+            self._refresh_live()
+            return self._replace_config(config)
+
+    def _replace_config(self, config: dict[str, Any]) -> bool:
+        from .event import Event
+
+        change = config_diff(self.config or {}, config)
+        if not change:
+            return False
+        self.config = config
+        self._touch(config=config)
+        Event.record(
+            EventType.CONFIG_CHANGED,
+            self,
+            message=f"config of {self.name} changed: {', '.join(sorted(_changed_keys(change)))}",
+            data=change,
+        )
+        return True
+
+    def set_desired(self, enabled: bool | None = None, recording: bool | None = None) -> bool:
+        """Set what the manager should bring back after a restart.
+
+        ``None`` leaves a flag as it is. Returns whether anything changed.
+        """
+        flags = _desired_flags({"enabled": enabled, "recording": recording}, drop_none=True)
+        if not flags:
+            raise ValidationError("enabled/recording", None, "give at least one of enabled= or recording=")
+        with self._meta.database.atomic():
+            self._refresh_live()
+            return self._change_desired(flags)
+
+    def _change_desired(self, flags: dict[str, bool]) -> bool:
+        from .event import Event
+
+        changed = {
+            flag: {"old": getattr(self, f"desired_{flag}"), "new": value}
+            for flag, value in flags.items()
+            if getattr(self, f"desired_{flag}") != value
+        }
+        if not changed:
+            return False
+        columns = {f"desired_{flag}": change["new"] for flag, change in changed.items()}
+        for column, value in columns.items():
+            setattr(self, column, value)
+        self._touch(**columns)
+        Event.record(
+            EventType.DESIRED_CHANGED, self, message=f"desired state of {self.name} changed", data=changed
+        )
+        return True
+
+    # --- observed state -----------------------------------------------------------------
+
+    def set_status(
+        self, status: StreamStatus | str, reason: str | None = None, at: dt.datetime | None = None
+    ) -> bool:
+        """Record what the manager is doing with this stream.
+
+        An unchanged status does nothing and returns False. A move the
+        transition map refuses raises ``InvalidTransition`` naming both
+        statuses. An allowed move updates the stream and writes a
+        ``status_changed`` event in one transaction, and returns True.
+        """
+        requested = require_choice("status", status, StreamStatus)
+        reason = optional_text("reason", reason)
+        shown_reason = f" ({redact_text(reason)})" if reason else ""
+        when = utc_now() if at is None else at
+        to_millis(when, "at")
+        from .event import Event
+
+        with self._meta.database.atomic():
+            self._refresh_live()
+            current = self.status
+            if not status_change(current, requested):
+                return False
+            self.status = requested
+            self.status_changed_at = when
+            self._touch(status=requested, status_changed_at=when)
+            Event.record(
+                EventType.STATUS_CHANGED,
+                self,
+                severity=Severity.ERROR if requested == StreamStatus.ERROR else Severity.INFO,
+                message=f"{self.name}: {current} -> {requested}{shown_reason}",
+                data={"old": str(current), "new": str(requested), "reason": reason},
+                at=when,
+            )
+        log.info("stream %s status %s -> %s%s", self.name, current, requested, shown_reason)
+        return True
+
+    def record_health(
+        self,
+        state: HealthState | str,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+        at: dt.datetime | None = None,
+    ) -> bool:
+        """Report the stream's health; called every few seconds by the manager.
+
+        An unchanged state only refreshes ``last_seen_at`` (one UPDATE, no
+        event). A change writes a ``health_changed`` event and returns True.
+        """
+        requested = require_choice("state", state, HealthState)
+        if requested not in REPORTABLE_HEALTH:
+            raise ValidationError("state", state, f"report one of: {', '.join(sorted(REPORTABLE_HEALTH))}")
+        reason = optional_text("reason", reason)
+        shown_reason = f" ({redact_text(reason)})" if reason else ""
+        require_json("data", data)
+        when = utc_now() if at is None else at
+        when_ms = to_millis(when, "at")
+        cls = type(self)
+        # The common case, the same state again: one statement, no transaction.
+        refreshed = (
+            cls.update(last_seen_at=when_ms)
+            .where((cls.id == self.id) & (cls.health == requested.value) & cls.removed_at.is_null())
+            .execute()
+        )
+        if refreshed:
+            self.health = requested
+            self.last_seen_at = when
+            return False
+        from .event import Event
+
+        with self._meta.database.atomic():
+            self._refresh_live()
+            current = self.health
+            self.last_seen_at = when
+            if current == requested:
+                self._touch(last_seen_at=when, stamp=False)
+                return False
+            self.health = requested
+            self.health_changed_at = when
+            self._touch(health=requested, health_changed_at=when, last_seen_at=when)
+            Event.record(
+                EventType.HEALTH_CHANGED,
+                self,
+                severity=health_severity(requested),
+                message=f"{self.name}: {current} -> {requested}{shown_reason}",
+                data={"old": str(current), "new": str(requested), "reason": reason, "detail": data},
+                at=when,
+            )
+        log.log(
+            logging.WARNING if requested != HealthState.HEALTHY else logging.INFO,
+            "stream %s health %s -> %s%s",
+            self.name,
+            current,
+            requested,
+            shown_reason,
+        )
+        return True
+
+    def remove(self) -> bool:
+        """Soft-delete: the stream takes no new writes and its name is free again.
+
+        Its recordings, events and metrics stay queryable. Refused while a
+        segment is still open (complete or fail it first). Returns False if
+        the stream was already removed.
+        """
+        from .event import Event
+        from .recording import Recording
+
+        with self._meta.database.atomic():
+            fresh = locked(type(self).select().where(type(self).id == self.id)).first()
+            if fresh is None:
+                raise NotFound("stream", self.name)
+            if fresh.removed_at is not None:
+                self.removed_at = fresh.removed_at
+                return False
+            open_count = Recording.open_segments().where(Recording.stream == self.id).count()
+            if open_count:
+                raise InvalidTransition(
+                    "stream",
+                    "recording",
+                    "removed",
+                    f"{open_count} segment(s) still open; complete or fail them",
+                )
+            self.removed_at = utc_now()
+            self._touch(removed_at=self.removed_at)
+            Event.record(EventType.STREAM_REMOVED, self, message=f"stream {self.name} removed")
+        log.info("removed stream %s", self.name)
+        return True
+
+    # --- segments -----------------------------------------------------------------------
+
+    def begin_segment(
+        self,
+        path: str | os.PathLike[str],
+        started_at: dt.datetime | None = None,
+        storage: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Recording:
+        """Commit the row of a new segment file before the manager opens the file.
+
+        The segment index comes from the stream's counter in the same
+        transaction, so no index is ever handed out twice. Several segments
+        of one stream may be open at once (a segmenter opens the next file
+        before it finalises the last).
+        """
+        from .recording import Recording
+
+        path = require_text(
+            "path", os.fspath(path) if isinstance(path, os.PathLike) else path, max_length=4096
+        )
+        storage = optional_text("storage", storage, max_length=1000)
+        metadata = require_json_object("metadata", metadata) if metadata is not None else None
+        started = utc_now() if started_at is None else started_at
+        to_millis(started, "started_at")
+        cls = type(self)
+        try:
+            with self._meta.database.atomic():
+                claimed = (
+                    cls.update(next_segment_index=cls.next_segment_index + 1)
+                    .where((cls.id == self.id) & cls.removed_at.is_null())
+                    .returning(cls.next_segment_index)
+                    .execute()
+                )
+                row = next(iter(claimed), None)
+                if row is None:
+                    raise (
+                        StreamRemoved(self.name)
+                        if cls.get_or_none(cls.id == self.id)
+                        else NotFound("stream", self.name)
+                    )
+                index = row.next_segment_index - 1
+                recording = Recording.create(
+                    stream=self,
+                    path=path,
+                    storage=storage,
+                    segment_index=index,
+                    started_at=started,
+                    metadata=metadata,
+                )
+        except pw.IntegrityError as exc:
+            if "path" in str(exc):
+                raise AlreadyExists("recording", "path", path) from exc
+            raise
+        self.next_segment_index = index + 1
+        return recording
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _refresh_live(self) -> None:
+        """Reload this row under a lock (inside a transaction) and refuse a removed stream."""
+        cls = type(self)
+        fresh = locked(cls.select().where(cls.id == self.id)).first()
+        if fresh is None:
+            raise NotFound("stream", self.name)
+        if fresh.removed_at is not None:
+            raise StreamRemoved(self.name)
+        self.__data__.update(fresh.__data__)
+        self._dirty.clear()
+
+    def _touch(self, stamp: bool = True, **columns: Any) -> None:
+        """Write ``columns`` (and ``updated_at``) to this row."""
+        if stamp:
+            self.updated_at = utc_now()
+            columns["updated_at"] = self.updated_at
+        type(self).update(**columns).where(type(self).id == self.id).execute()
+
+
+def _desired_flags(desired: dict[str, Any], drop_none: bool = False) -> dict[str, bool]:
+    unknown = sorted(set(desired) - set(DESIRED_FLAGS))
+    if unknown:
+        raise ValidationError(
+            unknown[0], desired[unknown[0]], f"unknown desired-state flag; use {DESIRED_FLAGS}"
+        )
+    return {
+        flag: require_bool(flag, value)
+        for flag, value in desired.items()
+        if not (drop_none and value is None)
+    }
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """What changed between two configs, safe to store in an event.
+
+    Values of secret-looking keys are masked and credentials in URIs
+    redacted; an empty dict means nothing changed.
+    """
+
+    def shown(key: str, value: Any) -> Any:
+        return MASK if is_secret_key(key) else redact_data(value)
+
+    added = {key: shown(key, new[key]) for key in new.keys() - old.keys()}
+    removed = sorted(old.keys() - new.keys())
+    changed = {
+        key: {"old": shown(key, old[key]), "new": shown(key, new[key])}
+        for key in old.keys() & new.keys()
+        if old[key] != new[key] or type(old[key]) is not type(new[key])
+    }
+    diff: dict[str, Any] = {}
+    if added:
+        diff["added"] = added
+    if removed:
+        diff["removed"] = removed
+    if changed:
+        diff["changed"] = changed
+    return diff
+
+
+def _changed_keys(diff: dict[str, Any]) -> list[str]:
+    return [*diff.get("added", {}), *diff.get("removed", []), *diff.get("changed", {})]
 
 
 # A name is unique among live streams only, so a removed stream's name can be

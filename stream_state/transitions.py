@@ -1,0 +1,69 @@
+"""Which state changes are allowed: pure decisions, tested without a database."""
+
+from __future__ import annotations
+
+from .errors import InvalidTransition
+from .states import HealthState, SegmentState, Severity, StreamStatus
+
+# What the manager may report after each status. Going back to STARTING from
+# RUNNING or ERROR is a restart (reconnect, or after a crash); a stream must
+# pass through STARTING before it runs again.
+STATUS_TRANSITIONS: dict[StreamStatus, frozenset[StreamStatus]] = {
+    StreamStatus.STOPPED: frozenset({StreamStatus.STARTING, StreamStatus.ERROR}),
+    StreamStatus.STARTING: frozenset(
+        {StreamStatus.RUNNING, StreamStatus.STOPPING, StreamStatus.STOPPED, StreamStatus.ERROR}
+    ),
+    StreamStatus.RUNNING: frozenset(
+        {StreamStatus.STOPPING, StreamStatus.STOPPED, StreamStatus.ERROR, StreamStatus.STARTING}
+    ),
+    StreamStatus.STOPPING: frozenset({StreamStatus.STOPPED, StreamStatus.ERROR}),
+    StreamStatus.ERROR: frozenset({StreamStatus.STARTING, StreamStatus.STOPPING, StreamStatus.STOPPED}),
+}
+
+# Where a segment's row may go next. A RECORDING row ends exactly one way;
+# every finished row may later be deleted (retention, check); DELETING ends
+# when the row is removed.
+SEGMENT_TRANSITIONS: dict[SegmentState, frozenset[SegmentState]] = {
+    SegmentState.RECORDING: frozenset({SegmentState.COMPLETE, SegmentState.FAILED, SegmentState.INTERRUPTED}),
+    SegmentState.COMPLETE: frozenset({SegmentState.DELETING}),
+    SegmentState.INTERRUPTED: frozenset({SegmentState.DELETING}),
+    SegmentState.FAILED: frozenset({SegmentState.DELETING}),
+    SegmentState.RECOVERED: frozenset({SegmentState.DELETING}),
+    SegmentState.DELETING: frozenset(),
+}
+
+# Health is an observation, so any state may follow any other; what matters
+# is how loudly a change is reported.
+HEALTH_SEVERITY: dict[HealthState, Severity] = {
+    HealthState.UNKNOWN: Severity.INFO,
+    HealthState.HEALTHY: Severity.INFO,
+    HealthState.DEGRADED: Severity.WARNING,
+    HealthState.UNHEALTHY: Severity.ERROR,
+    HealthState.FAILED: Severity.CRITICAL,
+}
+
+REPORTABLE_HEALTH = frozenset(HEALTH_SEVERITY) - {HealthState.UNKNOWN}
+
+
+def status_change(current: StreamStatus, requested: StreamStatus) -> bool:
+    """True when the status must change, False when it is unchanged.
+
+    Raises ``InvalidTransition`` naming both statuses when the move is refused.
+    """
+    if current == requested:
+        return False
+    if requested not in STATUS_TRANSITIONS.get(current, frozenset()):
+        allowed = ", ".join(sorted(STATUS_TRANSITIONS.get(current, ())))
+        raise InvalidTransition("stream status", current, requested, f"allowed from {current}: {allowed}")
+    return True
+
+
+def check_segment_transition(current: SegmentState, requested: SegmentState) -> None:
+    """Raise ``InvalidTransition`` unless a segment may move from ``current`` to ``requested``."""
+    if requested not in SEGMENT_TRANSITIONS.get(current, frozenset()):
+        raise InvalidTransition("segment", current, requested)
+
+
+def health_severity(state: HealthState) -> Severity:
+    """How loudly a change into ``state`` is reported."""
+    return HEALTH_SEVERITY[state]

@@ -38,6 +38,7 @@ class SegmentState(enum.StrEnum):
     FAILED = "failed"  # nothing usable was written, or the manager gave up
     DELETING = "deleting"  # a delete is under way: the file may or may not still exist
     RECOVERED = "recovered"  # a file found on disk without a row, adopted by `check`
+    MISSING = "missing"  # the row's file was not found by `check` (kept: the disk may come back)
 
 
 class Severity(enum.StrEnum):
@@ -61,3 +62,8 @@ class EventType(enum.StrEnum):
     STATUS_CHANGED = "status_changed"
     HEALTH_CHANGED = "health_changed"
     SEGMENT_FAILED = "segment_failed"
+    SEGMENT_REPAIRED = "segment_repaired"
+    SEGMENT_DELETED = "segment_deleted"
+    RESTORED = "restored"
+    CLEAN_SHUTDOWN = "clean_shutdown"
+    CHECK_REPAIRED = "check_repaired"

@@ -25,10 +25,13 @@ STATUS_TRANSITIONS: dict[StreamStatus, frozenset[StreamStatus]] = {
 # when the row is removed.
 SEGMENT_TRANSITIONS: dict[SegmentState, frozenset[SegmentState]] = {
     SegmentState.RECORDING: frozenset({SegmentState.COMPLETE, SegmentState.FAILED, SegmentState.INTERRUPTED}),
-    SegmentState.COMPLETE: frozenset({SegmentState.DELETING}),
-    SegmentState.INTERRUPTED: frozenset({SegmentState.DELETING}),
+    SegmentState.COMPLETE: frozenset({SegmentState.DELETING, SegmentState.MISSING}),
+    SegmentState.INTERRUPTED: frozenset({SegmentState.DELETING, SegmentState.MISSING}),
     SegmentState.FAILED: frozenset({SegmentState.DELETING}),
-    SegmentState.RECOVERED: frozenset({SegmentState.DELETING}),
+    SegmentState.RECOVERED: frozenset({SegmentState.DELETING, SegmentState.MISSING}),
+    # A missing file may turn up again (a disk remounted): `check` then
+    # adopts it back as RECOVERED.
+    SegmentState.MISSING: frozenset({SegmentState.DELETING, SegmentState.RECOVERED}),
     SegmentState.DELETING: frozenset(),
 }
 

@@ -236,3 +236,43 @@ def test_queries_compose(db):
     assert [r.path for r in Recording.open_segments().where(Recording.stream == one)] == ["/rec/one/4.mp4"]
     assert Recording.open_segments().count() == 2
     assert [s.name for s in Stream.active()] == sorted([one.name, two.name])
+
+
+# --- crash-safe delete --------------------------------------------------------------------------
+
+
+def test_delete_file_removes_the_file_then_the_row(db, tmp_path):
+    path = tmp_path / "old.mp4"
+    segment = StreamFactory().begin_segment(path, started_at=T0)
+    path.write_bytes(b"x" * 300)
+    segment.complete_segment(ended_at=T0 + seconds(60))
+    assert segment.delete_file() == 300
+    assert not path.exists()
+    assert Recording.get_or_none(Recording.id == segment.id) is None
+    assert segment.delete_file() == 0, "deleting again is harmless"
+
+
+def test_delete_file_refuses_an_open_segment(db, tmp_path):
+    path = tmp_path / "live.mp4"
+    segment = StreamFactory().begin_segment(path)
+    path.write_bytes(b"x")
+    with pytest.raises(InvalidTransition, match="from recording to deleting"):
+        segment.delete_file()
+    assert path.exists() and Recording.get_by_id(segment.id).state == SegmentState.RECORDING
+
+
+def test_a_failed_unlink_leaves_the_row_marked_deleting(db, tmp_path, monkeypatch):
+    """The row never disappears before its file: a delete that cannot unlink stays pending."""
+    path = tmp_path / "stuck.mp4"
+    segment = StreamFactory().begin_segment(path, started_at=T0)
+    path.write_bytes(b"x" * 10)
+    segment.complete_segment(ended_at=T0 + seconds(1))
+
+    def refuse(_path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("stream_state.models.recording.os.unlink", refuse)
+    with pytest.raises(PermissionError):
+        segment.delete_file()
+    assert path.exists()
+    assert Recording.get_by_id(segment.id).state == SegmentState.DELETING

@@ -5,9 +5,10 @@ from .event import Event
 from .metric import MetricSample, MetricSeries
 from .recording import Recording
 from .stream import Stream
+from .system import SystemState
 
 # In dependency order: create in this order, drop in reverse.
-MODELS = (Stream, Recording, Event, MetricSeries, MetricSample)
+MODELS = (Stream, Recording, Event, MetricSeries, MetricSample, SystemState)
 
 __all__ = [
     "MODELS",
@@ -17,5 +18,6 @@ __all__ = [
     "MetricSeries",
     "Recording",
     "Stream",
+    "SystemState",
     "database_proxy",
 ]

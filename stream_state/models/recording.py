@@ -189,6 +189,29 @@ class Recording(BaseModel):
         log.warning("segment %s failed: %s", self.path, redact_text(reason))
         return self
 
+    def delete_file(self) -> int:
+        """Delete the segment's file and then its row, in the crash-safe order.
+
+        1. the row is marked ``deleting`` (committed), 2. the file is
+        unlinked, 3. the row is removed. A crash between the steps leaves a
+        ``deleting`` row, which the next restore finishes; no row ever points
+        at a file that was deleted without it knowing. Returns the bytes freed
+        (0 if the file was already gone). An open segment cannot be deleted.
+        """
+        cls = type(self)
+        with self._meta.database.atomic():
+            fresh = locked(cls.select().where(cls.id == self.id)).first()
+            if fresh is None:
+                return 0
+            if fresh.state != SegmentState.DELETING:
+                check_segment_transition(fresh.state, SegmentState.DELETING)
+                cls.update(state=SegmentState.DELETING).where(cls.id == self.id).execute()
+        self.state = SegmentState.DELETING
+        freed = unlink_quietly(self.path)
+        cls.delete().where((cls.id == self.id) & (cls.state == SegmentState.DELETING.value)).execute()
+        log.info("deleted segment %s (%d bytes)", self.path, freed)
+        return freed
+
     # --- helpers ---------------------------------------------------------------------------
 
     def _size_on_disk(self, default: int | None = None) -> int:
@@ -207,6 +230,21 @@ class Recording(BaseModel):
         if current is None:
             raise NotFound("recording", self.path)
         raise InvalidTransition("segment", current, action, f"{self.path} is not open")
+
+
+def unlink_quietly(path: str) -> int:
+    """Remove a file if it is there; return its size (0 if it was already gone).
+
+    Other errors (permissions, a read-only disk) propagate: the row then stays
+    ``deleting`` and the delete is retried later, rather than forgetting a
+    file that still takes space.
+    """
+    try:
+        size = os.stat(path).st_size
+        os.unlink(path)
+    except FileNotFoundError:
+        return 0
+    return size
 
 
 # Open segments have no end yet, so the bounded range scan above cannot find

@@ -1,0 +1,517 @@
+"""Bring the manager back after a restart, a crash or a power cut.
+
+``Restorer(db).restore()`` is the one call a manager makes at start-up. It
+finishes what the last run left half done (segments still ``recording``,
+deletes still ``deleting``), writes every repair as an event, and returns a
+``RestoredState`` of plain frozen dataclasses: the streams to start, where
+each resumes, and what was repaired. ``Restorer(db).shutdown()`` is the call
+at a clean stop, so the next restore can tell a clean stop from a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee as pw
+
+from .models import Event, Recording, Stream, SystemState, database_proxy
+from .models.recording import unlink_quietly
+from .redact import redact_uri
+from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
+from .timeutil import from_millis, now_millis, to_millis
+
+log = logging.getLogger(__name__)
+
+LIFECYCLE_KEY = "lifecycle"
+
+# Identifies this process's run. A lifecycle marker written by another
+# session and still saying "running" means that run ended without shutdown().
+PROCESS_SESSION = uuid.uuid4().hex
+
+# A file modified this far after "now" is taken as a clock problem, not as
+# evidence of when the segment ended.
+MTIME_SKEW_MS = 5 * 60 * 1000
+
+
+# --- what restore returns -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentSnapshot:
+    """A segment as found at restore (before any repair)."""
+
+    recording_id: int
+    stream: str
+    path: str
+    segment_index: int
+    started_at: dt.datetime
+    checkpoint_at: dt.datetime | None
+    size_bytes: int
+    state: SegmentState
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One thing restore (or shutdown) did to a segment's row or file."""
+
+    recording_id: int
+    stream_id: int
+    stream: str
+    path: str
+    old_state: SegmentState
+    new_state: SegmentState | None  # None: the row was removed (a finished delete)
+    ended_at: dt.datetime | None
+    size_bytes: int
+    evidence: str  # why: "file mtime", "last checkpoint", "file missing", ...
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """Everything the manager needs to bring one stream back."""
+
+    id: int
+    name: str
+    uri: str = field(repr=False)  # the real URI, for the manager; never printed
+    config: dict[str, Any] = field(repr=False)
+    enabled: bool
+    recording: bool  # desired: should be recording
+    status: StreamStatus | str
+    health: HealthState | str
+    last_seen_at: dt.datetime | None
+    was_recording: bool  # had a segment open when the process stopped
+    next_segment_index: int  # hand this to the segmenter's start index
+    last_segment_path: str | None
+    last_segment_ended_at: dt.datetime | None
+
+    @property
+    def display_uri(self) -> str:
+        return redact_uri(self.uri)
+
+
+@dataclass(frozen=True)
+class RestoredState:
+    """The result of ``Restorer.restore()``: plain data, safe to hand to any thread."""
+
+    streams: tuple[StreamSnapshot, ...]
+    open_segments: tuple[SegmentSnapshot, ...]
+    repairs: tuple[Repair, ...]
+    clean_shutdown: bool | None  # None: the database had never been started before
+    last_stop_at: dt.datetime | None
+    restored_at: dt.datetime
+
+    def stream(self, name: str) -> StreamSnapshot:
+        for snapshot in self.streams:
+            if snapshot.name == name:
+                return snapshot
+        raise KeyError(name)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """Counts of streams and repairs by what was done."""
+        counts = {"streams": len(self.streams), "open_segments": len(self.open_segments)}
+        for repair in self.repairs:
+            key = str(repair.new_state) if repair.new_state is not None else "deleted"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    closed: tuple[Repair, ...]
+    recording_streams: tuple[str, ...]
+    stopped_at: dt.datetime
+
+
+# --- the decision, without a database -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentDecision:
+    state: SegmentState
+    ended_ms: int
+    size_bytes: int
+    evidence: str
+
+
+def decide_open_segment(
+    *,
+    started_ms: int,
+    checkpoint_ms: int | None,
+    checkpoint_size: int,
+    file_size: int | None,
+    file_mtime_ms: int | None,
+    now_ms: int,
+    clean: bool = False,
+) -> SegmentDecision:
+    """What to make of a segment that was still open when its writer stopped.
+
+    A non-empty file keeps its data: ``interrupted`` after a crash
+    (``complete`` at a clean shutdown), sized from the file, ended at the
+    latest credible evidence of writing: the file's mtime if it lies between
+    the start and now, else the last checkpoint, else the start. A missing or
+    empty file is ``failed``: nothing usable was written.
+    """
+    if file_size is None or file_size == 0:
+        ended = max(started_ms, checkpoint_ms or started_ms)
+        return SegmentDecision(
+            SegmentState.FAILED, ended, 0, "file missing" if file_size is None else "file empty"
+        )
+    candidates = []
+    if checkpoint_ms is not None and checkpoint_ms >= started_ms:
+        candidates.append((checkpoint_ms, "last checkpoint"))
+    if file_mtime_ms is not None and started_ms <= file_mtime_ms <= now_ms + MTIME_SKEW_MS:
+        candidates.append((file_mtime_ms, "file mtime"))
+    ended, evidence = max(candidates) if candidates else (started_ms, "start time (no other evidence)")
+    state = SegmentState.COMPLETE if clean else SegmentState.INTERRUPTED
+    return SegmentDecision(state, ended, file_size, evidence)
+
+
+def _stat(path: str) -> tuple[int | None, int | None]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None, None
+    return info.st_size, info.st_mtime_ns // 1_000_000
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+class Restorer:
+    """Rehydrates the manager after a restart and records clean stops.
+
+    Holds no state beyond its configuration; safe to create anew each time.
+    ``session`` identifies the running process (default: this process), so a
+    second ``restore()`` in the same run repairs nothing and returns the
+    same streams.
+    """
+
+    def __init__(self, db: pw.Database | None = None, *, session: str | None = None):
+        if db is not None and database_proxy.obj is not db:
+            database_proxy.initialize(db)
+        self.db = db or database_proxy.obj
+        self.session = session or PROCESS_SESSION
+
+    # --- restore -------------------------------------------------------------------------
+
+    def restore(self, now: dt.datetime | None = None, *, dry_run: bool = False) -> RestoredState:
+        """Finish the last run's half-done work and return what the manager needs.
+
+        With ``dry_run`` nothing is written or unlinked; the result says what
+        a real restore would do.
+        """
+        now_ms = now_millis() if now is None else to_millis(now, "now")
+        lifecycle = SystemState.read(LIFECYCLE_KEY) or {}
+        same_run = lifecycle.get("state") == "running" and lifecycle.get("session") == self.session
+        open_rows = self._open_segments()
+        if same_run:
+            # Already restored in this run: what is open now is being written
+            # by this very process, not left over from a crash.
+            clean, stopped_ms = lifecycle["last_stop"]["clean"], lifecycle["last_stop"]["at"]
+            was_recording = set(lifecycle.get("recording_stream_ids", ())) | {
+                r["stream_id"] for r in open_rows
+            }
+            repairs: list[Repair] = []
+        else:
+            clean, stopped_ms = self._last_stop(lifecycle, open_rows)
+            was_recording = {r["stream_id"] for r in open_rows}
+            if clean:
+                was_recording |= set(lifecycle.get("recording_stream_ids", ()))
+            repairs = self._reconcile(open_rows, now_ms, clean=False)
+            repairs += self._finish_deletes(dry_run)
+            if not dry_run:
+                self._commit_repairs(repairs, now_ms, kind=EventType.SEGMENT_REPAIRED)
+                self._write_lifecycle(
+                    {
+                        "state": "running",
+                        "session": self.session,
+                        "started_at": now_ms,
+                        "last_stop": {"clean": clean, "at": stopped_ms},
+                        "recording_stream_ids": sorted(was_recording),
+                    },
+                    event=(
+                        EventType.RESTORED,
+                        Severity.WARNING if clean is False else Severity.INFO,
+                        f"restored after a {_stop_kind(clean)}; {len(repairs)} repair(s)",
+                        {"clean_shutdown": clean, "repairs": len(repairs)},
+                    ),
+                    now_ms=now_ms,
+                )
+        state = RestoredState(
+            streams=self._stream_snapshots(was_recording),
+            open_segments=tuple(_segment_snapshot(row) for row in open_rows),
+            repairs=tuple(repairs),
+            clean_shutdown=clean,
+            last_stop_at=from_millis(stopped_ms) if stopped_ms is not None else None,
+            restored_at=from_millis(now_ms),
+        )
+        if repairs and not dry_run:
+            log.warning("restore repaired %d segment(s): %s", len(repairs), state.summary)
+        return state
+
+    # --- clean stop -----------------------------------------------------------------------
+
+    def shutdown(self, now: dt.datetime | None = None) -> ShutdownReport:
+        """Record a clean stop; close any segment the manager left open.
+
+        Call it after the pipelines have stopped. A segment still open is
+        closed from its file (``complete``, or ``failed`` if the file is
+        missing or empty). The next ``restore()`` reports a clean stop and
+        which streams were recording.
+        """
+        now_ms = now_millis() if now is None else to_millis(now, "now")
+        open_rows = self._open_segments()
+        closed = self._reconcile(open_rows, now_ms, clean=True)
+        recording_ids = sorted({row["stream_id"] for row in open_rows})
+        names = {row["stream_id"]: row["stream_name"] for row in open_rows}
+        self._commit_repairs(closed, now_ms, kind=EventType.SEGMENT_REPAIRED)
+        self._write_lifecycle(
+            {
+                "state": "stopped",
+                "clean": True,
+                "session": self.session,
+                "stopped_at": now_ms,
+                "recording_stream_ids": recording_ids,
+            },
+            event=(
+                EventType.CLEAN_SHUTDOWN,
+                Severity.INFO,
+                f"clean shutdown; {len(closed)} open segment(s) closed",
+                {"closed": len(closed), "recording_streams": [names[i] for i in recording_ids]},
+            ),
+            now_ms=now_ms,
+        )
+        log.info("clean shutdown recorded; closed %d open segment(s)", len(closed))
+        return ShutdownReport(
+            closed=tuple(closed),
+            recording_streams=tuple(names[i] for i in recording_ids),
+            stopped_at=from_millis(now_ms),
+        )
+
+    # --- steps ----------------------------------------------------------------------------------
+
+    def _last_stop(self, lifecycle: dict[str, Any], open_rows: list[dict]) -> tuple[bool | None, int | None]:
+        if not lifecycle:
+            return None, None
+        if lifecycle.get("state") == "stopped":
+            return bool(lifecycle.get("clean")), lifecycle.get("stopped_at")
+        # A crash: the last sign of life is the newest checkpoint, segment
+        # start or health report we have.
+        signs = [lifecycle.get("started_at") or 0]
+        signs += [row["checkpoint_at"] or row["started_at"] for row in open_rows]
+        latest_seen = Stream.select(pw.fn.MAX(Stream.last_seen_at)).scalar()
+        if latest_seen is not None:
+            signs.append(latest_seen if isinstance(latest_seen, int) else to_millis(latest_seen))
+        return False, max(signs)
+
+    def _open_segments(self) -> list[dict]:
+        query = (
+            Recording.select(
+                Recording.id,
+                Recording.stream,
+                Stream.name.alias("stream_name"),
+                Recording.path,
+                Recording.segment_index,
+                Recording.started_at,
+                Recording.checkpoint_at,
+                Recording.size_bytes,
+                Recording.state,
+            )
+            .join(Stream)
+            .where(Recording.ended_at.is_null())
+            .order_by(Recording.id)
+        )
+        return [_raw_times(row) for row in query.dicts()]
+
+    def _reconcile(self, open_rows: list[dict], now_ms: int, *, clean: bool) -> list[Repair]:
+        repairs = []
+        for row in open_rows:
+            size, mtime = _stat(row["path"])
+            decision = decide_open_segment(
+                started_ms=row["started_at"],
+                checkpoint_ms=row["checkpoint_at"],
+                checkpoint_size=row["size_bytes"],
+                file_size=size,
+                file_mtime_ms=mtime,
+                now_ms=now_ms,
+                clean=clean,
+            )
+            repairs.append(
+                Repair(
+                    recording_id=row["id"],
+                    stream_id=row["stream_id"],
+                    stream=row["stream_name"],
+                    path=row["path"],
+                    old_state=SegmentState(row["state"]),
+                    new_state=decision.state,
+                    ended_at=from_millis(decision.ended_ms),
+                    size_bytes=decision.size_bytes,
+                    evidence=decision.evidence,
+                )
+            )
+        return repairs
+
+    def _finish_deletes(self, dry_run: bool) -> list[Repair]:
+        """Complete deletes a crash interrupted: unlink if still there, then drop the row."""
+        rows = (
+            Recording.select(Recording.id, Recording.stream, Stream.name.alias("stream_name"), Recording.path)
+            .join(Stream)
+            # The first term matches the partial index recording_unsettled.
+            .where(
+                (Recording.state != SegmentState.COMPLETE.value)
+                & (Recording.state == SegmentState.DELETING.value)
+            )
+            .dicts()
+        )
+        repairs = []
+        for row in rows:
+            freed = 0 if dry_run else unlink_quietly(row["path"])
+            repairs.append(
+                Repair(
+                    recording_id=row["id"],
+                    stream_id=row["stream"],
+                    stream=row["stream_name"],
+                    path=row["path"],
+                    old_state=SegmentState.DELETING,
+                    new_state=None,
+                    ended_at=None,
+                    size_bytes=freed,
+                    evidence="delete was under way",
+                )
+            )
+        return repairs
+
+    def _commit_repairs(self, repairs: list[Repair], now_ms: int, kind: str) -> None:
+        if not repairs:
+            return
+        with self.db.atomic():
+            events = []
+            for repair in repairs:
+                if repair.new_state is None:
+                    done = (
+                        Recording.delete()
+                        .where(
+                            (Recording.id == repair.recording_id)
+                            & (Recording.state == SegmentState.DELETING.value)
+                        )
+                        .execute()
+                    )
+                    message = f"finished deleting {repair.path}"
+                else:
+                    done = (
+                        Recording.update(
+                            state=repair.new_state,
+                            ended_at=to_millis(repair.ended_at),
+                            size_bytes=repair.size_bytes,
+                        )
+                        .where((Recording.id == repair.recording_id) & Recording.ended_at.is_null())
+                        .execute()
+                    )
+                    message = (
+                        f"segment {repair.path}: {repair.old_state} -> {repair.new_state} ({repair.evidence})"
+                    )
+                if not done:
+                    continue  # someone else settled it in the meantime
+                events.append(
+                    Event.build(
+                        kind,
+                        stream=repair.stream_id,
+                        severity=Severity.WARNING
+                        if repair.new_state != SegmentState.COMPLETE
+                        else Severity.INFO,
+                        message=message,
+                        data={
+                            "recording_id": repair.recording_id,
+                            "stream": repair.stream,
+                            "path": repair.path,
+                            "old_state": str(repair.old_state),
+                            "new_state": str(repair.new_state) if repair.new_state else "deleted",
+                            "size_bytes": repair.size_bytes,
+                            "evidence": repair.evidence,
+                        },
+                        at=from_millis(now_ms),
+                    )
+                )
+            if events:
+                Event.bulk_create(events, batch_size=200)
+
+    def _write_lifecycle(self, value: dict[str, Any], *, event: tuple, now_ms: int) -> None:
+        kind, severity, message, data = event
+        with self.db.atomic():
+            SystemState.write(LIFECYCLE_KEY, value)
+            Event.record(kind, severity=severity, message=message, data=data, at=from_millis(now_ms))
+
+    def _stream_snapshots(self, was_recording: set[int]) -> tuple[StreamSnapshot, ...]:
+        # The newest segment of each stream: one index seek per stream on
+        # (stream_id, segment_index), not a GROUP BY over every recording.
+        last = Recording.alias("last")
+        last_id = (
+            last.select(last.id).where(last.stream == Stream.id).order_by(last.segment_index.desc()).limit(1)
+        )
+        rows = list(
+            Stream.select(Stream, last_id.alias("last_recording_id"))
+            .where(Stream.removed_at.is_null())
+            .order_by(Stream.name)
+            .dicts()
+        )
+        last_ids = [row["last_recording_id"] for row in rows if row["last_recording_id"] is not None]
+        last_rows = {}
+        for start in range(0, len(last_ids), 500):
+            chunk = last_ids[start : start + 500]
+            for rec in Recording.select(Recording.id, Recording.path, Recording.ended_at).where(
+                Recording.id.in_(chunk)
+            ):
+                last_rows[rec.id] = rec
+        snapshots = []
+        for row in rows:
+            rec = last_rows.get(row["last_recording_id"])
+            snapshots.append(
+                StreamSnapshot(
+                    id=row["id"],
+                    name=row["name"],
+                    uri=row["uri"],
+                    config=row["config"] or {},
+                    enabled=bool(row["desired_enabled"]),
+                    recording=bool(row["desired_recording"]),
+                    status=row["status"],
+                    health=row["health"],
+                    last_seen_at=row["last_seen_at"],
+                    was_recording=row["id"] in was_recording,
+                    next_segment_index=row["next_segment_index"],
+                    last_segment_path=rec.path if rec else None,
+                    last_segment_ended_at=rec.ended_at if rec else None,
+                )
+            )
+        return tuple(snapshots)
+
+
+def _stop_kind(clean: bool | None) -> str:
+    return {True: "clean stop", False: "crash", None: "first start"}[clean]
+
+
+def _raw_times(row: dict) -> dict:
+    """Rows from ``.dicts()`` carry converted datetimes; the decisions work in ms."""
+    for key in ("started_at", "checkpoint_at"):
+        value = row[key]
+        if isinstance(value, dt.datetime):
+            row[key] = to_millis(value)
+    row["stream_id"] = row.pop("stream")
+    return row
+
+
+def _segment_snapshot(row: dict) -> SegmentSnapshot:
+    return SegmentSnapshot(
+        recording_id=row["id"],
+        stream=row["stream_name"],
+        path=row["path"],
+        segment_index=row["segment_index"],
+        started_at=from_millis(row["started_at"]),
+        checkpoint_at=from_millis(row["checkpoint_at"]) if row["checkpoint_at"] is not None else None,
+        size_bytes=row["size_bytes"],
+        state=SegmentState(row["state"]),
+    )

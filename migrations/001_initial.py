@@ -11,6 +11,16 @@ import peewee as pw
 from peewee_migrate import Migrator
 
 
+class GrowingIdField(pw.BigAutoField):
+    """Frozen copy of stream_state.fields.GrowingIdField: AUTOINCREMENT on SQLite."""
+
+    def ddl(self, ctx):
+        node = super().ddl(ctx)
+        if isinstance(self.model._meta.database, pw.SqliteDatabase):
+            return pw.NodeList((node, pw.SQL("AUTOINCREMENT")))
+        return node
+
+
 def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
     @migrator.create_model
     class Stream(pw.Model):
@@ -41,7 +51,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
 
     @migrator.create_model
     class Recording(pw.Model):
-        id = pw.BigAutoField()
+        id = GrowingIdField()
         stream = pw.ForeignKeyField(Stream, on_delete="RESTRICT", index=False)
         path = pw.TextField(unique=True)
         storage = pw.TextField(null=True)

@@ -51,3 +51,20 @@ class EnumField(pw.TextField):
             # A value written by a newer version of the package: keep it
             # readable rather than failing the whole query.
             return value
+
+
+class GrowingIdField(pw.BigAutoField):
+    """A BIGINT primary key that is never handed out twice.
+
+    SQLite reuses the largest rowid after that row is deleted, so a deleted
+    newest segment's id could come back naming another file; AUTOINCREMENT
+    forbids that. PostgreSQL sequences never go back anyway.
+    """
+
+    def ddl(self, ctx: Any) -> Any:
+        node = super().ddl(ctx)
+        database = self.model._meta.database
+        database = getattr(database, "obj", database)  # through a DatabaseProxy
+        if isinstance(database, pw.SqliteDatabase):
+            return pw.NodeList((node, pw.SQL("AUTOINCREMENT")))
+        return node

@@ -276,3 +276,12 @@ def test_a_failed_unlink_leaves_the_row_marked_deleting(db, tmp_path, monkeypatc
         segment.delete_file()
     assert path.exists()
     assert Recording.get_by_id(segment.id).state == SegmentState.DELETING
+
+
+def test_a_deleted_segments_id_is_never_handed_out_again(db, tmp_path):
+    stream = StreamFactory()
+    newest = stream.begin_segment(tmp_path / "a.mp4", started_at=T0)
+    newest.complete_segment(ended_at=T0 + seconds(1), size_bytes=0)
+    newest.delete_file()
+    replacement = stream.begin_segment(tmp_path / "b.mp4", started_at=T0 + seconds(2))
+    assert replacement.id > newest.id

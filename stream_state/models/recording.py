@@ -10,7 +10,7 @@ from typing import Any
 import peewee as pw
 
 from ..errors import InvalidTransition, NotFound, ValidationError
-from ..fields import EnumField, TimestampField
+from ..fields import EnumField, GrowingIdField, TimestampField
 from ..redact import redact_text
 from ..states import EventType, SegmentState, Severity
 from ..timeutil import from_millis, to_millis, utc_now
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class Recording(BaseModel):
-    id = pw.BigAutoField()
+    # Never reused: events and operators refer to segments by id.
+    id = GrowingIdField()
     # The unique (stream, segment_index) index below leads with stream_id and
     # serves foreign-key checks, so the default single-column index is skipped.
     stream = pw.ForeignKeyField(Stream, backref="recordings", on_delete="RESTRICT", index=False)

@@ -1,0 +1,138 @@
+"""Kill a manager-like child process with SIGKILL at random moments, then restore.
+
+STREAM_STATE_CRASH_ITERATIONS sets the number of kills per backend (default 20).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import peewee as pw
+
+from stream_state import Event, MetricSample, Recording, SegmentState, Stream, open_database
+from stream_state.models import MetricSeries
+from stream_state.restore import Restorer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ITERATIONS = int(os.environ.get("STREAM_STATE_CRASH_ITERATIONS", "20"))
+
+
+def read_journal(path: Path) -> list[list]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    # The kill can land in the middle of a line: only whole lines were journaled.
+    return [json.loads(line) for line in lines if line.endswith("]")]
+
+
+def run_child_and_kill(url: str, schema: str | None, media: Path, journal: Path, seed: int) -> None:
+    command = [sys.executable, "-m", "tests.crash_workload", "--url", url, "--dir", str(media)]
+    command += ["--journal", str(journal), "--seed", str(seed)]
+    if schema:
+        command += ["--pg-schema", schema]
+    child = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "ready", f"workload did not start: {line!r} {child.stderr.read()}"
+        time.sleep(random.Random(seed).uniform(0.05, 0.8))
+        assert child.poll() is None, f"workload died by itself: {child.stderr.read()}"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+        child.stdout.close()
+        child.stderr.close()
+
+
+def check_invariants(db: pw.Database, media: Path, journal: list[list], iteration: int) -> None:
+    if isinstance(db, pw.SqliteDatabase):
+        assert db.execute_sql("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute_sql("PRAGMA foreign_key_check").fetchall() == []
+    assert Recording.open_segments().count() == 0, "no segment is left recording"
+    assert Recording.select().where(Recording.state == SegmentState.DELETING.value).count() == 0
+
+    rows = {r.id: r for r in Recording.select()}
+    deleting = {entry[1] for entry in journal if entry[0] == "deleting"}
+    deleted = {entry[1] for entry in journal if entry[0] == "deleted"}
+    seen_index: dict[int, set[int]] = defaultdict(set)
+    for entry in journal:
+        kind = entry[0]
+        if kind == "begin":
+            _, rec_id, stream_id, index, path = entry
+            assert index not in seen_index[stream_id], f"segment index {index} of stream {stream_id} reused"
+            seen_index[stream_id].add(index)
+            if rec_id in deleting:
+                continue  # a delete began; restore may have finished it
+            assert rec_id in rows, f"committed segment {rec_id} ({path}) is missing"
+            assert rows[rec_id].path == path and rows[rec_id].segment_index == index
+        elif kind == "complete" and entry[1] not in deleting:
+            row = rows[entry[1]]
+            assert (row.state, row.size_bytes) == (SegmentState.COMPLETE, entry[2])
+        elif kind == "checkpoint" and entry[1] not in deleting:
+            assert rows[entry[1]].size_bytes >= entry[2], "a restore never shrinks below a checkpoint"
+        elif kind == "deleted":
+            assert entry[1] not in rows
+        elif kind == "event":
+            assert Event.get_or_none(Event.id == entry[1]) is not None, f"committed event {entry[1]} missing"
+        elif kind == "metrics":
+            for stream_id, ts in entry[1]:
+                found = (
+                    MetricSample.select()
+                    .join(MetricSeries)
+                    .where((MetricSeries.stream == stream_id) & (MetricSample.ts == ts))
+                    .count()
+                )
+                assert found == 1, f"committed metric sample of stream {stream_id} at {ts} missing"
+    assert deleted <= deleting
+
+    for stream in Stream.select():
+        top = Recording.select(pw.fn.MAX(Recording.segment_index)).where(Recording.stream == stream).scalar()
+        assert top is None or top < stream.next_segment_index, "next_segment_index is past every used index"
+
+    on_disk = {str(path) for path in media.iterdir()}
+    paths = {row.path for row in rows.values()}
+    assert on_disk <= paths, f"files without a row after kill {iteration}: {sorted(on_disk - paths)[:5]}"
+
+
+def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path):
+    url, params = backend.new_target()
+    schema = params["options"].split("=", 1)[1] if params else None
+    media = tmp_path / "media"
+    media.mkdir()
+    journal_path = tmp_path / "journal.jsonl"
+    seed0 = random.randrange(1_000_000)
+    for iteration in range(ITERATIONS):
+        run_child_and_kill(url, schema, media, journal_path, seed0 + iteration)
+        db = open_database(url, **params)
+        try:
+            first = Restorer(db, session=f"parent-{iteration}").restore()
+            journal = read_journal(journal_path)
+            check_invariants(db, media, journal, iteration)
+            again = Restorer(db, session=f"parent-{iteration}").restore()
+            assert again.repairs == () and again.streams == first.streams, (
+                "restore twice gives the same state"
+            )
+            # Another restart: nothing left to repair. (was_recording now
+            # describes the parent's run, in which nothing recorded.)
+            fresh = Restorer(db, session=f"parent-{iteration}-b").restore()
+            assert fresh.repairs == ()
+            assert [replace(s, was_recording=False) for s in fresh.streams] == [
+                replace(s, was_recording=False) for s in first.streams
+            ]
+            assert first.clean_shutdown is False, "a killed run is reported as a crash"
+        finally:
+            if isinstance(db, pw.PostgresqlDatabase):
+                db.close_all()
+            else:
+                db.close()
+    assert any(entry[0] == "complete" for entry in read_journal(journal_path)), "the workload did real work"

@@ -1,0 +1,456 @@
+"""Segment lifecycle: begin_segment + complete_segment against the raw driver.
+
+    python bench/segments.py                        # SQLite
+    python bench/segments.py --pg postgresql://postgres@127.0.0.1:5432/test
+    python bench/segments.py --cycles 1000 --profile 25    # cProfile the API's cycles
+
+One *cycle* is what the stream manager does for every segment file it writes:
+
+1. ``stream.begin_segment(path, started_at=...)``: one transaction that claims
+   the stream's next segment index (``UPDATE stream ... RETURNING``) and
+   inserts the recording row (``INSERT ... RETURNING id``);
+2. ``recording.complete_segment(ended_at=..., size_bytes=...)``: one
+   transaction that reads the row back (``SELECT ... [FOR UPDATE]``) and writes
+   end time, size and state. ``size_bytes`` is given, so no file is stat()ed.
+
+The baseline runs, in the same process and on the same database, the very
+statements the API issues, with the same transaction boundaries, through the
+bare driver: ``sqlite3`` with ``BEGIN IMMEDIATE`` ... ``COMMIT`` (the
+package's pragmas applied, as ``sqlite_pragmas()`` lists them), or
+``psycopg2`` with autocommit off and a commit per transaction. Before timing,
+one API cycle runs with peewee's logger captured and the script stops if the
+API's SQL no longer matches the baseline's, so the ratio always compares the
+same database work and measures only what the package adds in Python.
+
+The database is fresh, built by ``open_database`` (a file in a temporary
+directory; on PostgreSQL a scratch schema ``bench_<random>``, dropped at the
+end), with ``--streams`` streams written round-robin. Both sides write into it
+in interleaved rounds (alternating which side goes first), so table growth,
+checkpoints and background noise fall on both alike. Inputs (aware datetimes
+for the API, epoch milliseconds for the baseline) are built before timing.
+Figures are total cycles over total time per side; the goal from the issue is
+API >= 0.3 x raw. A PostgreSQL commit waits for its WAL to reach the disk
+(a millisecond or more), so PostgreSQL runs 2,000 cycles by default where
+SQLite runs 5,000: the whole run stays under a minute. Not a test: CI does not run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import gc
+import logging
+import pstats
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import peewee as pw
+
+from stream_state import Stream, open_database
+from stream_state.database import sqlite_pragmas
+
+GOAL_RATIO = 0.3
+SQLITE_CYCLES = 5000
+POSTGRES_CYCLES = 2000
+SEGMENT = dt.timedelta(seconds=10)
+SIZE_BYTES = 4_000_000
+T0 = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+# The statements the API issues, as peewee writes them (see its DEBUG log);
+# {p} is the driver's placeholder, {lock} the row lock PostgreSQL needs.
+CLAIM = (
+    'UPDATE "stream" SET "next_segment_index" = ("stream"."next_segment_index" + {p}) '
+    'WHERE (("stream"."id" = {p}) AND ("stream"."removed_at" IS NULL)) '
+    'RETURNING "stream"."next_segment_index"'
+)
+INSERT = (
+    'INSERT INTO "recording" ("stream_id", "path", "storage", "segment_index", "started_at", '
+    '"size_bytes", "state", "archived", "metadata") VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) '
+    'RETURNING "recording"."id"'
+)
+SELECT = (
+    'SELECT "t1"."id", "t1"."stream_id", "t1"."path", "t1"."storage", "t1"."segment_index", '
+    '"t1"."started_at", "t1"."ended_at", "t1"."checkpoint_at", "t1"."size_bytes", "t1"."state", '
+    '"t1"."archived", "t1"."metadata" FROM "recording" AS "t1" WHERE ("t1"."id" = {p}) LIMIT {p}{lock}'
+)
+UPDATE = (
+    'UPDATE "recording" SET "ended_at" = {p}, "size_bytes" = {p}, "state" = {p}, "metadata" = {p} '
+    'WHERE ("recording"."id" = {p})'
+)
+STATE_COLUMN, METADATA_COLUMN = 9, 11  # positions in SELECT
+
+
+@dataclass(frozen=True)
+class Statements:
+    """One backend's spelling of the four statements of a cycle, in the order they run."""
+
+    claim: str
+    insert: str
+    select: str
+    update: str
+
+    @classmethod
+    def for_backend(cls, placeholder: str, row_lock: str = "") -> Statements:
+        def spell(sql: str) -> str:
+            return sql.format(p=placeholder, lock=row_lock)
+
+        return cls(spell(CLAIM), spell(INSERT), spell(SELECT), spell(UPDATE))
+
+    def in_order(self) -> list[str]:
+        return [self.claim, self.insert, self.select, self.update]
+
+
+# What one cycle gets: the API takes a Stream and aware datetimes, as the
+# manager hands them over; the baseline takes the stream id and milliseconds.
+ApiJob = tuple[Stream, str, dt.datetime, dt.datetime]
+RawJob = tuple[int, str, int, int]
+
+
+@dataclass
+class Side:
+    """One contender: a function running a batch of cycles, and its tally."""
+
+    run: Callable[[Sequence[Any]], None]
+    jobs: list[Any]
+    used: int = 0  # jobs consumed so far (warm-up, check, timed, profile)
+    timed_cycles: int = 0
+    seconds: float = 0.0
+    round_rates: list[float] = field(default_factory=list)
+
+    def take(self, n: int) -> list[Any]:
+        batch = self.jobs[self.used : self.used + n]
+        if len(batch) != n:
+            raise RuntimeError(f"{n} jobs wanted, {len(batch)} left: Plan.jobs_per_side is wrong")
+        self.used += n
+        return batch
+
+    def timed(self, n: int) -> None:
+        batch = self.take(n)
+        # Collect leftovers from the other side's round first; GC then stays on,
+        # because the objects the API allocates per cycle are part of its cost.
+        gc.collect()
+        start = time.perf_counter()
+        self.run(batch)
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
+        self.timed_cycles += n
+        self.round_rates.append(n / elapsed)
+
+    @property
+    def rate(self) -> float:
+        return self.timed_cycles / self.seconds
+
+
+@dataclass
+class Plan:
+    cycles: int
+    rounds: int
+    warmup: int
+    streams: int
+    profile: int
+
+    def jobs_per_side(self) -> int:
+        # +1: the cycle that checks the API's SQL (the baseline needs none).
+        return self.warmup + self.cycles + 1 + (self.cycles // self.rounds if self.profile else 0)
+
+    def round_sizes(self) -> list[int]:
+        base, extra = divmod(self.cycles, self.rounds)
+        return [base + (1 if r < extra else 0) for r in range(self.rounds)]
+
+
+@dataclass
+class Result:
+    backend: str
+    plan: Plan
+    api: Side
+    raw: Side
+
+    @property
+    def ratio(self) -> float:
+        return self.api.rate / self.raw.rate
+
+    @property
+    def round_ratios(self) -> list[float]:
+        return [a / r for a, r in zip(self.api.round_rates, self.raw.round_rates, strict=True)]
+
+
+# --- workload ---------------------------------------------------------------------------
+
+
+def millis(when: dt.datetime) -> int:
+    return (when - EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def register_streams(n: int) -> list[Stream]:
+    return [Stream.register(f"cam-{i}", f"rtsp://10.0.0.{i + 1}/main") for i in range(n)]
+
+
+def make_jobs(streams: list[Stream], side: str, n: int) -> tuple[list[ApiJob], list[RawJob]]:
+    """``n`` cycles for one side, round-robin over the streams, paths unique per side."""
+    api: list[ApiJob] = []
+    raw: list[RawJob] = []
+    for i in range(n):
+        stream = streams[i % len(streams)]
+        path = f"/media/{stream.name}/{side}-{i:08d}.mp4"
+        started = T0 + i * SEGMENT
+        api.append((stream, path, started, started + SEGMENT))
+        raw.append((stream.id, path, millis(started), millis(started + SEGMENT)))
+    return api, raw
+
+
+def run_api(jobs: Sequence[ApiJob]) -> None:
+    for stream, path, started, ended in jobs:
+        recording = stream.begin_segment(path, started_at=started)
+        recording.complete_segment(ended_at=ended, size_bytes=SIZE_BYTES)
+
+
+def raw_sqlite_runner(conn: sqlite3.Connection, sql: Statements) -> Callable[[Sequence[RawJob]], None]:
+    def run(jobs: Sequence[RawJob]) -> None:
+        execute = conn.execute
+        for stream_id, path, started, ended in jobs:
+            execute("BEGIN IMMEDIATE")
+            (next_index,) = execute(sql.claim, (1, stream_id)).fetchone()
+            (recording_id,) = execute(
+                sql.insert, (stream_id, path, None, next_index - 1, started, 0, "recording", False, None)
+            ).fetchone()
+            execute("COMMIT")
+            execute("BEGIN IMMEDIATE")
+            row = execute(sql.select, (recording_id, 1)).fetchone()
+            # The API checks the state it read; a check this cheap keeps the sides honest.
+            if row[STATE_COLUMN] != "recording":
+                raise RuntimeError(f"recording {recording_id} is {row[STATE_COLUMN]}")
+            execute(sql.update, (ended, SIZE_BYTES, "complete", row[METADATA_COLUMN], recording_id))
+            execute("COMMIT")
+
+    return run
+
+
+def raw_psycopg2_runner(conn: Any, sql: Statements) -> Callable[[Sequence[RawJob]], None]:
+    cursor = conn.cursor()
+
+    def run(jobs: Sequence[RawJob]) -> None:
+        execute, fetchone, commit = cursor.execute, cursor.fetchone, conn.commit
+        for stream_id, path, started, ended in jobs:
+            # autocommit is off: psycopg2 sends BEGIN before the first statement,
+            # as peewee sends its own BEGIN.
+            execute(sql.claim, (1, stream_id))
+            (next_index,) = fetchone()
+            execute(sql.insert, (stream_id, path, None, next_index - 1, started, 0, "recording", False, None))
+            (recording_id,) = fetchone()
+            commit()
+            execute(sql.select, (recording_id, 1))
+            row = fetchone()
+            if row[STATE_COLUMN] != "recording":
+                raise RuntimeError(f"recording {recording_id} is {row[STATE_COLUMN]}")
+            execute(sql.update, (ended, SIZE_BYTES, "complete", row[METADATA_COLUMN], recording_id))
+            commit()
+
+    return run
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.statements: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # peewee logs each query as a (sql, params) tuple.
+        if isinstance(record.msg, tuple):
+            self.statements.append(record.msg[0])
+
+
+def check_same_sql(api: Side, sql: Statements) -> None:
+    """Run one API cycle with peewee's log captured; stop if the baseline is out of date.
+
+    peewee does not log BEGIN and COMMIT; the transaction boundaries are
+    those of ``db.atomic()``, one per method.
+    """
+    logger = logging.getLogger("peewee")
+    capture = _Capture()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(capture)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        api.run(api.take(1))
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    if capture.statements != sql.in_order():
+        lines = ["the API's SQL no longer matches the baseline; update the statements in bench/segments.py"]
+        lines += ["  API:"] + [f"    {s}" for s in capture.statements]
+        lines += ["  baseline:"] + [f"    {s}" for s in sql.in_order()]
+        raise SystemExit("\n".join(lines))
+
+
+def check_rows(count: Callable[[str], int], cycles: int) -> None:
+    """Both sides really did the work: every segment complete, every index claimed once."""
+    complete = count("SELECT COUNT(*) FROM recording WHERE state = 'complete' AND ended_at IS NOT NULL")
+    total = count("SELECT COUNT(*) FROM recording")
+    claimed = count("SELECT SUM(next_segment_index) FROM stream")
+    if not complete == total == claimed == cycles:
+        raise SystemExit(
+            f"unexpected rows: {complete} complete of {total}, {claimed} indexes claimed, {cycles} cycles run"
+        )
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def measure(
+    backend: str, plan: Plan, sql: Statements, raw_runner: Callable[[Sequence[RawJob]], None]
+) -> Result:
+    """Warm up, check the SQL, time interleaved rounds; optionally profile the API."""
+    streams = register_streams(plan.streams)
+    api_jobs, _ = make_jobs(streams, "api", plan.jobs_per_side())
+    _, raw_jobs = make_jobs(streams, "raw", plan.jobs_per_side())
+    api = Side(run_api, api_jobs)
+    raw = Side(raw_runner, raw_jobs)
+    check_same_sql(api, sql)
+    for side in (api, raw):
+        side.run(side.take(plan.warmup))
+    for r, size in enumerate(plan.round_sizes()):
+        for side in (api, raw) if r % 2 == 0 else (raw, api):
+            side.timed(size)
+    if plan.profile:
+        profile_api(backend, api, plan)
+    return Result(backend, plan, api, raw)
+
+
+def profile_api(backend: str, api: Side, plan: Plan) -> None:
+    profiler = cProfile.Profile()
+    batch = api.take(plan.cycles // plan.rounds)
+    profiler.runcall(api.run, batch)
+    print(f"\ncProfile of {len(batch):,} API cycles on {backend}, top {plan.profile} by own time:")
+    stats = pstats.Stats(profiler, stream=sys.stdout)
+    stats.sort_stats("tottime").print_stats(plan.profile)
+    print(f"top {plan.profile} by cumulative time:")
+    stats.sort_stats("cumulative").print_stats(plan.profile)
+
+
+def bench_sqlite(plan: Plan) -> Result:
+    with tempfile.TemporaryDirectory(prefix="bench-segments-") as tmp:
+        path = str(Path(tmp) / "segments.db")
+        db = open_database(path)
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        try:
+            # The package's pragmas, in its order and the way peewee sets them.
+            for name, value in sqlite_pragmas():
+                conn.execute(f"PRAGMA {name} = {value}")
+            sql = Statements.for_backend("?")
+            result = measure(f"sqlite {sqlite3.sqlite_version}", plan, sql, raw_sqlite_runner(conn, sql))
+
+            def count(query: str) -> int:
+                return conn.execute(query).fetchone()[0]
+
+            check_rows(count, result.api.used + result.raw.used)
+        finally:
+            conn.close()
+            db.close()
+    return result
+
+
+def bench_postgres(url: str, plan: Plan) -> Result:
+    import psycopg2
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE SCHEMA "{schema}"')
+    db: pw.Database | None = None
+    conn: Any = None
+    try:
+        db = open_database(url, options=f"-c search_path={schema}")
+        conn = psycopg2.connect(url, options=f"-c search_path={schema}")
+        sql = Statements.for_backend("%s", " FOR UPDATE")
+        label = f"postgresql {conn.server_version // 10000}.{conn.server_version % 10000}"
+        result = measure(label, plan, sql, raw_psycopg2_runner(conn, sql))
+
+        def count(query: str) -> int:
+            with conn.cursor() as cursor:
+                cursor.execute(query)
+                return int(cursor.fetchone()[0])
+
+        check_rows(count, result.api.used + result.raw.used)
+    finally:
+        if conn is not None:
+            conn.close()
+        if db is not None:
+            db.close_all()  # pooled: close() would only hand the connection back to the pool
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.close()
+    return result
+
+
+def report(results: list[Result]) -> None:
+    plan = results[0].plan
+    print(
+        "\nbegin_segment + complete_segment cycles (2 transactions each) vs the raw driver, "
+        f"{plan.streams} streams round-robin, {plan.rounds} interleaved rounds after "
+        f"{plan.warmup:,} warm-up cycles per side"
+    )
+    header = (
+        f"{'backend':<18} {'cycles':>7} {'API cycles/s':>13} {'raw cycles/s':>13} {'ratio':>6}  "
+        f"{'goal':<7} {'met':<4} ratio per round"
+    )
+    print(header)
+    print("-" * len(header))
+    for res in results:
+        met = "yes" if res.ratio >= GOAL_RATIO else "NO"
+        ratios = res.round_ratios
+        print(
+            f"{res.backend:<18} {res.plan.cycles:>7,} {res.api.rate:>13,.0f} {res.raw.rate:>13,.0f} "
+            f"{res.ratio:>6.2f}  >= {GOAL_RATIO:<4} {met:<4} {min(ratios):.2f}..{max(ratios):.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        help=f"timed cycles per side (default: {SQLITE_CYCLES:,} SQLite, {POSTGRES_CYCLES:,} PostgreSQL)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=200, help="untimed cycles per side first (default 200)")
+    parser.add_argument("--streams", type=int, default=8, help="streams written round-robin (default 8)")
+    parser.add_argument("--pg", metavar="URL", help="also run against PostgreSQL (a scratch schema, dropped)")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="cProfile API cycles, show the top N functions"
+    )
+    args = parser.parse_args(argv)
+    too_few_cycles = args.cycles is not None and args.cycles < args.rounds
+    if args.rounds < 1 or too_few_cycles or args.streams < 1 or args.warmup < 0:
+        parser.error("need --rounds >= 1, --cycles >= --rounds, --streams >= 1, --warmup >= 0")
+
+    def plan(default_cycles: int) -> Plan:
+        return Plan(args.cycles or default_cycles, args.rounds, args.warmup, args.streams, args.profile)
+
+    print(f"peewee {pw.__version__}, Python {sys.version.split()[0]}")
+    results = [bench_sqlite(plan(SQLITE_CYCLES))]
+    if args.pg:
+        results.append(bench_postgres(args.pg, plan(POSTGRES_CYCLES)))
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,8 +10,9 @@ One *cycle* is what the stream manager does for every segment file it writes:
    the stream's next segment index (``UPDATE stream ... RETURNING``) and
    inserts the recording row (``INSERT ... RETURNING id``);
 2. ``recording.complete_segment(ended_at=..., size_bytes=...)``: one
-   transaction that reads the row back (``SELECT ... [FOR UPDATE]``) and writes
-   end time, size and state. ``size_bytes`` is given, so no file is stat()ed.
+   ``UPDATE ... WHERE id = ? AND ended_at IS NULL`` that only an open segment
+   matches (no metadata to merge, so no read first). ``size_bytes`` is given,
+   so no file is stat()ed.
 
 The baseline runs, in the same process and on the same database, the very
 statements the API issues, with the same transaction boundaries, through the
@@ -58,6 +59,7 @@ import peewee as pw
 
 from stream_state import Stream, open_database
 from stream_state.database import sqlite_pragmas
+from stream_state.models.hotpath import _spelled
 
 GOAL_RATIO = 0.3
 SQLITE_CYCLES = 5000
@@ -67,48 +69,27 @@ SIZE_BYTES = 4_000_000
 T0 = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-# The statements the API issues, as peewee writes them (see its DEBUG log);
-# {p} is the driver's placeholder, {lock} the row lock PostgreSQL needs.
-CLAIM = (
-    'UPDATE "stream" SET "next_segment_index" = ("stream"."next_segment_index" + {p}) '
-    'WHERE (("stream"."id" = {p}) AND ("stream"."removed_at" IS NULL)) '
-    'RETURNING "stream"."next_segment_index"'
-)
-INSERT = (
-    'INSERT INTO "recording" ("stream_id", "path", "storage", "segment_index", "started_at", '
-    '"size_bytes", "state", "archived", "metadata") VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) '
-    'RETURNING "recording"."id"'
-)
-SELECT = (
-    'SELECT "t1"."id", "t1"."stream_id", "t1"."path", "t1"."storage", "t1"."segment_index", '
-    '"t1"."started_at", "t1"."ended_at", "t1"."checkpoint_at", "t1"."size_bytes", "t1"."state", '
-    '"t1"."archived", "t1"."metadata" FROM "recording" AS "t1" WHERE ("t1"."id" = {p}) LIMIT {p}{lock}'
-)
-UPDATE = (
-    'UPDATE "recording" SET "ended_at" = {p}, "size_bytes" = {p}, "state" = {p}, "metadata" = {p} '
-    'WHERE ("recording"."id" = {p})'
-)
-STATE_COLUMN, METADATA_COLUMN = 9, 11  # positions in SELECT
-
 
 @dataclass(frozen=True)
 class Statements:
-    """One backend's spelling of the four statements of a cycle, in the order they run."""
+    """The statements of a cycle, in the order they run, as the API spells them.
+
+    The package writes its per-segment SQL once per backend
+    (``stream_state.models.hotpath``); the baseline runs that very text, and
+    ``check_same_sql`` proves the API still issues exactly it.
+    """
 
     claim: str
     insert: str
-    select: str
-    update: str
+    complete: str
 
     @classmethod
-    def for_backend(cls, placeholder: str, row_lock: str = "") -> Statements:
-        def spell(sql: str) -> str:
-            return sql.format(p=placeholder, lock=row_lock)
-
-        return cls(spell(CLAIM), spell(INSERT), spell(SELECT), spell(UPDATE))
+    def for_backend(cls, placeholder: str) -> Statements:
+        spelled = _spelled(placeholder)
+        return cls(spelled.claim_index, spelled.insert_recording, spelled.complete_open)
 
     def in_order(self) -> list[str]:
-        return [self.claim, self.insert, self.select, self.update]
+        return [self.claim, self.insert, self.complete]
 
 
 # What one cycle gets: the API takes a Stream and aware datetimes, as the
@@ -220,18 +201,14 @@ def raw_sqlite_runner(conn: sqlite3.Connection, sql: Statements) -> Callable[[Se
         execute = conn.execute
         for stream_id, path, started, ended in jobs:
             execute("BEGIN IMMEDIATE")
-            (next_index,) = execute(sql.claim, (1, stream_id)).fetchone()
+            (next_index,) = execute(sql.claim, (stream_id,)).fetchone()
             (recording_id,) = execute(
-                sql.insert, (stream_id, path, None, next_index - 1, started, 0, "recording", False, None)
+                sql.insert, (stream_id, path, None, next_index - 1, started, 0, None)
             ).fetchone()
             execute("COMMIT")
-            execute("BEGIN IMMEDIATE")
-            row = execute(sql.select, (recording_id, 1)).fetchone()
-            # The API checks the state it read; a check this cheap keeps the sides honest.
-            if row[STATE_COLUMN] != "recording":
-                raise RuntimeError(f"recording {recording_id} is {row[STATE_COLUMN]}")
-            execute(sql.update, (ended, SIZE_BYTES, "complete", row[METADATA_COLUMN], recording_id))
-            execute("COMMIT")
+            # One statement in autocommit, as the API closes an open segment.
+            if execute(sql.complete, (ended, SIZE_BYTES, recording_id)).rowcount != 1:
+                raise RuntimeError(f"recording {recording_id} was not open")
 
     return run
 
@@ -244,16 +221,14 @@ def raw_psycopg2_runner(conn: Any, sql: Statements) -> Callable[[Sequence[RawJob
         for stream_id, path, started, ended in jobs:
             # autocommit is off: psycopg2 sends BEGIN before the first statement,
             # as peewee sends its own BEGIN.
-            execute(sql.claim, (1, stream_id))
+            execute(sql.claim, (stream_id,))
             (next_index,) = fetchone()
-            execute(sql.insert, (stream_id, path, None, next_index - 1, started, 0, "recording", False, None))
+            execute(sql.insert, (stream_id, path, None, next_index - 1, started, False, None))
             (recording_id,) = fetchone()
             commit()
-            execute(sql.select, (recording_id, 1))
-            row = fetchone()
-            if row[STATE_COLUMN] != "recording":
-                raise RuntimeError(f"recording {recording_id} is {row[STATE_COLUMN]}")
-            execute(sql.update, (ended, SIZE_BYTES, "complete", row[METADATA_COLUMN], recording_id))
+            execute(sql.complete, (ended, SIZE_BYTES, recording_id))
+            if cursor.rowcount != 1:
+                raise RuntimeError(f"recording {recording_id} was not open")
             commit()
 
     return run
@@ -378,7 +353,7 @@ def bench_postgres(url: str, plan: Plan) -> Result:
     try:
         db = open_database(url, options=f"-c search_path={schema}")
         conn = psycopg2.connect(url, options=f"-c search_path={schema}")
-        sql = Statements.for_backend("%s", " FOR UPDATE")
+        sql = Statements.for_backend("%s")
         label = f"postgresql {conn.server_version // 10000}.{conn.server_version % 10000}"
         result = measure(label, plan, sql, raw_psycopg2_runner(conn, sql))
 

@@ -112,8 +112,22 @@ def test_begin_and_complete_take_two_statements_each(db):
         segment = stream.begin_segment("/rec/q.mp4")
     with count_queries() as complete:
         segment.complete_segment(size_bytes=1)
-    # begin: UPDATE ... RETURNING, INSERT; complete: SELECT (locked), UPDATE.
-    assert begin.count == 2 and complete.count == 2
+    # begin: UPDATE ... RETURNING, INSERT; complete: one conditional UPDATE.
+    assert begin.count == 2 and complete.count == 1
+
+
+def test_rows_written_by_the_hot_path_read_back_like_orm_rows(db):
+    stream = StreamFactory()
+    metadata = {"codec": "h265", "ünïcode": ["a", 1, 2.5, None, True], "nested": {"k": "v"}}
+    fast = stream.begin_segment("/rec/fast.mp4", started_at=T0, storage="disk", metadata=metadata)
+    orm = Recording.create(
+        stream=stream, path="/rec/orm.mp4", storage="disk", segment_index=99, started_at=T0, metadata=metadata
+    )
+    columns = [f for f in Recording._meta.sorted_field_names if f not in ("id", "path", "segment_index")]
+    stored_fast, stored_orm = Recording.get_by_id(fast.id), Recording.get_by_id(orm.id)
+    assert {c: getattr(stored_fast, c) for c in columns} == {c: getattr(stored_orm, c) for c in columns}
+    assert {c: getattr(fast, c) for c in columns} == {c: getattr(stored_fast, c) for c in columns}
+    assert Recording.select().where(Recording.metadata["codec"] == "h265").count() == 2
 
 
 # --- checkpoint ---------------------------------------------------------------------

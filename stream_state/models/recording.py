@@ -17,6 +17,7 @@ from ..timeutil import from_millis, to_millis, utc_now
 from ..transitions import check_segment_transition
 from ..validate import require_count, require_json_object, require_text
 from .base import BaseModel, locked
+from .hotpath import segment_statements
 from .stream import Stream
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,19 @@ class Recording(BaseModel):
         if metadata is not None:
             metadata = require_json_object("metadata", metadata)
         cls = type(self)
-        with self._meta.database.atomic():
+        db = self._meta.database
+        if metadata is None:
+            # The common case, an open segment closed without new metadata:
+            # one statement, which only an open row matches.
+            closed = db.execute_sql(
+                segment_statements(db).complete_open, (ended_ms, size_bytes, self.id)
+            ).rowcount
+            if closed:
+                self.state = SegmentState.COMPLETE
+                self.ended_at = from_millis(ended_ms)
+                self.size_bytes = size_bytes
+                return self
+        with db.atomic():
             fresh = locked(cls.select().where(cls.id == self.id)).first()
             if fresh is None:
                 raise NotFound("recording", self.path)

@@ -12,8 +12,8 @@ import peewee as pw
 from ..errors import AlreadyExists, InvalidTransition, NotFound, StreamRemoved, ValidationError
 from ..fields import EnumField, TimestampField
 from ..redact import MASK, is_secret_key, redact_data, redact_text, redact_uri
-from ..states import EventType, HealthState, Severity, StreamStatus
-from ..timeutil import to_millis, utc_now
+from ..states import EventType, HealthState, SegmentState, Severity, StreamStatus
+from ..timeutil import from_millis, to_millis, utc_now
 from ..transitions import REPORTABLE_HEALTH, health_severity, status_change
 from ..validate import (
     optional_text,
@@ -25,6 +25,7 @@ from ..validate import (
     require_uri,
 )
 from .base import BaseModel, locked
+from .hotpath import json_param, segment_statements
 
 if TYPE_CHECKING:
     from .recording import Recording
@@ -367,38 +368,52 @@ class Stream(BaseModel):
         storage = optional_text("storage", storage, max_length=1000)
         metadata = require_json_object("metadata", metadata) if metadata is not None else None
         started = utc_now() if started_at is None else started_at
-        to_millis(started, "started_at")
-        cls = type(self)
+        started_ms = to_millis(started, "started_at")
+        db = self._meta.database
+        sql = segment_statements(db)
         try:
-            with self._meta.database.atomic():
-                claimed = (
-                    cls.update(next_segment_index=cls.next_segment_index + 1)
-                    .where((cls.id == self.id) & cls.removed_at.is_null())
-                    .returning(cls.next_segment_index)
-                    .execute()
-                )
-                row = next(iter(claimed), None)
-                if row is None:
-                    raise (
-                        StreamRemoved(self.name)
-                        if cls.get_or_none(cls.id == self.id)
-                        else NotFound("stream", self.name)
-                    )
-                index = row.next_segment_index - 1
-                recording = Recording.create(
-                    stream=self,
-                    path=path,
-                    storage=storage,
-                    segment_index=index,
-                    started_at=started,
-                    metadata=metadata,
-                )
+            with db.atomic():
+                claimed = db.execute_sql(sql.claim_index, (self.id,)).fetchone()
+                if claimed is None:
+                    raise self._why_not_live()
+                index = claimed[0] - 1
+                (recording_id,) = db.execute_sql(
+                    sql.insert_recording,
+                    (
+                        self.id,
+                        path,
+                        storage,
+                        index,
+                        started_ms,
+                        Recording.archived.db_value(False),
+                        json_param(db, Recording.metadata, metadata),
+                    ),
+                ).fetchone()
         except pw.IntegrityError as exc:
             if "path" in str(exc):
                 raise AlreadyExists("recording", "path", path) from exc
             raise
         self.next_segment_index = index + 1
+        recording = Recording(
+            id=recording_id,
+            stream=self,
+            path=path,
+            storage=storage,
+            segment_index=index,
+            started_at=from_millis(started_ms),
+            size_bytes=0,
+            state=SegmentState.RECORDING,
+            archived=False,
+            metadata=metadata,
+        )
+        recording._dirty.clear()
         return recording
+
+    def _why_not_live(self) -> NotFound:
+        cls = type(self)
+        return (
+            StreamRemoved(self.name) if cls.get_or_none(cls.id == self.id) else NotFound("stream", self.name)
+        )
 
     # --- helpers --------------------------------------------------------------------------
 

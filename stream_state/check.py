@@ -1,0 +1,393 @@
+"""Compare the recording table with the files on the storage roots, both ways.
+
+``check(roots)`` reports files with no row (orphans) and rows with no file
+(missing). It changes nothing unless asked: ``adopt_orphans`` makes rows
+(state ``recovered``) for orphan files, ``delete_orphans`` removes them,
+``mark_missing`` sets rows of missing files to ``missing`` and
+``drop_missing`` deletes those rows.
+
+Guards, because the usual cause of "everything is missing" is a disk that is
+not mounted, and the usual cause of "everything is an orphan" is a database
+restored from an old backup:
+
+* each root carries a marker file naming this database; an unmarked, empty
+  or foreign root is reported and never repaired (``init_roots`` marks new
+  roots);
+* nothing younger than ``min_age`` is touched;
+* a repair that would remove or mark more than ``max_share`` (default 50%)
+  of one stream's recordings is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import peewee as pw
+
+from .errors import ValidationError
+from .models import Event, Recording, Stream, SystemState, database_proxy
+from .models.recording import unlink_quietly
+from .states import EventType, SegmentState, Severity
+from .timeutil import from_millis, now_millis, to_millis
+
+log = logging.getLogger(__name__)
+
+MARKER_NAME = ".stream_state_root.json"
+DEFAULT_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".ts", ".m4s", ".mov", ".webm", ".avi", ".flv", ".h264", ".h265"}
+)
+DEFAULT_MIN_AGE = dt.timedelta(minutes=10)
+DEFAULT_MAX_SHARE = 0.5
+
+# Rows whose file is expected on disk. A failed segment may legitimately
+# have no file; open and deleting rows belong to restore.
+_SETTLED = (SegmentState.COMPLETE, SegmentState.INTERRUPTED, SegmentState.RECOVERED)
+
+
+@dataclass(frozen=True)
+class RootStatus:
+    path: str
+    status: str  # "ok", "marked" (marker just written), "unmarked", "empty", "foreign", "absent"
+    detail: str
+    files: int
+    rows: int
+
+    @property
+    def repairable(self) -> bool:
+        return self.status in ("ok", "marked")
+
+
+@dataclass(frozen=True)
+class OrphanFile:
+    path: str
+    size_bytes: int
+    modified_at: dt.datetime
+    stream: str | None  # the stream it most likely belongs to
+    action: str  # "reported", "adopted", "deleted", or why not: "too young", "no stream", "refused"
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    recording_id: int
+    stream: str
+    path: str
+    state: SegmentState
+    action: str  # "reported", "marked missing", "dropped", "too young", "refused", "found again"
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    roots: tuple[RootStatus, ...]
+    orphans: tuple[OrphanFile, ...]
+    missing: tuple[MissingFile, ...]
+    refused: tuple[str, ...]  # why a requested repair was not done
+
+    @property
+    def clean(self) -> bool:
+        """True when rows and files agree on every identified root."""
+        return not self.orphans and not [m for m in self.missing if m.action != "found again"]
+
+    def count(self, action: str) -> int:
+        return sum(1 for item in (*self.orphans, *self.missing) if item.action == action)
+
+
+# --- storage root identity -----------------------------------------------------------------
+
+
+def read_marker(root: Path) -> dict | None:
+    try:
+        return json.loads((root / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def mark_root(root: str | os.PathLike[str]) -> Path:
+    """Write this database's marker into a storage root (so it is recognised later)."""
+    root = Path(root)
+    marker = root / MARKER_NAME
+    body = {"database_id": SystemState.database_id(), "root": str(root.resolve()), "marked_at": now_millis()}
+    temporary = marker.with_suffix(".tmp")
+    temporary.write_text(json.dumps(body))
+    os.replace(temporary, marker)  # atomic: a crash leaves the old marker or the new one
+    return marker
+
+
+def _root_status(root: Path, files: int, rows: int, init: bool) -> RootStatus:
+    if not root.is_dir():
+        return RootStatus(str(root), "absent", "not a directory (not mounted?)", files, rows)
+    marker = read_marker(root)
+    database_id = SystemState.database_id()
+    if marker is None:
+        if files == 0:
+            return RootStatus(str(root), "empty", "no marker and no files: is the disk mounted?", files, rows)
+        if init:
+            mark_root(root)
+            return RootStatus(str(root), "marked", "marker written", files, rows)
+        return RootStatus(
+            str(root), "unmarked", "no marker: pass init_roots to adopt this root as ours", files, rows
+        )
+    if marker.get("database_id") != database_id:
+        return RootStatus(
+            str(root),
+            "foreign",
+            f"marked by another database ({marker.get('database_id')}): a swapped disk?",
+            files,
+            rows,
+        )
+    return RootStatus(str(root), "ok", "marker matches", files, rows)
+
+
+# --- the check --------------------------------------------------------------------------------
+
+
+def check(
+    storage_roots: Iterable[str | os.PathLike[str]],
+    *,
+    adopt_orphans: bool = False,
+    delete_orphans: bool = False,
+    mark_missing: bool = False,
+    drop_missing: bool = False,
+    min_age: dt.timedelta = DEFAULT_MIN_AGE,
+    max_share: float = DEFAULT_MAX_SHARE,
+    force: bool = False,
+    init_roots: bool = False,
+    suffixes: Iterable[str] = DEFAULT_SUFFIXES,
+    now: dt.datetime | None = None,
+) -> CheckReport:
+    """Compare rows and files under ``storage_roots``; repair only what is asked."""
+    if adopt_orphans and delete_orphans:
+        raise ValidationError("delete_orphans", True, "choose adopt_orphans or delete_orphans, not both")
+    if mark_missing and drop_missing:
+        raise ValidationError("drop_missing", True, "choose mark_missing or drop_missing, not both")
+    if not 0 < max_share <= 1:
+        raise ValidationError("max_share", max_share, "must be in (0, 1]")
+    now_ms = now_millis() if now is None else to_millis(now, "now")
+    cutoff_ms = now_ms - int(min_age.total_seconds() * 1000)
+    suffixes = frozenset(s.lower() for s in suffixes)
+    roots = [Path(root).absolute() for root in storage_roots]
+    if not roots:
+        raise ValidationError("storage_roots", [], "give at least one storage root")
+
+    statuses, orphans, missing, refused = [], [], [], []
+    for root in roots:
+        files = _scan(root, suffixes)
+        rows = _rows_under(root)
+        status = _root_status(root, len(files), len(rows), init_roots)
+        statuses.append(status)
+        wants_repair = adopt_orphans or delete_orphans or mark_missing or drop_missing
+        if not status.repairable and wants_repair:
+            refused.append(f"{root}: {status.status}: {status.detail}")
+        if status.status in ("absent", "empty", "foreign"):
+            continue  # nothing on it can be trusted to say anything about our rows
+        repair = status.repairable
+        orphan_found, missing_found = _compare(files, rows, root)
+        orphans += _handle_orphans(
+            orphan_found, rows, cutoff_ms, adopt_orphans and repair, delete_orphans and repair,
+            max_share, force, refused,
+        )  # fmt: skip
+        missing += _handle_missing(
+            missing_found, rows, cutoff_ms, mark_missing and repair, drop_missing and repair,
+            max_share, force, refused,
+        )  # fmt: skip
+    report = CheckReport(tuple(statuses), tuple(orphans), tuple(missing), tuple(refused))
+    _record(report, now_ms)
+    return report
+
+
+def _scan(root: Path, suffixes: frozenset[str]) -> dict[str, os.stat_result]:
+    found = {}
+    if not root.is_dir():
+        return found
+    for directory, _dirs, names in os.walk(root):
+        for name in names:
+            if name == MARKER_NAME or Path(name).suffix.lower() not in suffixes:
+                continue
+            path = os.path.join(directory, name)
+            try:
+                found[path] = os.stat(path)
+            except OSError:
+                continue  # vanished while we looked
+    return found
+
+
+def _rows_under(root: Path) -> dict[str, dict]:
+    prefix = str(root).rstrip(os.sep) + os.sep
+    query = (
+        Recording.select(
+            Recording.id,
+            Recording.stream,
+            Stream.name.alias("stream_name"),
+            Recording.path,
+            Recording.state,
+            Recording.ended_at,
+            Recording.started_at,
+        )
+        .join(Stream)
+        # substr() rather than LIKE: paths may contain % and _.
+        .where(pw.fn.SUBSTR(Recording.path, 1, len(prefix)) == prefix)
+        .dicts()
+    )
+    return {row["path"]: row for row in query}
+
+
+def _compare(files: dict[str, os.stat_result], rows: dict[str, dict], root: Path) -> tuple[list, list]:
+    orphans = [(path, info) for path, info in sorted(files.items()) if path not in rows]
+    missing = [
+        row
+        for path, row in sorted(rows.items())
+        if path not in files and row["state"] in (*_SETTLED, SegmentState.MISSING)
+    ]
+    found_again = [
+        rows[path] for path in files if path in rows and rows[path]["state"] == SegmentState.MISSING
+    ]
+    return orphans, missing + [dict(row, found_again=True) for row in found_again]
+
+
+def _guess_stream(path: str, rows: dict[str, dict], streams: list[tuple[str, int]]) -> tuple[str, int] | None:
+    """The stream an orphan most likely belongs to: its neighbours' stream, else its file name's."""
+    directory = os.path.dirname(path)
+    neighbours = Counter(
+        (row["stream_name"], row["stream"]) for p, row in rows.items() if os.path.dirname(p) == directory
+    )
+    if neighbours:
+        return neighbours.most_common(1)[0][0]
+    name = os.path.basename(path)
+    for stream_name, stream_id in sorted(streams, key=lambda s: -len(s[0])):
+        if name.startswith(stream_name) and (
+            len(name) == len(stream_name) or not name[len(stream_name)].isalnum()
+        ):
+            return stream_name, stream_id
+    return None
+
+
+def _handle_orphans(orphans, rows, cutoff_ms, adopt, delete, max_share, force, refused) -> list[OrphanFile]:
+    streams = [
+        (s.name, s.id) for s in Stream.select(Stream.name, Stream.id).where(Stream.removed_at.is_null())
+    ]
+    guesses = {path: _guess_stream(path, rows, streams) for path, _info in orphans}
+    delete_refused = False
+    if delete and not force:
+        # Deleting most of a stream's files because the index does not know
+        # them usually means the index is old (a restored backup), not the files.
+        per_stream = Counter(guess[0] if guess else None for guess in guesses.values())
+        known = Counter(row["stream_name"] for row in rows.values())
+        for stream_name, count in per_stream.items():
+            if count / (count + known.get(stream_name, 0)) > max_share:
+                refused.append(
+                    f"deleting {count} orphan file(s) of {stream_name or 'unknown streams'} is more than "
+                    f"{max_share:.0%} of its recordings; pass force to do it anyway"
+                )
+                delete, delete_refused = False, True
+    result = []
+    for path, info in orphans:
+        mtime_ms = info.st_mtime_ns // 1_000_000
+        guess = guesses[path]
+        action = "refused" if delete_refused else "reported"
+        if adopt or delete:
+            if mtime_ms > cutoff_ms:
+                action = "too young"
+            elif delete:
+                unlink_quietly(path)
+                action = "deleted"
+            elif guess is None:
+                action = "no stream"
+            else:
+                _adopt(path, guess[1], info.st_size, mtime_ms)
+                action = "adopted"
+        result.append(
+            OrphanFile(path, info.st_size, from_millis(mtime_ms), guess[0] if guess else None, action)
+        )
+    return result
+
+
+def _adopt(path: str, stream_id: int, size: int, mtime_ms: int) -> None:
+    with database_proxy.atomic():
+        claimed = (
+            Stream.update(next_segment_index=Stream.next_segment_index + 1)
+            .where(Stream.id == stream_id)
+            .returning(Stream.next_segment_index)
+            .execute()
+        )
+        index = next(iter(claimed)).next_segment_index - 1
+        # When the file started is unknown; its mtime is when it ended.
+        Recording.create(
+            stream=stream_id,
+            path=path,
+            segment_index=index,
+            started_at=mtime_ms,
+            ended_at=mtime_ms,
+            size_bytes=size,
+            state=SegmentState.RECOVERED,
+            metadata={"recovered_by": "check", "started_at_unknown": True},
+        )
+
+
+def _handle_missing(missing, rows, cutoff_ms, mark, drop, max_share, force, refused) -> list[MissingFile]:
+    result = []
+    if (mark or drop) and not force:
+        per_stream = Counter(row["stream_name"] for row in missing if not row.get("found_again"))
+        totals = Counter(row["stream_name"] for row in rows.values())
+        over = {name for name, count in per_stream.items() if count / totals[name] > max_share}
+        for name in sorted(over):
+            refused.append(
+                f"{per_stream[name]} of {totals[name]} recordings of {name} have no file (more than "
+                f"{max_share:.0%}): is a disk missing? pass force to repair anyway"
+            )
+    else:
+        over = set()
+    for row in missing:
+        action = "reported"
+        if row.get("found_again"):
+            action = "found again"
+            if mark or drop:
+                _set_state(row["id"], SegmentState.MISSING, SegmentState.RECOVERED)
+        elif mark or drop:
+            ended = row["ended_at"] or row["started_at"]
+            ended_ms = ended if isinstance(ended, int) else to_millis(ended)
+            if row["stream_name"] in over:
+                action = "refused"
+            elif ended_ms > cutoff_ms:
+                action = "too young"
+            elif drop:
+                Recording.delete().where(Recording.id == row["id"]).execute()
+                action = "dropped"
+            elif row["state"] != SegmentState.MISSING:
+                _set_state(row["id"], SegmentState(row["state"]), SegmentState.MISSING)
+                action = "marked missing"
+        result.append(
+            MissingFile(row["id"], row["stream_name"], row["path"], SegmentState(row["state"]), action)
+        )
+    return result
+
+
+def _set_state(recording_id: int, old: SegmentState, new: SegmentState) -> None:
+    Recording.update(state=new).where(
+        (Recording.id == recording_id) & (Recording.state == old.value)
+    ).execute()
+
+
+def _record(report: CheckReport, now_ms: int) -> None:
+    counts = {
+        action: report.count(action)
+        for action in ("adopted", "deleted", "marked missing", "dropped", "found again")
+        if report.count(action)
+    }
+    if not counts and not report.refused:
+        return
+    Event.record(
+        EventType.CHECK_REPAIRED,
+        severity=Severity.WARNING,
+        message="check: " + ", ".join(f"{n} {action}" for action, n in counts.items())
+        if counts
+        else "check refused",
+        data={"counts": counts, "refused": list(report.refused), "roots": [r.path for r in report.roots]},
+        at=from_millis(now_ms),
+    )
+    log.warning("check repaired %s; refused: %s", counts, report.refused)

@@ -20,7 +20,7 @@ from typing import Any
 import peewee as pw
 
 from .models import Event, Recording, Stream, SystemState, database_proxy
-from .models.recording import unlink_quietly
+from .models.recording import finish_archive, undo_archive, unlink_quietly
 from .redact import redact_uri
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
 from .timeutil import from_millis, now_millis, to_millis
@@ -68,6 +68,7 @@ class Repair:
     ended_at: dt.datetime | None
     size_bytes: int
     evidence: str  # why: "file mtime", "last checkpoint", "file missing", ...
+    applied: bool = False  # already written to the row (archive moves); only its event is pending
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,7 @@ class Restorer:
                 was_recording |= set(lifecycle.get("recording_stream_ids", ()))
             repairs = self._reconcile(open_rows, now_ms, clean=False)
             repairs += self._finish_deletes(dry_run)
+            repairs += self._finish_archive_moves(dry_run, now_ms)
             if not dry_run:
                 self._commit_repairs(repairs, now_ms, kind=EventType.SEGMENT_REPAIRED)
                 self._write_lifecycle(
@@ -386,13 +388,70 @@ class Restorer:
             )
         return repairs
 
+    def _finish_archive_moves(self, dry_run: bool, now_ms: int) -> list[Repair]:
+        """Finish or undo archive moves a crash interrupted; their rows are already repaired."""
+        rows = (
+            Recording.select(
+                Recording.id, Recording.stream, Stream.name.alias("stream_name"), Recording.metadata
+            )
+            .join(Stream)
+            .where(
+                (Recording.state != SegmentState.COMPLETE.value)
+                & (Recording.state == SegmentState.ARCHIVING.value)
+            )
+            .dicts()
+        )
+        repairs = []
+        for row in rows:
+            plan = (row["metadata"] or {}).get("archive") or {}
+            source, dest = plan.get("from"), plan.get("to")
+            previous = SegmentState(plan.get("previous_state", SegmentState.COMPLETE))
+            if dest and os.path.exists(dest):
+                outcome, evidence, path = previous, "archived copy complete; move finished", dest
+                if not dry_run:
+                    if source and source != dest and os.path.exists(source):
+                        os.unlink(source)
+                    finish_archive(row["id"], plan)
+            elif source and os.path.exists(source):
+                outcome, evidence, path = previous, "archive copy incomplete; move undone", source
+                if not dry_run:
+                    undo_archive(row["id"], plan)
+            else:
+                outcome, evidence, path = (
+                    SegmentState.MISSING,
+                    "neither the file nor its archive copy exists",
+                    source,
+                )
+                if not dry_run:
+                    Recording.update(state=SegmentState.MISSING).where(
+                        (Recording.id == row["id"]) & (Recording.state == SegmentState.ARCHIVING.value)
+                    ).execute()
+            repairs.append(
+                Repair(
+                    recording_id=row["id"],
+                    stream_id=row["stream"],
+                    stream=row["stream_name"],
+                    path=path or "",
+                    old_state=SegmentState.ARCHIVING,
+                    new_state=outcome,
+                    ended_at=None,
+                    size_bytes=0,
+                    evidence=evidence,
+                    applied=True,
+                )
+            )
+        return repairs
+
     def _commit_repairs(self, repairs: list[Repair], now_ms: int, kind: str) -> None:
         if not repairs:
             return
         with self.db.atomic():
             events = []
             for repair in repairs:
-                if repair.new_state is None:
+                if repair.applied:
+                    done = 1
+                    message = f"archive move of {repair.path}: {repair.evidence}"
+                elif repair.new_state is None:
                     done = (
                         Recording.delete()
                         .where(

@@ -37,6 +37,7 @@ class SegmentState(enum.StrEnum):
     INTERRUPTED = "interrupted"  # the process died while writing; kept what was on disk
     FAILED = "failed"  # nothing usable was written, or the manager gave up
     DELETING = "deleting"  # a delete is under way: the file may or may not still exist
+    ARCHIVING = "archiving"  # the file is being moved to an archive root (see metadata["archive"])
     RECOVERED = "recovered"  # a file found on disk without a row, adopted by `check`
     MISSING = "missing"  # the row's file was not found by `check` (kept: the disk may come back)
 
@@ -67,3 +68,5 @@ class EventType(enum.StrEnum):
     RESTORED = "restored"
     CLEAN_SHUTDOWN = "clean_shutdown"
     CHECK_REPAIRED = "check_repaired"
+    RETENTION_APPLIED = "retention_applied"
+    PURGED = "purged"

@@ -20,15 +20,23 @@ STATUS_TRANSITIONS: dict[StreamStatus, frozenset[StreamStatus]] = {
     StreamStatus.ERROR: frozenset({StreamStatus.STARTING, StreamStatus.STOPPING, StreamStatus.STOPPED}),
 }
 
+# A finished segment with a file may be deleted, found missing, or archived.
+_FINISHED_MOVES = frozenset({SegmentState.DELETING, SegmentState.MISSING, SegmentState.ARCHIVING})
+
 # Where a segment's row may go next. A RECORDING row ends exactly one way;
 # every finished row may later be deleted (retention, check); DELETING ends
 # when the row is removed.
 SEGMENT_TRANSITIONS: dict[SegmentState, frozenset[SegmentState]] = {
     SegmentState.RECORDING: frozenset({SegmentState.COMPLETE, SegmentState.FAILED, SegmentState.INTERRUPTED}),
-    SegmentState.COMPLETE: frozenset({SegmentState.DELETING, SegmentState.MISSING}),
-    SegmentState.INTERRUPTED: frozenset({SegmentState.DELETING, SegmentState.MISSING}),
+    SegmentState.COMPLETE: _FINISHED_MOVES,
+    SegmentState.INTERRUPTED: _FINISHED_MOVES,
     SegmentState.FAILED: frozenset({SegmentState.DELETING}),
-    SegmentState.RECOVERED: frozenset({SegmentState.DELETING, SegmentState.MISSING}),
+    SegmentState.RECOVERED: _FINISHED_MOVES,
+    # A move to the archive ends by returning to the state it came from
+    # (recorded in metadata["archive"]), or as missing if both copies vanished.
+    SegmentState.ARCHIVING: frozenset(
+        {SegmentState.COMPLETE, SegmentState.INTERRUPTED, SegmentState.RECOVERED, SegmentState.MISSING}
+    ),
     # A missing file may turn up again (a disk remounted): `check` then
     # adopts it back as RECOVERED.
     SegmentState.MISSING: frozenset({SegmentState.DELETING, SegmentState.RECOVERED}),

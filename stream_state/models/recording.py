@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import logging
 import os
+import shutil
 from typing import Any
 
 import peewee as pw
 
-from ..errors import InvalidTransition, NotFound, ValidationError
+from ..errors import AlreadyExists, InvalidTransition, NotFound, ValidationError
 from ..fields import EnumField, GrowingIdField, TimestampField
 from ..redact import redact_text
 from ..states import EventType, SegmentState, Severity
@@ -226,6 +229,78 @@ class Recording(BaseModel):
         log.info("deleted segment %s (%d bytes)", self.path, freed)
         return freed
 
+    # --- archive ---------------------------------------------------------------------------
+
+    def archive(
+        self, dest_root: str | os.PathLike[str] | None = None, storage: str | None = None
+    ) -> Recording:
+        """Mark a finished recording archived: retention by age or size never removes it.
+
+        With ``dest_root`` the file also moves to ``dest_root/<stream>/<file>``,
+        crash-safe: the row is marked ``archiving`` (with both paths) first,
+        the file is renamed (or copied, synced and renamed across
+        filesystems) and the source removed, then the row takes the new path.
+        A crash in between is finished or undone by the next restore.
+        """
+        cls = type(self)
+        with self._meta.database.atomic():
+            fresh = locked(cls.select().where(cls.id == self.id)).first()
+            if fresh is None:
+                raise NotFound("recording", self.path)
+            if dest_root is None:
+                if fresh.state not in ARCHIVABLE:
+                    raise InvalidTransition(
+                        "segment", fresh.state, "archived", "only finished segments are archived"
+                    )
+                cls.update(archived=True).where(cls.id == self.id).execute()
+                self.__data__.update(fresh.__data__, archived=True)
+                return self
+            check_segment_transition(fresh.state, SegmentState.ARCHIVING)
+            stream_name = Stream.select(Stream.name).where(Stream.id == fresh.stream_id).scalar()
+            dest = os.path.join(os.fspath(dest_root), stream_name, os.path.basename(fresh.path))
+            if os.path.exists(dest) or cls.select().where(cls.path == dest).exists():
+                raise AlreadyExists("recording", "path", dest)
+            plan = {"from": fresh.path, "to": dest, "previous_state": str(fresh.state), "storage": storage}
+            cls.update(
+                state=SegmentState.ARCHIVING, metadata={**(fresh.metadata or {}), "archive": plan}
+            ).where(cls.id == self.id).execute()
+        move_file(fresh.path, dest)
+        finish_archive(self.id, plan)
+        fresh = cls.get_by_id(self.id)
+        self.__data__.update(fresh.__data__)
+        log.info("archived %s to %s", plan["from"], dest)
+        return self
+
+    @classmethod
+    def archive_completed(
+        cls,
+        older_than: dt.timedelta,
+        stream: Stream | int | None = None,
+        dest_root: str | os.PathLike[str] | None = None,
+        storage: str | None = None,
+        now: dt.datetime | None = None,
+    ) -> int:
+        """Archive every finished, unarchived recording that ended more than ``older_than`` ago.
+
+        Returns how many were archived.
+        """
+        if not isinstance(older_than, dt.timedelta) or older_than < dt.timedelta(0):
+            raise ValidationError("older_than", older_than, "expected a non-negative timedelta")
+        cutoff = to_millis(utc_now() if now is None else now, "now") - int(older_than.total_seconds() * 1000)
+        query = cls.select().where(
+            cls.ended_at.is_null(False)
+            & (cls.ended_at < cutoff)
+            & (cls.archived == False)  # noqa: E712 - SQL, not Python
+            & cls.state.in_([s.value for s in ARCHIVABLE])
+        )
+        if stream is not None:
+            query = query.where(cls.stream == stream)
+        count = 0
+        for recording in query.order_by(cls.ended_at, cls.id):
+            recording.archive(dest_root, storage)
+            count += 1
+        return count
+
     # --- helpers ---------------------------------------------------------------------------
 
     def _size_on_disk(self, default: int | None = None) -> int:
@@ -244,6 +319,55 @@ class Recording(BaseModel):
         if current is None:
             raise NotFound("recording", self.path)
         raise InvalidTransition("segment", current, action, f"{self.path} is not open")
+
+
+# Finished segments whose file is worth keeping.
+ARCHIVABLE = (SegmentState.COMPLETE, SegmentState.INTERRUPTED, SegmentState.RECOVERED)
+
+
+def move_file(source: str, dest: str) -> None:
+    """Move a file so that a crash leaves the source, or the complete destination, or both.
+
+    Never a half-written destination under its final name: across
+    filesystems the copy is written as ``dest + '.part'``, synced, then renamed.
+    """
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    try:
+        os.rename(source, dest)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = dest + ".part"
+    shutil.copyfile(source, partial)
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.rename(partial, dest)
+    os.unlink(source)
+
+
+def finish_archive(recording_id: int, plan: dict[str, Any]) -> None:
+    """Point the row at the archived copy and leave the ``archiving`` state."""
+    row = Recording.get_by_id(recording_id)
+    metadata = {k: v for k, v in (row.metadata or {}).items() if k != "archive"}
+    Recording.update(
+        path=plan["to"],
+        storage=plan.get("storage") or row.storage,
+        archived=True,
+        state=SegmentState(plan["previous_state"]),
+        metadata=metadata or None,
+    ).where((Recording.id == recording_id) & (Recording.state == SegmentState.ARCHIVING.value)).execute()
+
+
+def undo_archive(recording_id: int, plan: dict[str, Any]) -> None:
+    """Give up a move that did not happen: the row keeps its old path and state."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(plan["to"] + ".part")
+    row = Recording.get_by_id(recording_id)
+    metadata = {k: v for k, v in (row.metadata or {}).items() if k != "archive"}
+    Recording.update(state=SegmentState(plan["previous_state"]), metadata=metadata or None).where(
+        (Recording.id == recording_id) & (Recording.state == SegmentState.ARCHIVING.value)
+    ).execute()
 
 
 def unlink_quietly(path: str) -> int:

@@ -1,0 +1,389 @@
+"""Upkeep that keeps a years-long recorder small and healthy without stalling it.
+
+* ``purge_events`` / ``purge_samples``: delete old rows in batches of a few
+  hundred, each its own short transaction, with a pause between batches so
+  a writer waiting for the lock waits one batch at most.
+* ``incremental_vacuum``, ``vacuum``, ``checkpoint_wal``, ``optimize``: give
+  space back and keep the planner informed (SQLite; no-ops on PostgreSQL,
+  whose autovacuum does this).
+* ``backup(dest)``: a consistent copy while the recorder writes (SQLite's
+  online backup API). PostgreSQL: use ``pg_dump`` (see ``BackupNotSupported``).
+* ``integrity_check()``: ``PRAGMA integrity_check`` and foreign-key checks.
+* ``Maintenance(db, policy).run_due(now)``: the one call a manager makes every
+  minute; runs what is due, remembering in the database when each job last ran.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+
+from .database import backup_sqlite
+from .errors import StreamStateError, ValidationError
+from .models import Event, MetricSample, MetricSeries, SystemState, database_proxy
+from .retention import RetentionPolicy, apply_retention
+from .states import EventType, Severity
+from .timeutil import from_millis, now_millis, to_millis
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+SCHEDULE_KEY = "maintenance_schedule"
+
+
+class BackupNotSupported(StreamStateError):
+    """``backup()`` on PostgreSQL: the server's own tools do it properly."""
+
+
+def _db() -> pw.Database:
+    return database_proxy.obj
+
+
+def _is_sqlite() -> bool:
+    return isinstance(_db(), pw.SqliteDatabase)
+
+
+def _check_days(field: str, days: Any) -> float:
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
+        raise ValidationError(field, days, "must be a positive number of days")
+    return float(days)
+
+
+# --- purge -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    events: int = 0
+    samples: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+
+def purge_events(
+    older_than_days: float,
+    *,
+    keep_types: Mapping[str, float] | None = None,
+    now: dt.datetime | None = None,
+    batch_size: int = 500,
+    pause_seconds: float = 0.01,
+    progress: Callable[[int], None] | None = None,
+) -> PurgeReport:
+    """Delete events older than ``older_than_days``; types in ``keep_types`` live their own number of days.
+
+    Batches of at most ``batch_size`` ids, oldest first, each a short
+    transaction, so a concurrent writer is never held up for long.
+    """
+    older_than_days = _check_days("older_than_days", older_than_days)
+    keep_types = {t: _check_days(f"keep_types[{t!r}]", d) for t, d in (keep_types or {}).items()}
+    now_ms = now_millis() if now is None else to_millis(now, "now")
+    started = time.perf_counter()
+    deleted = batches = 0
+    # The general cutoff excludes the kept types; each kept type then gets its own cutoff.
+    passes = [
+        (now_ms - int(older_than_days * DAY_MS), Event.type.not_in(list(keep_types)) if keep_types else None)
+    ]
+    passes += [(now_ms - int(days * DAY_MS), Event.type == kind) for kind, days in keep_types.items()]
+    for cutoff, condition in passes:
+        while True:
+            where = Event.ts < cutoff
+            if condition is not None:
+                where &= condition
+            ids = [
+                row[0]
+                for row in Event.select(Event.id).where(where).order_by(Event.ts).limit(batch_size).tuples()
+            ]
+            if not ids:
+                break
+            with _db().atomic():
+                deleted += Event.delete().where(Event.id.in_(ids)).execute()
+            batches += 1
+            if progress:
+                progress(deleted)
+            if len(ids) < batch_size:
+                break
+            time.sleep(pause_seconds)
+    return PurgeReport(events=deleted, batches=batches, seconds=time.perf_counter() - started)
+
+
+def purge_samples(
+    older_than_days: float,
+    *,
+    now: dt.datetime | None = None,
+    batch_size: int = 500,
+    pause_seconds: float = 0.01,
+    progress: Callable[[int], None] | None = None,
+) -> PurgeReport:
+    """Delete raw metric samples older than ``older_than_days`` (rollups are kept separately).
+
+    Walks each series' own (series, ts) key range in batches: every DELETE is
+    an index range of at most ``batch_size`` rows.
+    """
+    older_than_days = _check_days("older_than_days", older_than_days)
+    now_ms = now_millis() if now is None else to_millis(now, "now")
+    cutoff = now_ms - int(older_than_days * DAY_MS)
+    started = time.perf_counter()
+    deleted = batches = 0
+    for (series_id,) in MetricSeries.select(MetricSeries.id).tuples():
+        while True:
+            # The ts of the batch_size-th oldest old sample bounds this batch.
+            bound = (
+                MetricSample.select(MetricSample.ts)
+                .where((MetricSample.series == series_id) & (MetricSample.ts < cutoff))
+                .order_by(MetricSample.ts)
+                .offset(batch_size - 1)
+                .limit(1)
+                .scalar()
+            )
+            upper = cutoff if bound is None else min(cutoff, _ms(bound) + 1)
+            with _db().atomic():
+                count = (
+                    MetricSample.delete()
+                    .where((MetricSample.series == series_id) & (MetricSample.ts < upper))
+                    .execute()
+                )
+            deleted += count
+            if count:
+                batches += 1
+                if progress:
+                    progress(deleted)
+            if bound is None:
+                break
+            time.sleep(pause_seconds)
+    return PurgeReport(samples=deleted, batches=batches, seconds=time.perf_counter() - started)
+
+
+def _ms(value: Any) -> int:
+    return value if isinstance(value, int) else to_millis(value)
+
+
+# --- space and planner ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VacuumReport:
+    pages_freed: int
+    bytes_freed: int
+    steps: int
+    longest_step_seconds: float  # how long one step held the write lock
+
+
+def _pragma(name: str) -> Any:
+    return _db().execute_sql(f"PRAGMA {name}").fetchone()[0]
+
+
+def incremental_vacuum(
+    max_pages: int | None = None, *, pages_per_step: int = 1000, pause_seconds: float = 0.01
+) -> VacuumReport:
+    """Give free pages back to the filesystem, ``pages_per_step`` at a time (SQLite)."""
+    if not _is_sqlite():
+        return VacuumReport(0, 0, 0, 0.0)
+    page_size = _pragma("page_size")
+    free_before = _pragma("freelist_count")
+    target = free_before if max_pages is None else min(max_pages, free_before)
+    freed = steps = 0
+    longest = 0.0
+    # The pragma returns a row per page and stops after the first fetch when
+    # run as a query; executescript runs it to completion.
+    raw = _db().connection()
+    while freed < target:
+        step = min(pages_per_step, target - freed)
+        started = time.perf_counter()
+        raw.executescript(f"PRAGMA incremental_vacuum({step});")
+        longest = max(longest, time.perf_counter() - started)
+        now_free = _pragma("freelist_count")
+        done = free_before - now_free - freed
+        if done <= 0:
+            break
+        freed += done
+        steps += 1
+        time.sleep(pause_seconds)
+    return VacuumReport(freed, freed * page_size, steps, longest)
+
+
+def vacuum() -> int:
+    """A full VACUUM (SQLite; blocks writers while it runs). Returns bytes saved."""
+    if not _is_sqlite():
+        _db().execute_sql("VACUUM")
+        return 0
+    before = _pragma("page_count") * _pragma("page_size")
+    _db().connection().executescript("VACUUM;")
+    return before - _pragma("page_count") * _pragma("page_size")
+
+
+def wal_size() -> int:
+    if not _is_sqlite():
+        return 0
+    try:
+        return os.path.getsize(_db().database + "-wal")
+    except OSError:
+        return 0
+
+
+def checkpoint_wal(min_bytes: int = 0) -> bool:
+    """Checkpoint and truncate the WAL when it is at least ``min_bytes``; True if it ran fully."""
+    if not _is_sqlite() or wal_size() < min_bytes:
+        return False
+    busy, _log, _done = _db().execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return busy == 0
+
+
+def optimize() -> None:
+    """Refresh the planner's statistics (``PRAGMA optimize`` / ``ANALYZE``)."""
+    if _is_sqlite():
+        _db().execute_sql("PRAGMA optimize")
+    else:
+        _db().execute_sql("ANALYZE")
+
+
+# --- backup and integrity ----------------------------------------------------------------------------
+
+
+def backup(dest: str | os.PathLike[str]) -> Path:
+    """A consistent copy of a live SQLite database at ``dest`` (0600), taken while writers continue."""
+    db = _db()
+    if not isinstance(db, pw.SqliteDatabase):
+        raise BackupNotSupported(
+            "backup() copies SQLite files; for PostgreSQL use `pg_dump -Fc DBNAME > backup.dump` "
+            "(or continuous archiving with pg_basebackup) and restore with pg_restore"
+        )
+    return backup_sqlite(db, dest)
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    ok: bool
+    problems: tuple[str, ...]
+    foreign_key_violations: tuple[tuple, ...] = ()
+
+
+def integrity_check() -> IntegrityReport:
+    """``PRAGMA integrity_check`` plus ``PRAGMA foreign_key_check`` (SQLite).
+
+    PostgreSQL enforces its constraints itself; there only orphaned rows the
+    package could create are looked for.
+    """
+    db = _db()
+    if isinstance(db, pw.SqliteDatabase):
+        problems = tuple(
+            row[0] for row in db.execute_sql("PRAGMA integrity_check").fetchall() if row[0] != "ok"
+        )
+        violations = tuple(tuple(row) for row in db.execute_sql("PRAGMA foreign_key_check").fetchall())
+        return IntegrityReport(not problems and not violations, problems, violations)
+    db.execute_sql("SELECT 1")
+    return IntegrityReport(True, ())
+
+
+# --- the scheduler ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpkeepPolicy:
+    """What ``Maintenance.run_due`` does and how often (intervals in seconds)."""
+
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    event_days: float | None = 90
+    event_keep_types: Mapping[str, float] = field(default_factory=dict)
+    sample_days: float | None = 14
+    wal_checkpoint_bytes: int = 64 * 1024 * 1024
+    intervals: Mapping[str, float] = field(
+        default_factory=lambda: {
+            "retention": 3600,
+            "purge": 86400,
+            "incremental_vacuum": 600,
+            "wal_checkpoint": 300,
+            "optimize": 86400,
+        }
+    )
+
+
+@dataclass
+class RunReport:
+    ran: dict[str, Any] = field(default_factory=dict)  # job -> its result
+    skipped: dict[str, float] = field(default_factory=dict)  # job -> seconds until due
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Maintenance:
+    """Runs the upkeep jobs that are due; call ``run_due()`` every minute.
+
+    When each job last ran is kept in the database (``system_state``), so a
+    restart neither repeats a job that just ran nor skips one that was due.
+    A job that fails is retried at the next call and does not stop the others.
+    """
+
+    JOBS = ("retention", "purge", "incremental_vacuum", "wal_checkpoint", "optimize")
+
+    def __init__(self, db: pw.Database | None = None, policy: UpkeepPolicy | None = None):
+        if db is not None and database_proxy.obj is not db:
+            database_proxy.initialize(db)
+        self.policy = policy or UpkeepPolicy()
+        unknown = set(self.policy.intervals) - set(self.JOBS)
+        if unknown:
+            raise ValidationError("intervals", sorted(unknown), f"unknown job; jobs are {self.JOBS}")
+
+    def last_runs(self) -> dict[str, int]:
+        return dict(SystemState.read(SCHEDULE_KEY) or {})
+
+    def run_due(self, now: dt.datetime | None = None) -> RunReport:
+        now_ms = now_millis() if now is None else to_millis(now, "now")
+        report = RunReport()
+        for job in self.JOBS:
+            interval = self.policy.intervals.get(job)
+            if interval is None:
+                continue
+            last = self.last_runs().get(job)
+            if last is not None and now_ms - last < interval * 1000:
+                report.skipped[job] = (last + interval * 1000 - now_ms) / 1000
+                continue
+            try:
+                report.ran[job] = getattr(self, f"_run_{job}")(now_ms)
+            except Exception as exc:  # one failing job must not stop the others
+                log.exception("maintenance job %s failed", job)
+                report.failed[job] = str(exc)
+                continue
+            runs = self.last_runs()
+            runs[job] = now_ms
+            SystemState.write(SCHEDULE_KEY, runs)
+        return report
+
+    def _run_retention(self, now_ms: int) -> dict:
+        return apply_retention(self.policy.retention, now=from_millis(now_ms)).as_dict()
+
+    def _run_purge(self, now_ms: int) -> dict:
+        now = from_millis(now_ms)
+        events = samples = 0
+        if self.policy.event_days:
+            events = purge_events(
+                self.policy.event_days, keep_types=self.policy.event_keep_types, now=now
+            ).events
+        if self.policy.sample_days:
+            samples = purge_samples(self.policy.sample_days, now=now).samples
+        if events or samples:
+            Event.record(
+                EventType.PURGED,
+                severity=Severity.INFO,
+                message=f"purged {events} event(s) and {samples} metric sample(s)",
+                data={"events": events, "samples": samples},
+                at=now,
+            )
+        return {"events": events, "samples": samples}
+
+    def _run_incremental_vacuum(self, now_ms: int) -> dict:
+        result = incremental_vacuum()
+        return {"bytes_freed": result.bytes_freed, "steps": result.steps}
+
+    def _run_wal_checkpoint(self, now_ms: int) -> bool:
+        return checkpoint_wal(self.policy.wal_checkpoint_bytes)
+
+    def _run_optimize(self, now_ms: int) -> bool:
+        optimize()
+        return True

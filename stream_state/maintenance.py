@@ -29,7 +29,7 @@ import peewee as pw
 from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
 from .models import Event, MetricSample, MetricSeries, SystemState, database_proxy
-from .retention import RetentionPolicy, apply_retention
+from .retention import RetentionPolicy, apply_retention, checkpoint_passive
 from .states import EventType, Severity
 from .timeutil import from_millis, now_millis, to_millis
 
@@ -105,6 +105,7 @@ def purge_events(
                 break
             with _db().atomic():
                 deleted += Event.delete().where(Event.id.in_(ids)).execute()
+            checkpoint_passive()
             batches += 1
             if progress:
                 progress(deleted)
@@ -151,6 +152,7 @@ def purge_samples(
                     .execute()
                 )
             deleted += count
+            checkpoint_passive()
             if count:
                 batches += 1
                 if progress:

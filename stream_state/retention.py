@@ -100,7 +100,7 @@ class RetentionPolicy:
     volumes: tuple[VolumeFloor, ...] = ()
     archived_when_full: Literal["alarm", "delete"] = "alarm"
     batch_size: int = 200  # ids per DELETE: short transactions
-    pause_seconds: float = 0.01  # between batches, so waiting writers get the lock
+    pause_seconds: float = 0.03  # between batches: longer than the busy handler's 25 ms sleeps
 
     def __post_init__(self) -> None:
         if self.archived_when_full not in ("alarm", "delete"):
@@ -365,30 +365,45 @@ def delete_recordings(
     ids: Sequence[int],
     *,
     batch_size: int = 200,
-    pause_seconds: float = 0.01,
+    pause_seconds: float = 0.03,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Delete recordings and their files, crash-safe, in small batches; return bytes unlinked.
 
-    Per batch: the rows are marked ``deleting`` (one short transaction), the
-    files are unlinked, then the rows are removed (another). A crash leaves
-    ``deleting`` rows that the next restore finishes. Open segments and rows
-    another process already marked are skipped.
+    Each row is first marked ``deleting`` (committed), then its file is
+    unlinked, then the row is removed, so a crash leaves only ``deleting``
+    rows, which the next restore finishes. To hold the write lock once per
+    batch, one short transaction removes the previous batch's rows (files
+    already gone) and marks the next batch. Open segments and rows another
+    process already took are skipped.
+
+    The pause between batches is longer than the 25 ms steps of SQLite's
+    busy handler, so a writer waiting for the lock always finds a gap.
     """
     db = database_proxy
     freed = 0
     deletable = [s.value for s in DELETABLE_STATES]
-    for start in range(0, len(ids), batch_size):
+    unlinked: list[int] = []  # marked, file gone, row still to remove
+    for start in range(0, len(ids) + batch_size, batch_size):
         batch = list(ids[start : start + batch_size])
+        if not batch and not unlinked:
+            break
         with db.atomic():
-            rows = list(
-                Recording.select(Recording.id, Recording.path)
-                .where(Recording.id.in_(batch) & Recording.state.in_(deletable))
-                .tuples()
-            )
-            marked = [rec_id for rec_id, _path in rows]
-            if marked:
-                Recording.update(state=SegmentState.DELETING).where(Recording.id.in_(marked)).execute()
+            if unlinked:
+                Recording.delete().where(
+                    Recording.id.in_(unlinked) & (Recording.state == SegmentState.DELETING.value)
+                ).execute()
+            rows = []
+            if batch:
+                rows = list(
+                    Recording.select(Recording.id, Recording.path)
+                    .where(Recording.id.in_(batch) & Recording.state.in_(deletable))
+                    .tuples()
+                )
+                if rows:
+                    Recording.update(state=SegmentState.DELETING).where(
+                        Recording.id.in_([rec_id for rec_id, _ in rows])
+                    ).execute()
         unlinked = []
         for rec_id, path in rows:
             try:
@@ -397,16 +412,24 @@ def delete_recordings(
             except OSError as exc:
                 # The row stays "deleting"; restore retries, and the file is not forgotten.
                 log.warning("could not delete %s: %s", path, exc)
-        if unlinked:
-            with db.atomic():
-                Recording.delete().where(
-                    Recording.id.in_(unlinked) & (Recording.state == SegmentState.DELETING.value)
-                ).execute()
-        if progress:
+        if progress and batch:
             progress(min(start + batch_size, len(ids)), len(ids))
-        if pause_seconds and start + batch_size < len(ids):
+        checkpoint_passive()
+        if pause_seconds and (unlinked or start + batch_size < len(ids)):
             time.sleep(pause_seconds)
     return freed
+
+
+def checkpoint_passive() -> None:
+    """Copy the WAL back into the database without waiting for anyone (SQLite).
+
+    A bulk job calls it between batches so that it pays for the WAL it
+    writes: otherwise the WAL passes the auto-checkpoint threshold on some
+    writer's commit, and that writer waits for the whole checkpoint.
+    """
+    db = database_proxy.obj
+    if isinstance(db, pw.SqliteDatabase):
+        db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _record_run(report: RetentionReport, now_ms: int) -> None:

@@ -133,7 +133,9 @@ def purge_samples(
     cutoff = now_ms - int(older_than_days * DAY_MS)
     started = time.perf_counter()
     deleted = batches = 0
-    for (series_id,) in MetricSeries.select(MetricSeries.id).tuples():
+    # A list, not a live cursor: the checkpoint between batches cannot run
+    # while this connection still has a statement open.
+    for series_id in [row[0] for row in MetricSeries.select(MetricSeries.id).tuples()]:
         while True:
             # The ts of the batch_size-th oldest old sample bounds this batch.
             bound = (

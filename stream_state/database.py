@@ -15,14 +15,21 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee as pw
 from peewee_migrate import Router
 from playhouse.pool import PooledPostgresqlDatabase
 
-from .errors import DatabaseUnavailable, MigrationError, SchemaMismatch, ValidationError
+from .errors import (
+    DatabaseUnavailable,
+    MigrationError,
+    SchemaMismatch,
+    StorageFull,
+    StreamStateError,
+    ValidationError,
+)
 from .models.base import database_proxy
 from .redact import redact_uri
 
@@ -70,8 +77,66 @@ def sqlite_pragmas(synchronous: str = "NORMAL") -> list[tuple[str, Any]]:
     ]
 
 
-class StreamStateSqliteDatabase(pw.SqliteDatabase):
-    """SQLite with connection errors turned into ``DatabaseUnavailable``."""
+# SQLite's words for a full disk or a database that hit max_page_count.
+_SQLITE_FULL = ("database or disk is full",)
+# ... and for a database that cannot be used at all right now.
+_SQLITE_UNAVAILABLE = (
+    "disk i/o error",
+    "attempt to write a readonly database",
+    "unable to open database file",
+    "database disk image is malformed",
+    "file is not a database",
+    "database is locked",
+    "no such table",
+)
+_SQLITE_CORRUPT = ("database disk image is malformed", "file is not a database")
+
+
+class _TranslatesDriverErrors:
+    """Turn the driver's "cannot work right now" errors into the package's own.
+
+    Integrity errors and programming errors pass through unchanged (the
+    domain methods turn those into precise errors themselves); a full disk
+    becomes ``StorageFull`` and a lost, read-only or damaged database
+    ``DatabaseUnavailable``, each with a message that says what to do.
+    """
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        try:
+            return super().execute_sql(sql, params)  # type: ignore[misc]
+        except pw.PeeweeException as exc:
+            self._raise_translated(exc)
+
+    def begin(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().begin(*args, **kwargs)  # type: ignore[misc]
+        except pw.PeeweeException as exc:
+            self._raise_translated(exc)
+
+    def commit(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().commit(*args, **kwargs)  # type: ignore[misc]
+        except pw.PeeweeException as exc:
+            self._raise_translated(exc)
+
+    def rollback(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().rollback(*args, **kwargs)  # type: ignore[misc]
+        except pw.PeeweeException as exc:
+            self._raise_translated(exc)
+
+    def _raise_translated(self, exc: pw.PeeweeException) -> NoReturn:
+        translated = self.translate_error(exc)
+        if translated is None:
+            raise exc
+        raise translated from exc
+
+    def translate_error(self, exc: BaseException) -> StreamStateError | None:
+        raise NotImplementedError
+
+
+class StreamStateSqliteDatabase(_TranslatesDriverErrors, pw.SqliteDatabase):
+    """SQLite with driver errors turned into the package's errors."""
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -82,9 +147,27 @@ class StreamStateSqliteDatabase(pw.SqliteDatabase):
                 "restore a backup or run `stream-state integrity`."
             ) from exc
 
+    def translate_error(self, exc: BaseException) -> StreamStateError | None:
+        if isinstance(exc, (pw.IntegrityError, pw.ProgrammingError)):
+            return None
+        text = str(exc).lower()
+        if any(words in text for words in _SQLITE_FULL):
+            return StorageFull(
+                f"SQLite database {self.database} is full ({exc}); nothing of this write was kept. "
+                "Free disk space (or run retention and purge), then retry."
+            )
+        if any(words in text for words in _SQLITE_CORRUPT):
+            return DatabaseUnavailable(
+                f"SQLite database {self.database} is damaged ({exc}): restore a backup, or run "
+                "`stream-state integrity` to see what is wrong."
+            )
+        if any(words in text for words in _SQLITE_UNAVAILABLE):
+            return DatabaseUnavailable(f"SQLite database {self.database} cannot be used: {exc}")
+        return None
 
-class StreamStatePostgresDatabase(PooledPostgresqlDatabase):
-    """Pooled PostgreSQL with connection errors turned into ``DatabaseUnavailable``."""
+
+class StreamStatePostgresDatabase(_TranslatesDriverErrors, PooledPostgresqlDatabase):
+    """Pooled PostgreSQL with driver errors turned into the package's errors."""
 
     def __init__(self, *args: Any, display_url: str = "", **kwargs: Any):
         self.display_url = display_url
@@ -95,6 +178,30 @@ class StreamStatePostgresDatabase(PooledPostgresqlDatabase):
             return super()._connect()
         except Exception as exc:  # psycopg2.OperationalError and friends
             raise DatabaseUnavailable(f"cannot connect to {self.display_url}: {exc}".strip()) from exc
+
+    def translate_error(self, exc: BaseException) -> StreamStateError | None:
+        original = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+        if getattr(original, "pgcode", None) == "53100":  # disk_full
+            return StorageFull(f"PostgreSQL at {self.display_url} is out of disk space: {original}")
+        if isinstance(exc, (pw.OperationalError, pw.InterfaceError)) and self._connection_lost():
+            return DatabaseUnavailable(
+                f"lost the connection to {self.display_url} ({str(original).strip()}); "
+                "the next call reconnects when the server is back"
+            )
+        return None
+
+    def _connection_lost(self) -> bool:
+        conn = self._state.conn
+        if conn is None or not getattr(conn, "closed", 0):
+            return False
+        # Drop the dead connection now so this thread's next call takes a
+        # fresh one from the pool instead of failing on it forever.
+        if not self.in_transaction():
+            try:
+                self.close()
+            except Exception:  # it is dead already
+                self._state.reset()
+        return True
 
 
 def resolve_url(url: str | os.PathLike[str] | None) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import peewee as pw
 from peewee_migrate import Router
@@ -31,7 +32,7 @@ from .errors import (
     ValidationError,
 )
 from .models.base import database_proxy
-from .redact import redact_uri
+from .redact import redact_data, redact_text, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,11 @@ class _TranslatesDriverErrors:
         try:
             super().rollback(*args, **kwargs)  # type: ignore[misc]
         except pw.PeeweeException as exc:
+            if "no transaction is active" in str(exc):
+                # SQLite already rolled back on its own (it does on a full
+                # disk): the goal is reached, and the error that caused it is
+                # the one the caller must see.
+                return
             self._raise_translated(exc)
 
     def _raise_translated(self, exc: pw.PeeweeException) -> NoReturn:
@@ -134,18 +140,68 @@ class _TranslatesDriverErrors:
     def translate_error(self, exc: BaseException) -> StreamStateError | None:
         raise NotImplementedError
 
+    def verify_file(self) -> None:
+        """Raise ``DatabaseUnavailable`` if the database file vanished or was replaced (SQLite only)."""
+
 
 class StreamStateSqliteDatabase(_TranslatesDriverErrors, pw.SqliteDatabase):
-    """SQLite with driver errors turned into the package's errors."""
+    """SQLite with driver errors turned into the package's errors.
+
+    Connections open the file read-write without creating it: a database
+    file deleted under a running process must be an error, not a fresh empty
+    database that silently takes the next writes.
+    """
+
+    _identity: tuple[int, int] | None = None
 
     def _connect(self) -> sqlite3.Connection:
+        self.verify_file()
+        target = f"file:{quote(os.path.abspath(self.database))}?mode=rw"
         try:
-            return super()._connect()
+            conn = sqlite3.connect(
+                target, uri=True, timeout=self._timeout, isolation_level=None, **self.connect_params
+            )
         except sqlite3.DatabaseError as exc:
             raise DatabaseUnavailable(
                 f"cannot open SQLite database {self.database}: {exc}. If the file is damaged, "
                 "restore a backup or run `stream-state integrity`."
             ) from exc
+        try:
+            self._add_conn_hooks(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise DatabaseUnavailable(
+                f"cannot use SQLite database {self.database}: {exc}. If the file is damaged, "
+                "restore a backup or run `stream-state integrity`."
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        if self._identity is None:
+            self._identity = self._file_identity()
+        return conn
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.database)
+        except FileNotFoundError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def verify_file(self) -> None:
+        if self._identity is None:
+            return
+        now = self._file_identity()
+        if now is None:
+            raise DatabaseUnavailable(
+                f"SQLite database {self.database} was deleted while in use; writes since then are lost "
+                "when the process exits. Stop the manager and restore a backup."
+            )
+        if now != self._identity:
+            raise DatabaseUnavailable(
+                f"SQLite database {self.database} was replaced by another file while in use; "
+                "restart the process to open the new one."
+            )
 
     def translate_error(self, exc: BaseException) -> StreamStateError | None:
         if isinstance(exc, (pw.IntegrityError, pw.ProgrammingError)):
@@ -202,6 +258,43 @@ class StreamStatePostgresDatabase(_TranslatesDriverErrors, PooledPostgresqlDatab
             except Exception:  # it is dead already
                 self._state.reset()
         return True
+
+
+class _RedactSqlParameters(logging.Filter):
+    """Mask credentials in the parameters peewee logs with each query (at DEBUG).
+
+    The stream URIs and configs that carry camera passwords are parameters of
+    the package's own INSERTs and UPDATEs; an operator who turns on SQL
+    logging must not find them in the log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, tuple) and len(record.msg) == 2 and record.msg[1]:
+            sql, params = record.msg
+            record.msg = (sql, [_redact_parameter(value) for value in params])
+        return True
+
+
+def _redact_parameter(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_redact_parameter(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    if value[:1] in "{[":
+        try:
+            return json.dumps(redact_data(json.loads(value)))
+        except ValueError:
+            pass
+    return redact_text(value)
+
+
+_SQL_LOG_FILTER = _RedactSqlParameters()
+
+
+def _protect_sql_log() -> None:
+    logger = logging.getLogger("peewee")
+    if _SQL_LOG_FILTER not in logger.filters:
+        logger.addFilter(_SQL_LOG_FILTER)
 
 
 def resolve_url(url: str | os.PathLike[str] | None) -> str:
@@ -262,6 +355,7 @@ def connect_database(
     wants ``open_database``. The models are not bound.
     """
     url = resolve_url(url)
+    _protect_sql_log()
     scheme = urlsplit(url).scheme.lower() if "://" in url else "sqlite"
     if scheme in _SQLITE_SCHEMES:
         db = _open_sqlite(url, synchronous=synchronous, busy_timeout=busy_timeout, **connect_params)

@@ -339,6 +339,9 @@ class Maintenance:
 
     def run_due(self, now: dt.datetime | None = None) -> RunReport:
         now_ms = now_millis() if now is None else to_millis(now, "now")
+        verify_file = getattr(_db(), "verify_file", None)
+        if verify_file is not None:
+            verify_file()  # a deleted database file is reported every minute, loudly
         report = RunReport()
         for job in self.JOBS:
             interval = self.policy.intervals.get(job)

@@ -207,6 +207,7 @@ class Restorer:
         a real restore would do.
         """
         now_ms = now_millis() if now is None else to_millis(now, "now")
+        self._verify_file()
         lifecycle = SystemState.read(LIFECYCLE_KEY) or {}
         same_run = lifecycle.get("state") == "running" and lifecycle.get("session") == self.session
         open_rows = self._open_segments()
@@ -267,6 +268,7 @@ class Restorer:
         which streams were recording.
         """
         now_ms = now_millis() if now is None else to_millis(now, "now")
+        self._verify_file()
         open_rows = self._open_segments()
         closed = self._reconcile(open_rows, now_ms, clean=True)
         recording_ids = sorted({row["stream_id"] for row in open_rows})
@@ -296,6 +298,11 @@ class Restorer:
         )
 
     # --- steps ----------------------------------------------------------------------------------
+
+    def _verify_file(self) -> None:
+        verify_file = getattr(self.db, "verify_file", None)
+        if verify_file is not None:
+            verify_file()
 
     def _last_stop(self, lifecycle: dict[str, Any], open_rows: list[dict]) -> tuple[bool | None, int | None]:
         if not lifecycle:

@@ -370,6 +370,11 @@ class Stream(BaseModel):
         started = utc_now() if started_at is None else started_at
         started_ms = to_millis(started, "started_at")
         db = self._meta.database
+        # A segment recorded into a deleted database file would vanish at the
+        # next restart: one stat() per segment to refuse that loudly.
+        verify_file = getattr(db, "verify_file", None)
+        if verify_file is not None:
+            verify_file()
         sql = segment_statements(db)
         try:
             with db.atomic():

@@ -513,47 +513,65 @@ class Restorer:
             Event.record(kind, severity=severity, message=message, data=data, at=from_millis(now_ms))
 
     def _stream_snapshots(self, was_recording: set[int]) -> tuple[StreamSnapshot, ...]:
-        # The newest segment of each stream: one index seek per stream on
-        # (stream_id, segment_index), not a GROUP BY over every recording.
+        # One query: each live stream with its newest segment, found by one
+        # index seek per stream on (stream_id, segment_index), not by a
+        # GROUP BY over every recording.
         last = Recording.alias("last")
-        last_id = (
+        newest = (
             last.select(last.id).where(last.stream == Stream.id).order_by(last.segment_index.desc()).limit(1)
         )
-        rows = list(
-            Stream.select(Stream, last_id.alias("last_recording_id"))
+        segment = Recording.alias("segment")
+        query = (
+            Stream.select(
+                Stream.id,
+                Stream.name,
+                Stream.uri,
+                Stream.config,
+                Stream.desired_enabled,
+                Stream.desired_recording,
+                Stream.status,
+                Stream.health,
+                Stream.last_seen_at,
+                Stream.next_segment_index,
+                segment.path,
+                segment.ended_at,
+            )
+            .join(segment, pw.JOIN.LEFT_OUTER, on=(segment.id == newest))
             .where(Stream.removed_at.is_null())
             .order_by(Stream.name)
-            .dicts()
+            .tuples()
         )
-        last_ids = [row["last_recording_id"] for row in rows if row["last_recording_id"] is not None]
-        last_rows = {}
-        for start in range(0, len(last_ids), 500):
-            chunk = last_ids[start : start + 500]
-            for rec in Recording.select(Recording.id, Recording.path, Recording.ended_at).where(
-                Recording.id.in_(chunk)
-            ):
-                last_rows[rec.id] = rec
-        snapshots = []
-        for row in rows:
-            rec = last_rows.get(row["last_recording_id"])
-            snapshots.append(
-                StreamSnapshot(
-                    id=row["id"],
-                    name=row["name"],
-                    uri=row["uri"],
-                    config=row["config"] or {},
-                    enabled=bool(row["desired_enabled"]),
-                    recording=bool(row["desired_recording"]),
-                    status=row["status"],
-                    health=row["health"],
-                    last_seen_at=row["last_seen_at"],
-                    was_recording=row["id"] in was_recording,
-                    next_segment_index=row["next_segment_index"],
-                    last_segment_path=rec.path if rec else None,
-                    last_segment_ended_at=rec.ended_at if rec else None,
-                )
+        return tuple(
+            StreamSnapshot(
+                id=stream_id,
+                name=name,
+                uri=uri,
+                config=config or {},
+                enabled=bool(enabled),
+                recording=bool(recording),
+                status=status,
+                health=health,
+                last_seen_at=last_seen,
+                was_recording=stream_id in was_recording,
+                next_segment_index=next_index,
+                last_segment_path=path,
+                last_segment_ended_at=ended,
             )
-        return tuple(snapshots)
+            for (
+                stream_id,
+                name,
+                uri,
+                config,
+                enabled,
+                recording,
+                status,
+                health,
+                last_seen,
+                next_index,
+                path,
+                ended,
+            ) in query
+        )
 
 
 def _stop_kind(clean: bool | None) -> str:

@@ -7,6 +7,7 @@ import datetime as dt
 import factory
 
 from stream_state import Event, MetricSample, MetricSeries, Recording, Stream
+from stream_state.models.metric import series_key
 from stream_state.states import SegmentState
 
 T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
@@ -63,9 +64,7 @@ class MetricSeriesFactory(PeeweeFactory):
     name = "bitrate_kbps"
     stream = factory.SubFactory(StreamFactory)
     labels = factory.LazyFunction(dict)
-    key = factory.LazyAttribute(
-        lambda o: f"{o.name}|{o.stream.id if o.stream else ''}|{sorted(o.labels.items())}"
-    )
+    key = factory.LazyAttribute(lambda o: series_key(o.name, o.stream.id if o.stream else None, o.labels))
 
 
 class MetricSampleFactory(PeeweeFactory):

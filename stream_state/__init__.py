@@ -42,6 +42,7 @@ from .maintenance import (
     vacuum,
 )
 from .models import MODELS, Event, MetricSample, MetricSeries, Recording, Stream
+from .models.metric import Sample, series_key
 from .restore import RestoredState, Restorer, StreamSnapshot
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
@@ -68,6 +69,7 @@ __all__ = [
     "Restorer",
     "RetentionPolicy",
     "RetentionRule",
+    "Sample",
     "SchemaMismatch",
     "SegmentState",
     "Severity",
@@ -100,5 +102,6 @@ __all__ = [
     "purge_samples",
     "rollback_one",
     "schema_version",
+    "series_key",
     "vacuum",
 ]

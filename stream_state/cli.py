@@ -1,67 +1,1436 @@
-"""The ``stream-state`` command line: thin wrappers over library functions."""
+"""The ``stream-state`` command line: thin wrappers over library functions.
+
+Each command opens the database (``--db URL``, else ``$STREAM_STATE_DATABASE_URL``,
+else ``./stream_state.db``), calls one library function and prints the result:
+an aligned table for people, JSON with ``--json`` for scripts. Formatting and
+the parsing of times, durations and sizes live in ``stream_state.output``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import re
 import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import click
+import peewee as pw
+from playhouse.pool import PooledDatabase
 
-from . import __version__
+from . import __version__, history
+from .check import DEFAULT_MAX_SHARE
+from .check import check as check_storage
 from .database import (
+    URL_ENV,
+    _sqlite_path,
+    applied_migrations,
+    backup_sqlite,
     code_schema_version,
     connect_database,
-    migrate_to_head,
     open_database,
     pending_migrations,
+    resolve_url,
+    rollback_one,
     schema_version,
 )
-from .errors import StreamStateError
+from .errors import DatabaseUnavailable, StreamStateError
+from .maintenance import backup, incremental_vacuum, integrity_check, purge_events, purge_samples, vacuum
+from .models import Event, MetricSeries, Recording, Stream, database_proxy
+from .output import (
+    Progress,
+    format_desired,
+    format_duration,
+    format_size,
+    format_table,
+    format_time,
+    parse_duration,
+    parse_size,
+    parse_time,
+    to_json,
+)
+from .redact import redact_data, redact_text, redact_uri
+from .restore import Restorer
+from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention
+from .states import SegmentState, Severity
+
+# 0 is success and 2 a usage error (click's own code).
+EXIT_FAILURE = 1
+EXIT_PROBLEMS = 3
+EXIT_INTERRUPTED = 130
+
+_URL = "stream_state.url"
+_VERBOSE = "stream_state.verbose"
 
 
-@click.group()
-@click.version_option(__version__, prog_name="stream-state")
+# --- errors, logging, options shared by every command --------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return redact_text(re.sub(r"\s*\n\s*", " ", text).strip())
+
+
+class _LibraryLog(logging.Handler):
+    """Library log records on stderr, only with --verbose (otherwise the command's output says it)."""
+
+    def __init__(self, ctx: click.Context):
+        super().__init__(logging.INFO)
+        self.ctx = ctx
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.ctx.meta.get(_VERBOSE):
+            click.echo(redact_text(self.format(record)), err=True)
+
+
+class StreamStateGroup(click.Group):
+    """Turns failures into one line on stderr and an exit code; ``--verbose`` adds the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        logger = logging.getLogger("stream_state")
+        handler = _LibraryLog(ctx)
+        propagate, logger.propagate = logger.propagate, False
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`); main() leaves quietly
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except Exception as exc:
+            if ctx.meta.get(_VERBOSE):
+                click.echo(redact_text(traceback.format_exc()).rstrip(), err=True)
+            if isinstance(exc, StreamStateError):
+                message = str(exc)
+            else:
+                message = f"unexpected {type(exc).__name__}: {exc}"
+                if not ctx.meta.get(_VERBOSE):
+                    message += " (run with --verbose for the traceback)"
+            click.echo(f"error: {_one_line(message)}", err=True)
+            ctx.exit(EXIT_FAILURE)
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+            logger.setLevel(level)
+
+
+def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value:
+            ctx.meta[key] = value
+        return value
+
+    return callback
+
+
+_DB_HELP = (
+    "Database URL: sqlite:///relative.db, sqlite:////absolute.db, a file path, or "
+    f"postgresql://user:pass@host/dbname. Default: ${URL_ENV}, else ./stream_state.db."
+)
+
+
+def verbose_option(f: Callable) -> Callable:
+    return click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember(_VERBOSE),
+        help="Show the library's log and, on failure, the full traceback.",
+    )(f)
+
+
+def database_options(f: Callable) -> Callable:
+    """``--db`` and ``--verbose`` on a command (they work before the command name too)."""
+    f = verbose_option(f)
+    return click.option("--db", metavar="URL", expose_value=False, callback=_remember(_URL), help=_DB_HELP)(f)
+
+
+def json_option(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")(
+        f
+    )
+
+
+def _interactive() -> bool:
+    """Progress bars only for a person at a terminal; piped output stays quiet."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def _progress(label: str, as_json: bool) -> Progress:
+    return Progress(label, enabled=_interactive() and not as_json)
+
+
+# --- parameter types --------------------------------------------------------------------------
+
+
+class TimeType(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.timedelta:
+        if isinstance(value, dt.timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class VolumeFloorType(click.ParamType):
+    name = "PATH:MIN_FREE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> VolumeFloor:
+        if isinstance(value, VolumeFloor):
+            return value
+        path, sep, size = str(value).rpartition(":")
+        if not sep or not path:
+            self.fail(f"{value!r}: expected PATH:MIN_FREE, e.g. /srv/video:50GiB", param, ctx)
+        try:
+            return VolumeFloor(path, parse_size(size))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class KeepType(click.ParamType):
+    name = "TYPE=DAYS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple:
+        if isinstance(value, tuple):
+            return value
+        kind, sep, days = str(value).partition("=")
+        try:
+            number = float(days)
+            if not sep or not kind or number <= 0:
+                raise ValueError
+        except ValueError:
+            self.fail(f"{value!r}: expected TYPE=DAYS, e.g. health_changed=365", param, ctx)
+        return kind, number
+
+
+TIME = TimeType()
+DURATION = DurationType()
+SIZE = SizeType()
+
+_TIME_HELP = "ISO 8601 (local time unless a zone is given), now, today, yesterday, or -2h, -30m, -1d."
+
+
+def window_options(since_default: str | None, until_default: str | None = "now") -> Callable:
+    """``--since`` and ``--until``: the time window of a history command."""
+
+    def decorate(f: Callable) -> Callable:
+        f = click.option(
+            "--until",
+            type=TIME,
+            default=until_default,
+            show_default=until_default is not None,
+            help=f"End of the window (exclusive). {_TIME_HELP}",
+        )(f)
+        return click.option(
+            "--since",
+            type=TIME,
+            default=since_default,
+            show_default=since_default is not None,
+            help=f"Start of the window. {_TIME_HELP}",
+        )(f)
+
+    return decorate
+
+
+def _check_window(since: dt.datetime | None, until: dt.datetime | None) -> None:
+    if since is not None and until is not None and until < since:
+        raise click.BadParameter(
+            f"--until ({format_time(until)}) is before --since ({format_time(since)})", param_hint="--until"
+        )
+
+
+# --- the database -------------------------------------------------------------------------------
+
+
+def _display_url(url: str | None) -> str:
+    resolved = resolve_url(url)
+    # redact_uri turns sqlite:////abs.db into sqlite://abs.db (urlunsplit drops an
+    # empty host), and a URL without a host has no user:password to hide.
+    return redact_uri(resolved) if "://" in resolved and urlsplit(resolved).netloc else resolved
+
+
+def _existing_sqlite(url: str | None) -> None:
+    """Refuse to create an empty SQLite file as a side effect of a read-only command."""
+    resolved = resolve_url(url)
+    scheme = urlsplit(resolved).scheme.lower() if "://" in resolved else "sqlite"
+    if scheme in ("sqlite", "sqlite+pool"):
+        path = _sqlite_path(resolved)
+        if not path.exists():
+            raise DatabaseUnavailable(
+                f"no database at {path}; create it with `stream-state migrate` or pass --db URL"
+            )
+
+
+def _close(db: pw.Database) -> None:
+    if isinstance(db, PooledDatabase):
+        db.close_all()
+    else:
+        db.close()
+
+
+@contextlib.contextmanager
+def _database(*, migrate: bool = False) -> Iterator[pw.Database]:
+    """Open the command's database and bind the models; afterwards put back what was bound before.
+
+    Commands other than ``migrate`` never migrate: a query must not change the
+    schema under a running manager. A schema of another version is an error
+    that says to run ``stream-state migrate``.
+    """
+    url = click.get_current_context().meta.get(_URL)
+    if not migrate:
+        _existing_sqlite(url)
+    previous = database_proxy.obj
+    db = open_database(url, migrate=migrate)
+    try:
+        yield db
+    finally:
+        _close(db)
+        database_proxy.initialize(previous)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(to_json(value))
+
+
+def _echo_table(headers: list[str], rows: list[list[Any]], align: str | None = None, empty: str = "") -> None:
+    if rows:
+        click.echo(format_table(headers, rows, align))
+    elif empty:
+        click.echo(empty)
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> None:
+    width = max(len(key) for key, _ in pairs)
+    for key, value in pairs:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+# --- the command group -----------------------------------------------------------------------------
+
+
+@click.group(
+    cls=StreamStateGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "-V", "--version", prog_name="stream-state")
 @click.option(
     "--db",
-    "url",
-    envvar="STREAM_STATE_DATABASE_URL",
-    default=None,
-    help="Database URL (sqlite:///file.db or postgresql://host/db); default ./stream_state.db.",
+    metavar="URL",
+    envvar=URL_ENV,
+    show_envvar=True,
+    expose_value=False,
+    callback=_remember(_URL),
+    help=_DB_HELP,
 )
-@click.pass_context
-def cli(ctx: click.Context, url: str | None) -> None:
-    """Inspect and maintain a stream_state database."""
-    ctx.obj = {"url": url}
+@verbose_option
+def cli() -> None:
+    """Inspect and maintain the database of a stream_state video recorder.
+
+    Every command takes --db URL (default $STREAM_STATE_DATABASE_URL, else
+    ./stream_state.db) and --verbose; listing commands take --json.
+    Times are shown in local time with the zone, sizes in KiB/MiB/GiB.
+
+    \b
+    Exit status:
+      0    success
+      1    failure (one line on stderr; --verbose adds the traceback)
+      2    usage error (a bad command, option or value)
+      3    the command ran and found problems: check (rows and files
+           disagree), integrity (damage), retention (a free-space
+           floor cannot be met)
+      130  interrupted
+    """
+
+
+# --- migrate ---------------------------------------------------------------------------------------
 
 
 @cli.command()
 @click.option("--status", is_flag=True, help="Only show the schema version and pending migrations.")
-@click.pass_context
-def migrate(ctx: click.Context, status: bool) -> None:
-    """Bring the schema to this version of stream_state (SQLite is backed up first)."""
-    db = connect_database(ctx.obj["url"]) if status else open_database(ctx.obj["url"])
+@click.option(
+    "--rollback", is_flag=True, help="Undo the newest applied migration (SQLite is backed up first)."
+)
+@click.option("--yes", is_flag=True, help="Roll back without asking.")
+@json_option
+@database_options
+def migrate(status: bool, rollback: bool, yes: bool, as_json: bool) -> None:
+    """Show the schema version, apply pending migrations, or roll back one.
+
+    Without options every pending migration is applied in one transaction;
+    an existing SQLite file is first backed up beside itself.
+    """
+    if status and rollback:
+        raise click.UsageError("--status and --rollback exclude each other")
+    url = click.get_current_context().meta.get(_URL)
+    if status or rollback:
+        _existing_sqlite(url)
+    db = connect_database(url)
+    done: list[str] = []
+    backup_path = None
     try:
         pending = pending_migrations(db)
-        click.echo(f"schema:   {schema_version(db) or '(empty)'}")
-        click.echo(f"code:     {code_schema_version()}")
-        click.echo(f"pending:  {', '.join(pending) if pending else 'none'}")
+        if rollback:
+            name = schema_version(db)
+            if name is not None and not yes:
+                click.confirm(f"Roll back {name}? Its tables and columns are dropped", abort=True)
+            if isinstance(db, pw.SqliteDatabase) and name is not None:
+                backup_path = backup_sqlite(db, label=f"pre-rollback-{name}")
+            done = [rollback_one(db)]
     finally:
-        db.close()
+        _close(db)
+    if not status and not rollback and pending:
+        with _database(migrate=True):
+            done = pending
+    db = connect_database(url)
+    try:
+        result = {
+            "database": _display_url(url),
+            "action": "status" if status else "rollback" if rollback else "migrate",
+            "done": done,
+            "backup": str(backup_path) if backup_path else None,
+            "schema": schema_version(db),
+            "code": code_schema_version(),
+            "applied": applied_migrations(db),
+            "pending": pending_migrations(db),
+        }
+    finally:
+        _close(db)
+    if as_json:
+        _echo_json(result)
+        return
+    pairs = [("database", result["database"]), ("schema", result["schema"] or "(empty)")]
+    pairs += [("code", result["code"]), ("pending", ", ".join(result["pending"]) or "none")]
+    if result["action"] == "migrate":
+        pairs.append(("applied", ", ".join(done) or "nothing to do"))
+    elif rollback:
+        pairs.append(("rolled back", ", ".join(done)))
+        if backup_path:
+            pairs.append(("backup", str(backup_path)))
+    _pairs(pairs)
+
+
+# --- streams ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--all", "include_removed", is_flag=True, help="Include removed streams.")
+@json_option
+@database_options
+def streams(include_removed: bool, as_json: bool) -> None:
+    """List streams: status, health, whether a segment is being written, last seen."""
+    with _database():
+        query = Stream.select().order_by(Stream.name, Stream.id) if include_removed else Stream.active()
+        rows = list(query)
+        open_counts = dict(
+            Recording.select(Recording.stream, pw.fn.COUNT(Recording.id))
+            .where(Recording.ended_at.is_null())
+            .group_by(Recording.stream)
+            .tuples()
+        )
+    if as_json:
+        _echo_json(
+            {
+                "streams": [
+                    {
+                        "id": s.id,
+                        "name": s.name,
+                        "uri": s.display_uri,
+                        "status": s.status,
+                        "health": s.health,
+                        "desired": format_desired(s.desired_enabled, s.desired_recording),
+                        "recording": bool(open_counts.get(s.id)),
+                        "open_segments": open_counts.get(s.id, 0),
+                        "last_seen_at": s.last_seen_at,
+                        "status_changed_at": s.status_changed_at,
+                        "health_changed_at": s.health_changed_at,
+                        "next_segment_index": s.next_segment_index,
+                        "config": redact_data(s.config or {}),
+                        "removed_at": s.removed_at,
+                    }
+                    for s in rows
+                ]
+            }
+        )
+        return
+    _echo_table(
+        ["name", "status", "health", "recording", "desired", "last seen", "uri"],
+        [
+            [
+                s.name + (" (removed)" if s.is_removed else ""),
+                s.status,
+                s.health,
+                "yes" if open_counts.get(s.id) else "no",
+                format_desired(s.desired_enabled, s.desired_recording),
+                format_time(s.last_seen_at),
+                s.display_uri,
+            ]
+            for s in rows
+        ],
+        empty="no streams",
+    )
+
+
+# --- recordings and gaps -------------------------------------------------------------------------
+
+
+def _recording_json(r: Recording) -> dict:
+    return {
+        "id": r.id,
+        "segment_index": r.segment_index,
+        "path": r.path,
+        "storage": r.storage,
+        "started_at": r.started_at,
+        "ended_at": r.ended_at,
+        "seconds": r.duration.total_seconds() if r.duration is not None else None,
+        "size_bytes": r.size_bytes,
+        "state": r.state,
+        "archived": bool(r.archived),
+    }
+
+
+@cli.command()
+@click.argument("stream")
+@window_options(since_default="-24h")
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many segments (the oldest).")
+@json_option
+@database_options
+def recordings(stream: str, since: dt.datetime, until: dt.datetime, limit: int | None, as_json: bool) -> None:
+    """List the segments of STREAM that overlap the window, oldest first."""
+    _check_window(since, until)
+    with _database():
+        found = history.resolve_stream(stream)
+        query = history.recordings(found, since, until)
+        rows = list(query.limit(limit) if limit else query)
+    if as_json:
+        _echo_json(
+            {
+                "stream": found.name,
+                "since": since,
+                "until": until,
+                "recordings": [_recording_json(r) for r in rows],
+            }
+        )
+        return
+    _echo_table(
+        ["id", "index", "start", "end", "length", "size", "state", "path"],
+        [
+            [
+                r.id,
+                r.segment_index,
+                format_time(r.started_at),
+                format_time(r.ended_at) if r.ended_at is not None else "(open)",
+                format_duration(r.duration),
+                format_size(r.size_bytes),
+                f"{r.state}{', archived' if r.archived else ''}",
+                r.path,
+            ]
+            for r in rows
+        ],
+        align="rr   r",
+        empty=f"no segments of {found.name} between {format_time(since)} and {format_time(until)}",
+    )
+    if rows:
+        total = sum(r.size_bytes for r in rows)
+        click.echo(f"\n{len(rows)} segment(s), {format_size(total)}")
+
+
+@cli.command()
+@click.argument("stream")
+@window_options(since_default="-24h")
+@click.option(
+    "--min-gap",
+    type=DURATION,
+    default="1s",
+    show_default=True,
+    help="Report only holes at least this long (500ms, 10s, 5m): shorter ones are segment-boundary jitter.",
+)
+@json_option
+@database_options
+def gaps(stream: str, since: dt.datetime, until: dt.datetime, min_gap: dt.timedelta, as_json: bool) -> None:
+    """List the stretches of the window in which STREAM recorded nothing usable.
+
+    Complete, interrupted and recovered segments count as recorded, and an
+    open segment up to now; failed and missing ones do not.
+    """
+    _check_window(since, until)
+    with _database():
+        found = history.resolve_stream(stream)
+        cover = history.coverage(found, since, until, tolerance=min_gap)
+    if as_json:
+        _echo_json(
+            {
+                "stream": found.name,
+                "since": cover.since,
+                "until": cover.until,
+                "min_gap_seconds": cover.tolerance.total_seconds(),
+                "gaps": [
+                    {"start": g.start, "end": g.end, "seconds": g.duration.total_seconds()}
+                    for g in cover.gaps
+                ],
+                "recorded_seconds": cover.recorded.total_seconds(),
+                "window_seconds": cover.window.total_seconds(),
+                "recorded_share": cover.share,
+            }
+        )
+        return
+    _echo_table(
+        ["from", "to", "length"],
+        [[format_time(g.start), format_time(g.end), format_duration(g.duration)] for g in cover.gaps],
+        align="llr",
+        empty=f"no gaps in {found.name} between {format_time(since)} and {format_time(until)}",
+    )
+    if cover.gaps:
+        missing, window = format_duration(cover.missing), format_duration(cover.window)
+        click.echo(
+            f"\n{len(cover.gaps)} gap(s), {missing} of {window} not recorded ({cover.share:.1%} recorded)"
+        )
+
+
+# --- usage -------------------------------------------------------------------------------------------
+
+
+class DayType(click.ParamType):
+    """A UTC day: ``2026-11-20``, ``today``, ``yesterday``, or any time (``-7d``) taken as its UTC day."""
+
+    name = "DAY"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.date:
+        if isinstance(value, dt.date):
+            return value
+        text = str(value).strip().lower()
+        today = dt.datetime.now(dt.UTC).date()
+        if text in ("today", "yesterday"):
+            return today if text == "today" else today - dt.timedelta(days=1)
+        try:
+            return dt.date.fromisoformat(text)
+        except ValueError:
+            pass
+        try:
+            return parse_time(text).date()  # parse_time answers in UTC
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+# The CLI says "volume", the library "storage": the label a segment's storage volume carries.
+_USAGE_BY = {"stream": "stream", "volume": "storage", "day": "day", "state": "state"}
+
+
+def _usage_key(row: history.UsageRow, by: str) -> str:
+    if by == "stream":
+        return row.stream or "?"
+    if by == "volume":
+        return row.storage or "(none)"
+    if by == "day":
+        return row.day.isoformat()
+    return str(row.state)
+
+
+@cli.command()
+@click.option(
+    "--by",
+    type=click.Choice(list(_USAGE_BY)),
+    default="stream",
+    show_default=True,
+    help="Group by stream, storage volume, UTC day of the segment's start, or segment state.",
+)
+@click.option("--since", type=DayType(), help="First UTC day counted: 2026-11-20, today, yesterday, -7d.")
+@click.option("--until", type=DayType(), help="First UTC day no longer counted (exclusive).")
+@json_option
+@database_options
+def usage(by: str, since: dt.date | None, until: dt.date | None, as_json: bool) -> None:
+    """Show the storage the recorded segments take, by stream, volume, day or state.
+
+    Read from a summary the database keeps up to date, so it is instant
+    however long the history.
+    """
+    if since is not None and until is not None and until <= since:
+        raise click.BadParameter(f"--until ({until}) is not after --since ({since})", param_hint="--until")
+    with _database():
+        rows = history.storage_usage(_USAGE_BY[by], since=since, until=until)
+    if by == "day":
+        rows.sort(key=lambda row: row.day)
+    total = {
+        "segments": sum(r.segments for r in rows),
+        "size_bytes": sum(r.size_bytes for r in rows),
+        "seconds": sum(r.duration.total_seconds() for r in rows),
+    }
+    if as_json:
+        _echo_json(
+            {
+                "by": by,
+                "since": since.isoformat() if since else None,
+                "until": until.isoformat() if until else None,
+                "usage": [
+                    {
+                        "key": _usage_key(r, by),
+                        "segments": r.segments,
+                        "size_bytes": r.size_bytes,
+                        "seconds": r.duration.total_seconds(),
+                    }
+                    for r in rows
+                ],
+                "total": total,
+            }
+        )
+        return
+    table = [
+        [_usage_key(r, by), r.segments, format_size(r.size_bytes), format_duration(r.duration)] for r in rows
+    ]
+    if len(rows) > 1:
+        table.append(
+            ["total", total["segments"], format_size(total["size_bytes"]), format_duration(total["seconds"])]
+        )
+    _echo_table(
+        ["day (UTC)" if by == "day" else by, "segments", "size", "recorded"],
+        table,
+        align="lrrr",
+        empty="no recordings",
+    )
+
+
+# --- events --------------------------------------------------------------------------------------------
+
+
+def _event_json(event: Event) -> dict:
+    return {
+        "id": event.id,
+        "ts": event.ts,
+        "stream": event.stream_name,
+        "type": event.type,
+        "severity": event.severity,
+        "message": redact_text(event.message) if event.message else event.message,
+        "data": redact_data(event.data),
+    }
+
+
+@cli.command()
+@click.option("--stream", metavar="NAME", help="Only events of this stream.")
+@click.option("--type", "event_type", metavar="TYPE", help="Only events of this type, e.g. health_changed.")
+@click.option(
+    "--severity",
+    type=click.Choice([s.value for s in Severity]),
+    help="Only events at least this severe.",
+)
+@window_options(since_default=None, until_default=None)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, history.MAX_PAGE),
+    default=50,
+    show_default=True,
+    help="Events per page.",
+)
+@click.option("--before", metavar="CURSOR", help="Continue from the cursor an earlier page printed.")
+@json_option
+@database_options
+def events(
+    stream: str | None,
+    event_type: str | None,
+    severity: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    limit: int,
+    before: str | None,
+    as_json: bool,
+) -> None:
+    """List events, newest first: health and status changes, repairs, maintenance."""
+    _check_window(since, until)
+    with _database():
+        page = history.events(
+            stream=stream,
+            type=event_type,
+            min_severity=severity,
+            since=since,
+            until=until,
+            cursor=before,
+            limit=limit,
+        )
+    if as_json:
+        _echo_json({"events": [_event_json(e) for e in page.events], "next": page.next_cursor})
+        return
+    _echo_table(
+        ["time", "severity", "stream", "type", "message"],
+        [
+            [
+                format_time(e.ts),
+                e.severity,
+                e.stream_name or "-",
+                e.type,
+                redact_text(e.message or ""),
+            ]
+            for e in page.events
+        ],
+        empty="no events",
+    )
+    if page.next_cursor:
+        click.echo(f"\nmore: --before {page.next_cursor}")
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+def _labels_text(labels: dict[str, str]) -> str:
+    return redact_text(",".join(f"{k}={v}" for k, v in labels.items())) or "-"
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+class LabelType(click.ParamType):
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple:
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = str(value).partition("=")
+        if not sep or not key:
+            self.fail(f"{value!r}: expected KEY=VALUE", param, ctx)
+        return key, text
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--stream", "stream_name", metavar="NAME", help="Only this stream's series.")
+@click.option(
+    "--label", "labels", type=LabelType(), multiple=True, help="Only series with this label (repeatable)."
+)
+@window_options(since_default="-1h")
+@click.option(
+    "--bucket",
+    type=DURATION,
+    default="1m",
+    show_default=True,
+    help="Aggregate samples per bucket (count, min, avg, max, last); 0 shows the raw samples.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=1000, show_default=True, help="At most this many rows."
+)
+@json_option
+@database_options
+def metrics(
+    name: str,
+    stream_name: str | None,
+    labels: tuple[tuple[str, str], ...],
+    since: dt.datetime,
+    until: dt.datetime,
+    bucket: dt.timedelta,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show metric NAME over the window, per bucket or as raw samples.
+
+    Buckets are aligned on multiples of their width since the epoch (an
+    hour starts on the hour, UTC) and come from rollups where they can.
+    """
+    _check_window(since, until)
+    raw = bucket.total_seconds() <= 0
+    with _database():
+        if raw:
+            stream = history.resolve_stream(stream_name).id if stream_name else None
+            series = list(MetricSeries.matching(name, stream, dict(labels)))
+            points = [
+                {"time": sample.ts, "series_id": s.id, "value": sample.value}
+                for s in series
+                for sample in history.metric_samples(s, since, until).limit(limit)
+            ]
+        else:
+            matched = history.metric_buckets_matching(
+                name, since, until, bucket, stream=stream_name, labels=dict(labels)
+            )
+            series = [m.series for m in matched]
+            points = [
+                {
+                    "time": b.start,
+                    "series_id": m.series.id,
+                    "count": b.count,
+                    "min": b.min,
+                    "avg": b.avg,
+                    "max": b.max,
+                    "last": b.last,
+                }
+                for m in matched
+                for b in m.buckets
+            ]
+        stream_names = dict(
+            Stream.select(Stream.id, Stream.name)
+            .where(Stream.id.in_([s.stream_id for s in series if s.stream_id is not None]))
+            .tuples()
+        )
+    points = sorted(points, key=lambda p: (p["time"], p["series_id"]))[:limit]
+    info = {s.id: (stream_names.get(s.stream_id), redact_data(s.labels or {})) for s in series}
+    if as_json:
+        _echo_json(
+            {
+                "name": name,
+                "since": since,
+                "until": until,
+                "bucket_seconds": bucket.total_seconds(),
+                "series": [{"id": i, "stream": st, "labels": lb} for i, (st, lb) in info.items()],
+                "points": points,
+            }
+        )
+        return
+    if not series:
+        click.echo(f"no series named {name}" + (f" for {stream_name}" if stream_name else ""))
+        return
+
+    def who(point: dict) -> list[str]:
+        stream, labels = info[point["series_id"]]
+        return [stream or "-", _labels_text(labels)]
+
+    if raw:
+        _echo_table(
+            ["time", "stream", "labels", "value"],
+            [[format_time(p["time"], precise=True), *who(p), _number(p["value"])] for p in points],
+            align="lllr",
+            empty="no samples in the window",
+        )
+        return
+    _echo_table(
+        ["time", "stream", "labels", "n", "min", "avg", "max", "last"],
+        [
+            [format_time(p["time"]), *who(p), p["count"]]
+            + [_number(p[k]) for k in ("min", "avg", "max", "last")]
+            for p in points
+        ],
+        align="lllrrrrr",
+        empty="no samples in the window",
+    )
+
+
+# --- restore ---------------------------------------------------------------------------------------
+
+
+def _stop_text(clean: bool | None, at: dt.datetime | None) -> str:
+    if clean is None:
+        return "first start (never restored before)"
+    kind = "clean stop" if clean else "crash (no clean shutdown recorded)"
+    return f"{kind}, last sign of life {format_time(at, precise=True)}" if at else kind
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only show what a restore would do; change nothing.")
+@click.option("--yes", is_flag=True, help="Restore without asking.")
+@json_option
+@database_options
+def restore(dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Show (with --dry-run) or do what a restarting manager's restore does.
+
+    Lists the streams to bring back (desired state, whether each was
+    recording, the next segment index) and the repairs: segments left open
+    by a crash reconciled with their files, unfinished deletes and archive
+    moves finished. A real restore treats every open segment as abandoned,
+    so run it only while no manager is running; a manager calls the
+    library itself.
+    """
+    if not dry_run and not yes:
+        click.confirm(
+            "A real restore closes every open segment as if its writer had died. Is the manager stopped",
+            abort=True,
+        )
+    with _database() as db:
+        state = Restorer(db).restore(dry_run=dry_run)
+    streams_json = [
+        {
+            "name": s.name,
+            "uri": s.display_uri,
+            "enabled": s.enabled,
+            "recording": s.recording,
+            "status": s.status,
+            "health": s.health,
+            "was_recording": s.was_recording,
+            "next_segment_index": s.next_segment_index,
+            "last_segment_path": s.last_segment_path,
+            "last_segment_ended_at": s.last_segment_ended_at,
+            "config": redact_data(s.config),
+        }
+        for s in state.streams
+    ]
+    repairs_json = [
+        {
+            "stream": r.stream,
+            "recording_id": r.recording_id,
+            "path": r.path,
+            "old_state": r.old_state,
+            "new_state": r.new_state if r.new_state is not None else "deleted",
+            "ended_at": r.ended_at,
+            "size_bytes": r.size_bytes,
+            "evidence": r.evidence,
+        }
+        for r in state.repairs
+    ]
+    if as_json:
+        _echo_json(
+            {
+                "dry_run": dry_run,
+                "clean_shutdown": state.clean_shutdown,
+                "last_stop_at": state.last_stop_at,
+                "restored_at": state.restored_at,
+                "streams": streams_json,
+                "repairs": repairs_json,
+                "summary": state.summary,
+            }
+        )
+        return
+    click.echo(f"last stop: {_stop_text(state.clean_shutdown, state.last_stop_at)}\n")
+    _echo_table(
+        ["stream", "uri", "desired", "was recording", "next index", "last segment"],
+        [
+            [
+                s.name,
+                s.display_uri,
+                format_desired(s.enabled, s.recording),
+                "yes" if s.was_recording else "no",
+                s.next_segment_index,
+                s.last_segment_path or "-",
+            ]
+            for s in state.streams
+        ],
+        align="llllr",
+        empty="no streams to restore",
+    )
+    click.echo()
+    if not state.repairs:
+        click.echo("nothing to repair")
+    else:
+        click.echo(("would repair" if dry_run else "repaired") + f" {len(state.repairs)} segment(s):")
+        _echo_table(
+            ["stream", "id", "path", "was", "now", "size", "evidence"],
+            [
+                [
+                    r["stream"],
+                    r["recording_id"],
+                    r["path"],
+                    r["old_state"],
+                    r["new_state"],
+                    format_size(r["size_bytes"]),
+                    r["evidence"],
+                ]
+                for r in repairs_json
+            ],
+            align="lr   r",
+        )
+    if dry_run:
+        click.echo("\ndry run: nothing was changed")
+
+
+# --- check -----------------------------------------------------------------------------------------
+
+# Outcomes that leave nothing for an operator to do.
+_ORPHAN_SETTLED = ("adopted", "deleted")
+_MISSING_SETTLED = ("marked missing", "dropped", "found again")
+
+
+def _check_problems(report: Any) -> int:
+    roots = sum(1 for root in report.roots if not root.repairable)
+    orphans = sum(1 for o in report.orphans if o.action not in _ORPHAN_SETTLED)
+    missing = sum(
+        1
+        for m in report.missing
+        # A row already marked missing was dealt with by an earlier --mark-missing.
+        if m.action not in _MISSING_SETTLED
+        and not (m.state == SegmentState.MISSING and m.action == "reported")
+    )
+    return roots + orphans + missing + len(report.refused)
+
+
+@cli.command(name="check")
+@click.argument("root", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--adopt-orphans", is_flag=True, help="Give each file without a row a row (state recovered).")
+@click.option("--delete-orphans", is_flag=True, help="Delete the files that have no row.")
+@click.option("--mark-missing", is_flag=True, help="Set rows whose file is gone to state missing (kept).")
+@click.option("--drop-missing", is_flag=True, help="Delete the rows whose file is gone.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Repair even when it touches more than --max-share of a stream (normally refused: an "
+    "unmounted disk looks just like that).",
+)
+@click.option("--init-roots", is_flag=True, help="Mark unmarked roots as this database's storage.")
+@click.option(
+    "--min-age",
+    type=DURATION,
+    default="10m",
+    show_default=True,
+    help="Never touch files or rows younger than this.",
+)
+@click.option(
+    "--max-share",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULT_MAX_SHARE,
+    show_default=True,
+    help="Largest share of a stream's recordings a repair may touch without --force.",
+)
+@json_option
+@database_options
+def check_command(
+    root: tuple[Path, ...],
+    adopt_orphans: bool,
+    delete_orphans: bool,
+    mark_missing: bool,
+    drop_missing: bool,
+    force: bool,
+    init_roots: bool,
+    min_age: dt.timedelta,
+    max_share: float,
+    as_json: bool,
+) -> None:
+    """Compare the recording rows with the files under each storage ROOT.
+
+    Reports files without a row (orphans) and rows without a file
+    (missing); repairs only what the flags ask for. Each root carries a
+    marker naming this database, so a foreign, empty or unmounted root is
+    reported and never repaired. Exits with 3 when problems remain.
+    """
+    if adopt_orphans and delete_orphans:
+        raise click.UsageError("--adopt-orphans and --delete-orphans exclude each other")
+    if mark_missing and drop_missing:
+        raise click.UsageError("--mark-missing and --drop-missing exclude each other")
+    with _database():
+        report = check_storage(
+            root,
+            adopt_orphans=adopt_orphans,
+            delete_orphans=delete_orphans,
+            mark_missing=mark_missing,
+            drop_missing=drop_missing,
+            min_age=min_age,
+            max_share=max_share,
+            force=force,
+            init_roots=init_roots,
+        )
+    problems = _check_problems(report)
+    if as_json:
+        _echo_json(
+            {
+                "roots": report.roots,
+                "orphans": report.orphans,
+                "missing": report.missing,
+                "refused": report.refused,
+                "problems": problems,
+            }
+        )
+    else:
+        _echo_table(
+            ["root", "status", "files", "rows", "detail"],
+            [[r.path, r.status, r.files, r.rows, r.detail] for r in report.roots],
+            align="llrr",
+        )
+        if report.orphans:
+            click.echo(f"\n{len(report.orphans)} file(s) without a row:")
+            _echo_table(
+                ["path", "size", "modified", "stream", "action"],
+                [
+                    [o.path, format_size(o.size_bytes), format_time(o.modified_at), o.stream or "?", o.action]
+                    for o in report.orphans
+                ],
+                align="lr",
+            )
+        if report.missing:
+            click.echo(f"\n{len(report.missing)} row(s) without a file:")
+            _echo_table(
+                ["id", "stream", "path", "state", "action"],
+                [[m.recording_id, m.stream, m.path, m.state, m.action] for m in report.missing],
+                align="r",
+            )
+        for reason in report.refused:
+            click.echo(f"\nrefused: {reason}")
+        click.echo(f"\n{problems} problem(s) left" if problems else "\nrows and files agree")
+    if problems:
+        click.get_current_context().exit(EXIT_PROBLEMS)
+
+
+# --- retention, purge, vacuum, backup, integrity ----------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--dry-run/--apply", default=True, help="Only show what would be deleted (the default), or delete it."
+)
+@click.option(
+    "--max-age-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Delete recordings that ended more than this many days ago.",
+)
+@click.option(
+    "--max-bytes", type=SIZE, help="Keep at most this much per stream, e.g. 500GiB (oldest go first)."
+)
+@click.option(
+    "--volume",
+    "volumes",
+    type=VolumeFloorType(),
+    multiple=True,
+    help="Keep at least MIN_FREE free on the filesystem of PATH, e.g. /srv/video:50GiB (repeatable).",
+)
+@click.option(
+    "--archived-when-full",
+    type=click.Choice(["alarm", "delete"]),
+    default="alarm",
+    show_default=True,
+    help="When only archived recordings are left under a volume's floor: raise an alarm, or delete them too.",
+)
+@json_option
+@database_options
+def retention(
+    dry_run: bool,
+    max_age_days: float | None,
+    max_bytes: int | None,
+    volumes: tuple[VolumeFloor, ...],
+    archived_when_full: str,
+    as_json: bool,
+) -> None:
+    """Show (default) or apply what a retention policy deletes.
+
+    Limits given here apply to every stream; a stream's own retention
+    setting in the database overrides them. Archived recordings are kept by
+    age and size limits. Exits with 3 when a volume's floor cannot be met.
+    """
+    policy = RetentionPolicy(
+        default=RetentionRule(max_age_days, max_bytes),
+        volumes=volumes,
+        archived_when_full=archived_when_full,
+    )
+    with _database(), _progress("deleting segments", as_json) as progress:
+        report = apply_retention(policy, dry_run=dry_run, progress=progress)
+    if as_json:
+        _echo_json({**report.as_dict(), "deleted_files_bytes": report.deleted_files_bytes})
+    else:
+        _echo_table(
+            ["stream", "segments", "size", "why"],
+            [
+                [
+                    name,
+                    s.segments,
+                    format_size(s.bytes),
+                    ", ".join(f"{reason} {n}" for reason, n in sorted(s.reasons.items())),
+                ]
+                for name, s in sorted(report.streams.items())
+            ],
+            align="lrr",
+            empty="nothing to delete",
+        )
+        if report.segments:
+            verb = "would delete" if dry_run else "deleted"
+            click.echo(f"\n{verb} {report.segments} segment(s), {format_size(report.bytes)}")
+        for alarm in report.alarms:
+            click.echo(f"ALARM: {alarm}")
+        if dry_run and report.segments:
+            click.echo("dry run: nothing was deleted; run with --apply to delete")
+    if report.alarms:
+        click.get_current_context().exit(EXIT_PROBLEMS)
+
+
+@cli.command()
+@click.option(
+    "--events-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Delete events older than this many days.",
+)
+@click.option(
+    "--samples-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Delete raw metric samples older than this many days.",
+)
+@click.option(
+    "--keep-type",
+    "keep_types",
+    type=KeepType(),
+    multiple=True,
+    help="Keep events of TYPE for DAYS instead, e.g. health_changed=365 (repeatable).",
+)
+@json_option
+@database_options
+def purge(
+    events_days: float | None,
+    samples_days: float | None,
+    keep_types: tuple[tuple[str, float], ...],
+    as_json: bool,
+) -> None:
+    """Delete old events and metric samples, in small batches that never stall the recorder."""
+    if events_days is None and samples_days is None:
+        raise click.UsageError("give --events-days, --samples-days or both")
+    if keep_types and events_days is None:
+        raise click.UsageError("--keep-type needs --events-days")
+    result = {"events": 0, "samples": 0, "batches": 0, "seconds": 0.0}
+    with _database():
+        if events_days is not None:
+            with _progress("events deleted:", as_json) as progress:
+                report = purge_events(events_days, keep_types=dict(keep_types), progress=progress)
+            result.update(events=report.events, batches=report.batches, seconds=report.seconds)
+        if samples_days is not None:
+            with _progress("samples deleted:", as_json) as progress:
+                report = purge_samples(samples_days, progress=progress)
+            result["samples"] = report.samples
+            result["batches"] += report.batches
+            result["seconds"] += report.seconds
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(
+        f"deleted {result['events']:,} event(s) and {result['samples']:,} metric sample(s) "
+        f"in {result['batches']} batch(es), {format_duration(result['seconds'])}"
+    )
+
+
+@cli.command(name="vacuum")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Rebuild the whole file with VACUUM (blocks writers while it runs) instead of returning free "
+    "pages in small steps.",
+)
+@json_option
+@database_options
+def vacuum_command(full: bool, as_json: bool) -> None:
+    """Give free space back to the filesystem (SQLite; PostgreSQL's autovacuum does this itself)."""
+    with _database() as db, _progress("vacuuming", as_json) as progress:
+        progress.busy()
+        postgres = isinstance(db, pw.PostgresqlDatabase)
+        if full:
+            result = {"full": True, "bytes_freed": vacuum()}
+        else:
+            report = incremental_vacuum()
+            result = {"full": False, **dataclasses.asdict(report)}
+    if as_json:
+        _echo_json(result)
+    elif postgres and not full:
+        click.echo("nothing to do: PostgreSQL's autovacuum returns free space itself (--full runs VACUUM)")
+    elif full:
+        click.echo(f"VACUUM done, {format_size(result['bytes_freed'])} smaller")
+    else:
+        click.echo(
+            f"returned {result['pages_freed']:,} free page(s), {format_size(result['bytes_freed'])}, "
+            f"in {result['steps']} step(s) (longest {result['longest_step_seconds'] * 1000:.0f} ms)"
+        )
+
+
+@cli.command(name="backup")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite DEST if it exists.")
+@json_option
+@database_options
+def backup_command(dest: Path, force: bool, as_json: bool) -> None:
+    """Copy the live SQLite database to DEST, consistently, while the recorder writes.
+
+    PostgreSQL databases are backed up with pg_dump instead.
+    """
+    if dest.exists() and not force:
+        raise click.BadParameter(f"{dest} exists; pass --force to overwrite it", param_hint="DEST")
+    url = click.get_current_context().meta.get(_URL)
+    with _database(), _progress("backing up", as_json) as progress:
+        progress.busy()
+        if force and dest.exists():
+            dest.unlink()
+        written = backup(dest)
+    size = written.stat().st_size
+    if as_json:
+        _echo_json({"database": _display_url(url), "backup": str(written), "size_bytes": size})
+    else:
+        click.echo(f"backed up {_display_url(url)} to {written} ({format_size(size)})")
+
+
+@cli.command()
+@json_option
+@database_options
+def integrity(as_json: bool) -> None:
+    """Check the database file for damage and broken references; exits with 3 if any."""
+    with _database():
+        report = integrity_check()
+    if as_json:
+        _echo_json(
+            {
+                "ok": report.ok,
+                "problems": report.problems,
+                "foreign_key_violations": [list(v) for v in report.foreign_key_violations],
+            }
+        )
+    else:
+        for problem in report.problems:
+            click.echo(f"damage: {problem}")
+        if report.foreign_key_violations:
+            click.echo("rows pointing at nothing (table, rowid, parent table, constraint):")
+            _echo_table(["table", "rowid", "parent", "fk"], [list(v) for v in report.foreign_key_violations])
+        click.echo("ok" if report.ok else "NOT OK: restore a backup, or see the SQLite docs on recovery")
+    if not report.ok:
+        click.get_current_context().exit(EXIT_PROBLEMS)
+
+
+# --- demo ------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Work in this directory and keep it (default: a temporary directory, removed at the end).",
+)
+@click.option("--keep", is_flag=True, help="Keep the temporary directory and print where it is.")
+@verbose_option
+def demo(directory: Path | None, keep: bool) -> None:
+    """Crash a small simulated recorder with SIGKILL and watch it come back.
+
+    Needs no setup and no network and takes a few seconds: a child process
+    registers three cameras on an embedded SQLite database, writes real
+    little segment files, flips health and samples metrics, and is killed
+    in the middle of a segment. Then the restore runs and the command shows
+    what came back, what was repaired, the gaps and the storage used.
+    """
+    from .demo import run_demo
+
+    run_demo(directory, keep=keep)
 
 
 def main() -> None:
-    """Entry point of the console script: errors as one line, distinct exit codes."""
+    """Entry point of the console script and of ``python -m stream_state``."""
     try:
-        cli(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except StreamStateError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        cli(prog_name="stream-state")
+    except BrokenPipeError:
+        # The reader of our output went away (`stream-state events | head`):
+        # not an error worth a traceback. Point stdout at nothing so the
+        # interpreter's final flush does not complain again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILURE)
 
 
-__all__ = ["cli", "main", "migrate_to_head"]
+__all__ = ["cli", "main"]

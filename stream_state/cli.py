@@ -29,7 +29,6 @@ from .check import DEFAULT_MAX_SHARE
 from .check import check as check_storage
 from .database import (
     URL_ENV,
-    _sqlite_path,
     applied_migrations,
     backup_sqlite,
     code_schema_version,
@@ -39,9 +38,11 @@ from .database import (
     resolve_url,
     rollback_one,
     schema_version,
+    sqlite_path,
 )
 from .errors import DatabaseUnavailable, StreamStateError
-from .maintenance import backup, incremental_vacuum, integrity_check, purge_events, purge_samples, vacuum
+from .maintenance import backup, incremental_vacuum, integrity_check, vacuum
+from .maintenance import purge as purge_old
 from .models import Event, MetricSeries, Recording, Stream, database_proxy
 from .output import (
     Progress,
@@ -282,10 +283,7 @@ def _check_window(since: dt.datetime | None, until: dt.datetime | None) -> None:
 
 
 def _display_url(url: str | None) -> str:
-    resolved = resolve_url(url)
-    # redact_uri turns sqlite:////abs.db into sqlite://abs.db (urlunsplit drops an
-    # empty host), and a URL without a host has no user:password to hide.
-    return redact_uri(resolved) if "://" in resolved and urlsplit(resolved).netloc else resolved
+    return redact_uri(resolve_url(url))
 
 
 def _existing_sqlite(url: str | None) -> None:
@@ -293,7 +291,7 @@ def _existing_sqlite(url: str | None) -> None:
     resolved = resolve_url(url)
     scheme = urlsplit(resolved).scheme.lower() if "://" in resolved else "sqlite"
     if scheme in ("sqlite", "sqlite+pool"):
-        path = _sqlite_path(resolved)
+        path = sqlite_path(resolved)
         if not path.exists():
             raise DatabaseUnavailable(
                 f"no database at {path}; create it with `stream-state migrate` or pass --db URL"
@@ -1289,18 +1287,11 @@ def purge(
         raise click.UsageError("give --events-days, --samples-days or both")
     if keep_types and events_days is None:
         raise click.UsageError("--keep-type needs --events-days")
-    result = {"events": 0, "samples": 0, "batches": 0, "seconds": 0.0}
-    with _database():
-        if events_days is not None:
-            with _progress("events deleted:", as_json) as progress:
-                report = purge_events(events_days, keep_types=dict(keep_types), progress=progress)
-            result.update(events=report.events, batches=report.batches, seconds=report.seconds)
-        if samples_days is not None:
-            with _progress("samples deleted:", as_json) as progress:
-                report = purge_samples(samples_days, progress=progress)
-            result["samples"] = report.samples
-            result["batches"] += report.batches
-            result["seconds"] += report.seconds
+    with _database(), _progress("rows deleted:", as_json) as progress:
+        report = purge_old(
+            events_days=events_days, samples_days=samples_days, keep_types=dict(keep_types), progress=progress
+        )
+    result = dataclasses.asdict(report)
     if as_json:
         _echo_json(result)
         return

@@ -369,7 +369,8 @@ def connect_database(
     return db
 
 
-def _sqlite_path(url: str) -> Path:
+def sqlite_path(url: str) -> Path:
+    """The file a SQLite URL (or bare path) names; ``ValidationError`` for in-memory or hosted URLs."""
     if "://" not in url:
         return Path(url)
     parts = urlsplit(url)
@@ -387,7 +388,7 @@ def _sqlite_path(url: str) -> Path:
 
 
 def _open_sqlite(url: str, *, synchronous: str, busy_timeout: float, **connect_params: Any) -> pw.Database:
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     query = dict(parse_qsl(urlsplit(url).query)) if "://" in url else {}
     synchronous = query.pop("synchronous", synchronous)
     if query:

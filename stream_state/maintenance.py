@@ -165,6 +165,45 @@ def purge_samples(
     return PurgeReport(samples=deleted, batches=batches, seconds=time.perf_counter() - started)
 
 
+def purge(
+    *,
+    events_days: float | None = None,
+    samples_days: float | None = None,
+    keep_types: Mapping[str, float] | None = None,
+    now: dt.datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PurgeReport:
+    """Purge old events and/or raw samples and write one ``purged`` event with the counts.
+
+    ``progress`` gets the running total of rows deleted.
+    """
+    if events_days is None and samples_days is None:
+        raise ValidationError("events_days/samples_days", None, "give at least one of them")
+    events = samples = PurgeReport()
+    if events_days is not None:
+        events = purge_events(events_days, keep_types=keep_types, now=now, progress=progress)
+    if samples_days is not None:
+        done = events.events
+        samples = purge_samples(
+            samples_days, now=now, progress=(lambda n: progress(done + n)) if progress else None
+        )
+    report = PurgeReport(
+        events=events.events,
+        samples=samples.samples,
+        batches=events.batches + samples.batches,
+        seconds=events.seconds + samples.seconds,
+    )
+    if report.events or report.samples:
+        Event.record(
+            EventType.PURGED,
+            severity=Severity.INFO,
+            message=f"purged {report.events} event(s) and {report.samples} metric sample(s)",
+            data={"events": report.events, "samples": report.samples},
+            at=now,
+        )
+    return report
+
+
 def _ms(value: Any) -> int:
     return value if isinstance(value, int) else to_millis(value)
 
@@ -366,23 +405,15 @@ class Maintenance:
         return apply_retention(self.policy.retention, now=from_millis(now_ms)).as_dict()
 
     def _run_purge(self, now_ms: int) -> dict:
-        now = from_millis(now_ms)
-        events = samples = 0
-        if self.policy.event_days:
-            events = purge_events(
-                self.policy.event_days, keep_types=self.policy.event_keep_types, now=now
-            ).events
-        if self.policy.sample_days:
-            samples = purge_samples(self.policy.sample_days, now=now).samples
-        if events or samples:
-            Event.record(
-                EventType.PURGED,
-                severity=Severity.INFO,
-                message=f"purged {events} event(s) and {samples} metric sample(s)",
-                data={"events": events, "samples": samples},
-                at=now,
-            )
-        return {"events": events, "samples": samples}
+        if not self.policy.event_days and not self.policy.sample_days:
+            return {"events": 0, "samples": 0}
+        report = purge(
+            events_days=self.policy.event_days or None,
+            samples_days=self.policy.sample_days or None,
+            keep_types=self.policy.event_keep_types,
+            now=from_millis(now_ms),
+        )
+        return {"events": report.events, "samples": report.samples}
 
     def _run_incremental_vacuum(self, now_ms: int) -> dict:
         result = incremental_vacuum()

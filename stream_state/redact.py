@@ -33,6 +33,10 @@ def redact_uri(uri: str) -> str:
         # Unparseable text may still contain "user:pass@": mask it bluntly.
         return re.sub(r"//[^/@\s]*@", f"//{MASK}@", uri)
     netloc = parts.netloc
+    if "@" not in netloc and not _SECRET_QUERY.search("?" + parts.query):
+        # Nothing to hide: return it as written (rebuilding would turn
+        # sqlite:////abs.db into sqlite://abs.db, an empty host being dropped).
+        return uri
     if "@" in netloc:
         userinfo, _, hostinfo = netloc.rpartition("@")
         user, has_password, _ = userinfo.partition(":")

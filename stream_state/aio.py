@@ -1,0 +1,931 @@
+"""The asyncio face of stream_state, on peewee's own ``playhouse.pwasyncio``.
+
+A stream manager that runs on an event loop must never block it on a
+database call: every stream it drives would stall. This module gives it the
+same package, awaitable::
+
+    from stream_state import aio
+
+    db = await aio.open_database_async("sqlite:////var/lib/nvr/state.db")
+    state = await aio.restore()
+    cam = await aio.register("cam-1", "rtsp://user:pass@10.0.0.1/stream1", recording=True)
+    segment = await aio.begin_segment(cam, "/rec/cam-1/00000000.mp4")
+    await aio.complete_segment(segment, size_bytes=1_234_567)
+    await aio.record_metrics([("fps", 15.0, cam)])
+    await aio.close_database_async()
+
+Nothing here re-implements a rule. Each coroutine runs the very same
+synchronous domain method (``Stream.begin_segment``, ``MetricSample.record_many``,
+``Restorer.restore``...) on pwasyncio's greenlet bridge: the method's code
+runs on the loop's thread, and wherever it would wait for the database it
+hands the query to aiosqlite or asyncpg and yields to the loop. So the
+validation, the transactions, the events written and the errors raised are
+exactly those of the synchronous API.
+
+``async with aio.open_database_async(url) as db:`` closes the pool at the
+end of the block.
+
+Things to know:
+
+* Anything else of the package runs the same way: ``await aio.run(fn,
+  *args)`` for a function that may write (maintenance, ``recording.archive``),
+  ``await aio.read(fn, *args)`` for one that only reads (the ``history``
+  queries), ``await aio.fetch(query)`` for the rows of a query, or
+  ``await aio.fetch(history.recordings, "cam-1", since, until)`` for a
+  function that builds one.
+* Each call takes a pooled connection and gives it back when it returns, so
+  a hundred stream tasks share a pool of ``pool_size`` connections (plain
+  ``await db.run(fn)`` would tie a connection to the task until it ends).
+  Inside ``async with aio.atomic():`` the calls of that task share one
+  connection and one transaction.
+* On SQLite the calls that may write queue on one ``asyncio.Lock`` before
+  they take a connection: SQLite has one writer at a time anyway, and a
+  queue in the loop is fairer than writers sleeping in SQLite's busy
+  handler, and keeps aiosqlite's threads from fighting the loop for the GIL.
+  Writers in other processes still wait on the busy timeout, and every
+  write transaction still begins ``IMMEDIATE``.
+* The loop never waits for the database, but the Python part of a call
+  (validation, building SQL, reading rows) runs on the loop's thread, as
+  any coroutine's code does: well under a millisecond for a segment or
+  health call, more for a big metric batch or a history query over many
+  rows. Maintenance that pauses between batches (``pause_seconds``) sleeps
+  on the loop's thread: pass ``pause_seconds=0`` from here.
+* Rows returned by queries load foreign keys lazily; in async code that
+  raises pwasyncio's ``MissingGreenletBridge``. Join what you need in the
+  query, or read ``recording.stream_id``. Objects returned by the coroutines
+  here carry what they refer to (a new segment has its ``stream`` set).
+* The models are bound to one database per process: while the async
+  database is open, call the models through this module, not from threads.
+
+Needs the ``async`` extra: ``pip install 'stream_state[async]'`` (greenlet,
+aiosqlite, asyncpg). ``import stream_state`` works without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import inspect
+import logging
+import os
+import shlex
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import peewee as pw
+
+from .errors import DatabaseUnavailable, StorageFull, StreamStateError, ValidationError
+
+ASYNC_EXTRA_HINT = "pip install 'stream_state[async]'"
+
+
+class AsyncSupportMissing(StreamStateError, ImportError):
+    """A package the asyncio face needs (greenlet, aiosqlite or asyncpg) is not installed."""
+
+
+try:
+    import greenlet  # noqa: F401  (pwasyncio needs it; say so clearly if it is missing)
+    from playhouse import pwasyncio
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise AsyncSupportMissing(
+        f"stream_state.aio needs greenlet ({exc}); install the async extra: {ASYNC_EXTRA_HINT}"
+    ) from exc
+
+from .database import (  # noqa: E402  (after the dependency check, on purpose)
+    StreamStatePostgresDatabase,
+    StreamStateSqliteDatabase,
+    _bring_schema_up_to_date,
+    _TranslatesDriverErrors,
+    connect_database,
+)
+from .models import Event, MetricSample, Recording, Stream, database_proxy  # noqa: E402
+from .models.metric import Sample  # noqa: E402
+from .restore import RestoredState, Restorer, ShutdownReport  # noqa: E402
+from .states import HealthState, Severity, StreamStatus  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+MissingGreenletBridge = pwasyncio.MissingGreenletBridge
+
+T = TypeVar("T")
+
+__all__ = [
+    "AsyncPostgresStateDatabase",
+    "AsyncSqliteStateDatabase",
+    "AsyncStateDatabase",
+    "AsyncSupportMissing",
+    "MissingGreenletBridge",
+    "atomic",
+    "begin_segment",
+    "checkpoint",
+    "close_database_async",
+    "complete_segment",
+    "count",
+    "current_database",
+    "delete_segment",
+    "fail_segment",
+    "fetch",
+    "first",
+    "get_stream",
+    "open_database_async",
+    "read",
+    "record_event",
+    "record_health",
+    "record_metric",
+    "record_metrics",
+    "register",
+    "remove_stream",
+    "restore",
+    "run",
+    "set_desired",
+    "set_status",
+    "shutdown",
+    "update_config",
+]
+
+
+# --- the async databases ---------------------------------------------------------------
+
+
+class _BridgeCursor(pwasyncio.DummyCursor):
+    """pwasyncio's cursor plus ``executemany``, which the metric batch path hands its rows to."""
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        pwasyncio.await_(self.conn.executemany(sql, rows))
+
+
+class _SqliteConnection(pwasyncio.AsyncSqliteConnection):
+    """One trip to aiosqlite's thread per statement.
+
+    aiosqlite makes execute, fetchall and close three trips (each a thread
+    hand-off and a loop wake-up, ~0.1-0.2 ms); a segment cycle runs a dozen
+    statements.
+    """
+
+    async def _execute(self, sql: str, params: Any = None) -> pwasyncio.CursorAdapter:
+        return await self.conn._execute(_sqlite_execute, self.conn._conn, sql, params or ())
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._acquire_lock()
+        try:
+            # sqlite3 steps one prepared statement through the rows, on aiosqlite's thread.
+            await self.conn._execute(_sqlite_executemany, self.conn._conn, sql, rows)
+        finally:
+            self._lock.release()
+
+    def executescript(self, sql: str) -> None:
+        """sqlite3's ``executescript``, which maintenance calls on ``db.connection()`` (VACUUM, pragmas)."""
+        pwasyncio.await_(self._executescript(sql))
+
+    async def _executescript(self, sql: str) -> None:
+        await self._acquire_lock()
+        try:
+            await self.conn._execute(_sqlite_executescript, self.conn._conn, sql)
+        finally:
+            self._lock.release()
+
+
+def _sqlite_execute(conn: Any, sql: str, params: Any) -> pwasyncio.CursorAdapter:
+    cursor = conn.execute(sql, params)
+    try:
+        rows = cursor.fetchall()
+        return pwasyncio.CursorAdapter(
+            rows, lastrowid=cursor.lastrowid, rowcount=cursor.rowcount, description=cursor.description
+        )
+    finally:
+        cursor.close()
+
+
+def _sqlite_executemany(conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    conn.executemany(sql, rows).close()
+
+
+def _sqlite_executescript(conn: Any, sql: str) -> None:
+    conn.executescript(sql).close()
+
+
+class _SqlitePool(pwasyncio.AsyncSqlitePool):
+    """Last in, first out: the connection used last has the freshest page cache.
+
+    SQLite drops a connection's cache when another connection wrote since
+    its last transaction; handing out connections round-robin made every
+    call start cold.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._queue: asyncio.Queue[_SqliteConnection] = asyncio.LifoQueue(maxsize=self._pool_size)
+
+    async def acquire(self, timeout: float | None = None) -> _SqliteConnection:
+        if self._closed:
+            raise pw.InterfaceError("Pool is closed.")
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return await self._queue.get()  # the caller bounds the wait
+
+    async def _create_connection(self) -> _SqliteConnection:
+        conn = await pwasyncio.aiosqlite.connect(self._database, isolation_level=None, **self._connect_params)
+        try:
+            if self._on_connect is not None:
+                await self._on_connect(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return _SqliteConnection(conn)
+
+
+class _PostgresConnection(pwasyncio.AsyncPostgresqlConnection):
+    """One round trip per statement, through asyncpg's statement cache.
+
+    pwasyncio prepares every statement afresh (a Parse/Describe round trip,
+    then Bind/Execute); asyncpg's own execute path parses a statement once
+    per connection and reports the command status that peewee's rowcount
+    needs.
+    """
+
+    async def _execute(self, sql: str, params: Any = None) -> pwasyncio.CursorAdapter:
+        if not _ASYNCPG_STATUS_EXECUTE:  # an asyncpg whose internals moved: pwasyncio's way
+            return await super()._execute(sql, params)
+        if params:
+            sql = self._translate_placeholders(sql)
+        records, status, _ = await self.conn._execute(sql, params or (), 0, None, return_status=True)
+        description = [(key,) for key in records[0].keys()] if records else []  # noqa: SIM118 (a Record)
+        tail = (status.decode() if isinstance(status, bytes) else str(status or "")).rsplit(" ", 1)
+        rowcount = int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else len(records)
+        return pwasyncio.CursorAdapter(records, rowcount=rowcount, description=description)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._acquire_lock()
+        try:
+            # asyncpg pipelines the whole batch in one round trip.
+            await self.conn.executemany(self._translate_placeholders(sql), list(rows))
+        finally:
+            self._lock.release()
+
+
+def _asyncpg_status_execute() -> bool:
+    """Whether asyncpg's internal ``Connection._execute`` takes ``return_status`` (0.2x to 0.3x do)."""
+    try:
+        parameters = inspect.signature(pwasyncio.asyncpg.Connection._execute).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "return_status" in parameters
+
+
+_ASYNCPG_STATUS_EXECUTE = pwasyncio.asyncpg is not None and _asyncpg_status_execute()
+
+
+class AsyncStateDatabase(_TranslatesDriverErrors):
+    """What both async databases add to pwasyncio's: the package's errors, pooled calls, a writer queue.
+
+    Use it through the module's coroutines; ``await db.call(fn, *args)`` is
+    the primitive they share.
+    """
+
+    display_url: str = ""
+    # Only SQLite serialises writers in the loop (it has one writer anyway).
+    serialise_writes: bool = False
+
+    def _setup_state(self) -> None:
+        self._writer = asyncio.Lock()
+        self._writer_task: asyncio.Task[Any] | None = None
+
+    def cursor(self, named_cursor: Any = None) -> _BridgeCursor:
+        return _BridgeCursor(pwasyncio.await_(self.aconnect()))
+
+    async def _acquire_conn_async(self) -> Any:
+        # pwasyncio's version wraps both steps in asyncio.wait_for, which on
+        # Python 3.11 starts a task each time; this runs on every call.
+        timeout = self._acquire_timeout  # type: ignore[attr-defined]
+        try:
+            async with asyncio.timeout(timeout):
+                pool = self._pool or await self._ensure_pool()  # type: ignore[attr-defined]
+                with pw.__exception_wrapper__:
+                    conn = await self._pool_acquire(pool)  # type: ignore[attr-defined]
+        except TimeoutError as exc:
+            raise DatabaseUnavailable(
+                f"no connection to {self.display_url} became free within {timeout} s "
+                f"(pool_size={self._pool_size}); raise pool_size or acquire_timeout"  # type: ignore[attr-defined]
+            ) from exc
+        except StreamStateError:
+            raise
+        except Exception as exc:
+            raise DatabaseUnavailable(f"cannot connect to {self.display_url}: {exc}".strip()) from exc
+        conn._pool = pool  # pwasyncio checks it on release
+        return conn
+
+    async def call(self, fn: Callable[..., T], *args: Any, _write: bool = True, **kwargs: Any) -> T:
+        """Run the synchronous ``fn(*args, **kwargs)`` on the greenlet bridge, then free the connection.
+
+        The connection goes back to the pool unless the calling task is
+        inside ``atomic()``: pwasyncio ties a connection to a task until the
+        task ends, which would let a few long-lived stream tasks hold every
+        connection of the pool.
+        """
+        async with self._writing(_write):
+            try:
+                return await self.run(fn, *args, **kwargs)  # type: ignore[attr-defined]
+            finally:
+                await self._release_if_idle()
+
+    async def _release_if_idle(self) -> None:
+        if not self.in_transaction():  # type: ignore[attr-defined]
+            try:
+                await self.aclose()  # type: ignore[attr-defined]
+            except Exception:  # a dead connection: the pool replaces it
+                log.debug("releasing a connection failed", exc_info=True)
+                self._state.reset()  # type: ignore[attr-defined]
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, write: bool) -> AsyncIterator[None]:
+        if not (write and self.serialise_writes):
+            yield
+            return
+        task = asyncio.current_task()
+        if self._writer_task is task:  # already ours: a call inside atomic()
+            yield
+            return
+        async with self._writer:
+            self._writer_task = task
+            try:
+                yield
+            finally:
+                self._writer_task = None
+
+    @contextlib.asynccontextmanager
+    async def aatomic(self) -> AsyncIterator[None]:
+        """One transaction around several calls of this task (nested blocks are savepoints).
+
+        Not ``atomic()``: the synchronous code run on the bridge uses that
+        one as a plain ``with`` block.
+        """
+        async with self._writing(True):
+            block = self.atomic()  # type: ignore[attr-defined]
+            await self.run(block.__enter__)  # type: ignore[attr-defined]
+            try:
+                yield
+            except BaseException as exc:
+                await self.run(block.__exit__, type(exc), exc, exc.__traceback__)  # type: ignore[attr-defined]
+                raise
+            else:
+                await self.run(block.__exit__, None, None, None)  # type: ignore[attr-defined]
+            finally:
+                await self._release_if_idle()
+
+
+class AsyncSqliteStateDatabase(AsyncStateDatabase, pwasyncio.AsyncSqliteDatabase):
+    """aiosqlite with the package's pragmas, IMMEDIATE write transactions and errors.
+
+    Opens the existing file read-write without creating it (``open_database_async``
+    has created and migrated it), like the synchronous database.
+    """
+
+    serialise_writes = True
+    _identity: tuple[int, int] | None = None
+
+    def __init__(self, database: str, **kwargs: Any):
+        super().__init__(database, **kwargs)
+        self.display_url = str(database)
+        self._setup_state()
+
+    # The same file checks and error translation as the synchronous database.
+    _file_identity = StreamStateSqliteDatabase._file_identity
+    verify_file = StreamStateSqliteDatabase.verify_file
+    translate_error = StreamStateSqliteDatabase.translate_error
+
+    async def _create_pool_async(self) -> Any:
+        if pwasyncio.aiosqlite is None:
+            raise AsyncSupportMissing(f"SQLite from asyncio needs aiosqlite; install {ASYNC_EXTRA_HINT}")
+        self.verify_file()
+        target = f"file:{quote(os.path.abspath(self.database))}?mode=rw"
+        pool = _SqlitePool(
+            target,
+            pool_size=self._pool_size,
+            on_connect=self._add_conn_hooks,
+            timeout=self._timeout,
+            uri=True,
+            **self.connect_params,
+        )
+        try:
+            return await pool.initialize()
+        except BaseException:
+            await pool.close()
+            raise
+
+
+class AsyncPostgresStateDatabase(AsyncStateDatabase, pwasyncio.AsyncPostgresqlDatabase):
+    """asyncpg with the package's errors and peewee's plain SQL transactions.
+
+    pwasyncio runs PostgreSQL transactions as asyncpg transaction objects,
+    but the models open theirs through the ``DatabaseProxy`` with plain
+    ``BEGIN``; asyncpg refuses one of its own inside a plain one. Plain SQL
+    for all of them keeps nesting (savepoints) working whichever opens first.
+    """
+
+    def __init__(self, database: str, *, display_url: str = "", **kwargs: Any):
+        super().__init__(database, **kwargs)
+        self.display_url = display_url or database
+        self._setup_state()
+
+    def atomic(self, *args: Any, **kwargs: Any) -> Any:
+        return pwasyncio.async_atomic(self, *args, **kwargs)
+
+    def transaction(self, *args: Any, **kwargs: Any) -> Any:
+        return pwasyncio.async_transaction(self, *args, **kwargs)
+
+    def savepoint(self) -> Any:
+        return pwasyncio.async_savepoint(self)
+
+    async def aexecute_sql(self, sql: str, params: Any = None) -> Any:
+        if params and any(isinstance(value, _JSON_NODES) for value in params):
+            # A JSONField value is a peewee node, which the hand-written hot
+            # path statements pass straight to the driver: asyncpg wants text.
+            params = [_json_text(value) if isinstance(value, _JSON_NODES) else value for value in params]
+        return await super().aexecute_sql(sql, params)
+
+    async def _pool_acquire(self, pool: Any) -> _PostgresConnection:
+        return _PostgresConnection(await pool.acquire())  # the caller bounds the wait
+
+    async def _create_pool_async(self) -> Any:
+        if pwasyncio.asyncpg is None:
+            raise AsyncSupportMissing(f"PostgreSQL from asyncio needs asyncpg; install {ASYNC_EXTRA_HINT}")
+        return await super()._create_pool_async()
+
+    def translate_error(self, exc: BaseException) -> StreamStateError | None:
+        original = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+        if getattr(original, "sqlstate", None) == "53100":  # disk_full
+            return StorageFull(f"PostgreSQL at {self.display_url} is out of disk space: {original}")
+        conn = self._state.conn
+        if isinstance(exc, (pw.OperationalError, pw.InterfaceError)) and conn is not None and conn.stale():
+            # aconnect() replaces a stale connection, so the next call recovers by itself.
+            return DatabaseUnavailable(
+                f"lost the connection to {self.display_url} ({str(original).strip()}); "
+                "the next call reconnects when the server is back"
+            )
+        return None
+
+
+_JSON_NODES: tuple[type, ...] = (pwasyncio.Json,)
+
+
+def _json_text(value: Any) -> str:
+    return value.dumps(value.value)
+
+
+async def _reset_nothing(connection: Any) -> None:
+    """asyncpg's pool reset without its round trip per release.
+
+    The default runs ``RESET ALL; UNLISTEN *; ...`` every time a connection
+    goes back, and this module gives one back after every call. The package
+    sets no session state; asyncpg still rolls back an open transaction.
+    """
+
+
+# --- opening ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    kind: str
+    database: str
+    display_url: str
+    params: dict[str, Any] = field(default_factory=dict)
+    identity: tuple[int, int] | None = None
+
+
+def _migrate_and_describe(
+    url: str | os.PathLike[str] | None,
+    *,
+    migrate: bool,
+    synchronous: str,
+    busy_timeout: float,
+    backup_before_migrate: bool,
+    connect_params: dict[str, Any],
+) -> _Target:
+    """Open a synchronous connection, bring the schema up to date, and say how to reach the database.
+
+    peewee-migrate is synchronous, so the schema work happens here (in a
+    worker thread), with exactly the checks and backup of ``open_database``;
+    the URL is parsed once, by ``connect_database``.
+    """
+    sync = connect_database(url, synchronous=synchronous, busy_timeout=busy_timeout, **connect_params)
+    try:
+        _bring_schema_up_to_date(sync, migrate=migrate, backup_before_migrate=backup_before_migrate)
+        if isinstance(sync, StreamStateSqliteDatabase):
+            return _Target(
+                "sqlite",
+                sync.database,
+                sync.database,
+                {
+                    "pragmas": list(sync._pragmas),
+                    "timeout": sync._timeout,
+                    "lock_type": "IMMEDIATE",
+                    "returning_clause": True,
+                    **sync.connect_params,
+                },
+                identity=sync._file_identity(),
+            )
+        assert isinstance(sync, StreamStatePostgresDatabase)
+        return _Target(
+            "postgres",
+            sync.database,
+            sync.display_url,
+            _asyncpg_params(sync.connect_params, sync.display_url),
+        )
+    finally:
+        if isinstance(sync, StreamStatePostgresDatabase):
+            sync.close_all()
+        else:
+            sync.close()
+
+
+# libpq connection parameters (as open_database takes them) that asyncpg takes as they are;
+# _asyncpg_params translates a few others.
+_ASYNCPG_SAME = ("user", "password", "host", "port", "passfile")
+
+
+def _asyncpg_params(params: Mapping[str, Any], display_url: str) -> dict[str, Any]:
+    translated: dict[str, Any] = {}
+    settings: dict[str, str] = {}
+    unknown = []
+    for key, value in params.items():
+        if key in _ASYNCPG_SAME:
+            translated[key] = int(value) if key == "port" else value
+        elif key == "options":
+            settings.update(_libpq_options(str(value), display_url))
+        elif key == "application_name":
+            settings["application_name"] = str(value)
+        elif key == "sslmode":
+            translated["ssl"] = str(value)
+        elif key == "connect_timeout":
+            translated["timeout"] = float(value)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValidationError(
+            "url",
+            display_url,
+            f"connection options the async driver (asyncpg) does not take: {', '.join(sorted(unknown))}",
+        )
+    if settings:
+        translated["server_settings"] = settings
+    return translated
+
+
+def _libpq_options(options: str, display_url: str) -> dict[str, str]:
+    """``-c search_path=x -c statement_timeout=5s`` as asyncpg's server_settings."""
+    settings = {}
+    words = iter(shlex.split(options))
+    for word in words:
+        if word == "-c":
+            word = next(words, "")
+        elif word.startswith("-c") or word.startswith("--"):
+            word = word[2:]
+        else:
+            raise ValidationError("options", options, f"expected -c name=value settings (for {display_url})")
+        name, sep, value = word.partition("=")
+        if not sep or not name:
+            raise ValidationError("options", options, "expected -c name=value settings")
+        settings[name.replace("-", "_")] = value
+    return settings
+
+
+async def _open(
+    url: str | os.PathLike[str] | None,
+    *,
+    migrate: bool,
+    synchronous: str,
+    busy_timeout: float,
+    backup_before_migrate: bool,
+    pool_size: int,
+    acquire_timeout: float | None,
+    connect_params: dict[str, Any],
+) -> AsyncStateDatabase:
+    if pool_size < 1:
+        raise ValidationError("pool_size", pool_size, "must be at least 1")
+    target = await asyncio.to_thread(
+        _migrate_and_describe,
+        url,
+        migrate=migrate,
+        synchronous=synchronous,
+        busy_timeout=busy_timeout,
+        backup_before_migrate=backup_before_migrate,
+        connect_params=connect_params,
+    )
+    db: AsyncStateDatabase
+    if target.kind == "sqlite":
+        if pwasyncio.aiosqlite is None:
+            raise AsyncSupportMissing(f"SQLite from asyncio needs aiosqlite; install {ASYNC_EXTRA_HINT}")
+        db = AsyncSqliteStateDatabase(
+            target.database,
+            pool_size=pool_size,
+            # A pooled call may queue behind a writer for as long as SQLite would.
+            acquire_timeout=acquire_timeout or max(busy_timeout, 10.0),
+            **target.params,
+        )
+        db._identity = target.identity
+    else:
+        if pwasyncio.asyncpg is None:
+            raise AsyncSupportMissing(f"PostgreSQL from asyncio needs asyncpg; install {ASYNC_EXTRA_HINT}")
+        db = AsyncPostgresStateDatabase(
+            target.database,
+            display_url=target.display_url,
+            pool_size=pool_size,
+            acquire_timeout=acquire_timeout or 30.0,
+            reset=_reset_nothing,
+            pool_min_size=pool_size,
+            **target.params,
+        )
+    # Fail here, not at the first call, if the pool cannot be made.
+    try:
+        await db.aconnect()  # type: ignore[attr-defined]
+        await db.aclose()  # type: ignore[attr-defined]
+    except BaseException:
+        await db.close_pool()  # type: ignore[attr-defined]
+        raise
+    database_proxy.initialize(db)
+    log.info("opened %s for asyncio (pool of %d)", target.display_url, pool_size)
+    return db
+
+
+class _Opening(Coroutine[Any, Any, AsyncStateDatabase]):
+    """The coroutine ``open_database_async`` returns, which also works as ``async with``.
+
+    ``await`` it, hand it to ``asyncio.run``, or write
+    ``async with open_database_async(url) as db:`` to close the pool at the end.
+    """
+
+    def __init__(self, opening: Coroutine[Any, Any, AsyncStateDatabase]):
+        self._opening = opening
+        self._db: AsyncStateDatabase | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncStateDatabase]:
+        return self._opening.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._opening.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._opening.throw(*args)
+
+    def close(self) -> None:
+        self._opening.close()
+
+    async def __aenter__(self) -> AsyncStateDatabase:
+        self._db = await self._opening
+        return self._db
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._db is not None:
+            await close_database_async(self._db)
+
+
+def open_database_async(
+    url: str | os.PathLike[str] | None = None,
+    *,
+    migrate: bool = True,
+    synchronous: str = "NORMAL",
+    busy_timeout: float = 30.0,
+    backup_before_migrate: bool = True,
+    pool_size: int = 10,
+    acquire_timeout: float | None = None,
+    **connect_params: Any,
+) -> _Opening:
+    """Open the database at ``url`` for asyncio and bind the models to it.
+
+    The URL and options are those of ``open_database`` (the schema is
+    migrated, with a backup of an existing SQLite file first, by a
+    synchronous connection in a worker thread, so the loop keeps running).
+    ``pool_size`` connections serve every task; a call waits at most
+    ``acquire_timeout`` seconds for one (default: the busy timeout on
+    SQLite, 30 s on PostgreSQL) before ``DatabaseUnavailable``.
+
+    ``db = await open_database_async(url)`` ... ``await close_database_async()``,
+    or ``async with open_database_async(url) as db:``.
+    """
+    return _Opening(
+        _open(
+            url,
+            migrate=migrate,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            backup_before_migrate=backup_before_migrate,
+            pool_size=pool_size,
+            acquire_timeout=acquire_timeout,
+            connect_params=connect_params,
+        )
+    )
+
+
+def current_database() -> AsyncStateDatabase:
+    """The async database the models are bound to; ``DatabaseUnavailable`` if there is none."""
+    db = database_proxy.obj
+    if isinstance(db, AsyncStateDatabase):
+        return db
+    if db is None:
+        raise DatabaseUnavailable("no database is open; call `await stream_state.aio.open_database_async()`")
+    raise DatabaseUnavailable(
+        f"the models are bound to a synchronous database ({type(db).__name__}); "
+        "call `await stream_state.aio.open_database_async()` to use them from asyncio"
+    )
+
+
+async def close_database_async(db: AsyncStateDatabase | None = None) -> None:
+    """Close every pooled connection of ``db`` (default: the open one).
+
+    Call it when no task uses the database any more. The models stay bound:
+    a later call opens a new pool.
+    """
+    db = db or current_database()
+    await db.close_pool()  # type: ignore[attr-defined]
+
+
+# --- the generic bridge ------------------------------------------------------------------
+
+
+async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, any synchronous function of the package, without blocking the loop.
+
+    For example ``await aio.run(recording.archive, "/archive")`` or
+    ``await aio.run(maintenance.purge_events, 30, pause_seconds=0)``. On
+    SQLite it queues with the other writers; use ``read`` for functions that
+    only read.
+    """
+    return await current_database().call(fn, *args, **kwargs)
+
+
+async def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Like ``run``, for functions that only read: they do not queue behind SQLite writers.
+
+    ``await aio.read(history.gaps, cam, since, until)``.
+    """
+    return await current_database().call(fn, *args, _write=False, **kwargs)
+
+
+async def fetch(query: pw.SelectBase | Callable[..., Iterable[T]], *args: Any, **kwargs: Any) -> list[Any]:
+    """The rows of a query, as a list: ``await aio.fetch(Recording.for_stream(cam).limit(10))``.
+
+    Also takes a function that returns a query (or any iterable) with its
+    arguments, for query factories that read while they build the query:
+    ``await aio.fetch(history.recordings, "cam-1", since, until)``.
+    """
+    if isinstance(query, pw.SelectBase):
+        if args or kwargs:
+            raise TypeError("fetch(query) takes no arguments; pass a function to call with them")
+        return await read(list, query)
+    return await read(lambda: list(query(*args, **kwargs)))
+
+
+async def first(query: pw.SelectBase) -> Any:
+    """The first row of a query, or None."""
+    return await read(query.first)
+
+
+async def count(query: pw.SelectBase) -> int:
+    """How many rows a query selects."""
+    return await read(query.count)
+
+
+def atomic() -> contextlib.AbstractAsyncContextManager[None]:
+    """``async with aio.atomic():`` makes the calls of this task inside one transaction.
+
+    Commits when the block ends, rolls everything back if it raises. Keep
+    the block short: on SQLite it holds the write lock (other tasks' writes
+    wait), on PostgreSQL a connection and row locks.
+    """
+    return current_database().aatomic()
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+async def register(name: str, uri: str, config: dict[str, Any] | None = None, **desired: bool) -> Stream:
+    """``Stream.register``: create the stream ``name`` or update the live one; return it."""
+    return await run(Stream.register, name, uri, config, **desired)
+
+
+async def get_stream(name: str) -> Stream:
+    """``Stream.by_name``: the live stream called ``name``; ``NotFound`` if there is none."""
+    return await read(Stream.by_name, name)
+
+
+async def update_config(stream: Stream, config: dict[str, Any]) -> bool:
+    """``stream.update_config``: replace the config; False when nothing changed."""
+    return await run(stream.update_config, config)
+
+
+async def set_desired(stream: Stream, enabled: bool | None = None, recording: bool | None = None) -> bool:
+    """``stream.set_desired``: what the manager should bring back after a restart."""
+    return await run(stream.set_desired, enabled, recording)
+
+
+async def set_status(
+    stream: Stream, status: StreamStatus | str, reason: str | None = None, at: dt.datetime | None = None
+) -> bool:
+    """``stream.set_status``: False when unchanged, ``InvalidTransition`` when not allowed."""
+    return await run(stream.set_status, status, reason, at)
+
+
+async def record_health(
+    stream: Stream,
+    state: HealthState | str,
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: dt.datetime | None = None,
+) -> bool:
+    """``stream.record_health``: True when the health changed (an event was written)."""
+    return await run(stream.record_health, state, reason, data, at)
+
+
+async def remove_stream(stream: Stream) -> bool:
+    """``stream.remove``: soft-delete; False if it was already removed."""
+    return await run(stream.remove)
+
+
+# --- segments -------------------------------------------------------------------------------
+
+
+async def begin_segment(
+    stream: Stream,
+    path: str | os.PathLike[str],
+    started_at: dt.datetime | None = None,
+    storage: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Recording:
+    """``stream.begin_segment``: commit the new segment's row (and its index) before opening the file."""
+    return await run(stream.begin_segment, path, started_at, storage, metadata)
+
+
+async def checkpoint(segment: Recording, size_bytes: int, at: dt.datetime | None = None) -> None:
+    """``segment.checkpoint``: record the progress of an open segment."""
+    await run(segment.checkpoint, size_bytes, at)
+
+
+async def complete_segment(
+    segment: Recording,
+    ended_at: dt.datetime | None = None,
+    size_bytes: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Recording:
+    """``segment.complete_segment``: close it with its end time and size (default: the file's)."""
+    return await run(segment.complete_segment, ended_at, size_bytes, metadata)
+
+
+async def fail_segment(segment: Recording, reason: str, at: dt.datetime | None = None) -> Recording:
+    """``segment.fail``: give up on an open segment, with a ``segment_failed`` event."""
+    return await run(segment.fail, reason, at)
+
+
+async def delete_segment(segment: Recording) -> int:
+    """``segment.delete_file``: crash-safe delete of the file and its row; the bytes freed."""
+    return await run(segment.delete_file)
+
+
+# --- events and metrics -----------------------------------------------------------------------
+
+
+async def record_event(
+    type: str,
+    stream: Stream | int | None = None,
+    severity: Severity | str = Severity.INFO,
+    message: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: dt.datetime | None = None,
+) -> Event:
+    """``Event.record``: write one event (credentials masked) and return it."""
+    return await run(Event.record, type, stream, severity, message, data, at)
+
+
+async def record_metric(
+    name: str,
+    value: float,
+    stream: Stream | int | None = None,
+    labels: Mapping[str, str | int] | None = None,
+    at: dt.datetime | None = None,
+) -> MetricSample:
+    """``MetricSample.record``: one sample. Prefer ``record_metrics`` for a tick's worth."""
+    return await run(MetricSample.record, name, value, stream, labels, at)
+
+
+async def record_metrics(samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
+    """``MetricSample.record_many``: many samples in one transaction; how many were written."""
+    return await run(MetricSample.record_many, samples)
+
+
+# --- restart --------------------------------------------------------------------------------
+
+
+async def restore(
+    now: dt.datetime | None = None, *, dry_run: bool = False, session: str | None = None
+) -> RestoredState:
+    """``Restorer().restore()``: repair what the last run left half done; what to bring back."""
+    return await run(lambda: Restorer(session=session).restore(now, dry_run=dry_run))
+
+
+async def shutdown(now: dt.datetime | None = None, *, session: str | None = None) -> ShutdownReport:
+    """``Restorer().shutdown()``: record a clean stop, closing any segment left open."""
+    return await run(lambda: Restorer(session=session).shutdown(now))

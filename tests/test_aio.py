@@ -1,0 +1,604 @@
+"""The asyncio face (stream_state.aio): the same rules as the sync API, many tasks, a loop never blocked.
+
+Every test runs its coroutine with ``asyncio.run`` inside a plain test, on
+SQLite and (with ``STREAM_STATE_TEST_PG_URL``) PostgreSQL, on a database of
+its own opened by ``aio.open_database_async``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+import pytest
+
+from stream_state import (
+    AlreadyExists,
+    DatabaseUnavailable,
+    Event,
+    InvalidTransition,
+    MetricSample,
+    MetricSeries,
+    NotFound,
+    Recording,
+    SegmentState,
+    Stream,
+    StreamStateError,
+    ValidationError,
+    aio,
+    open_database,
+)
+from stream_state.database import code_schema_version, schema_version
+from stream_state.models import database_proxy
+from stream_state.restore import Restorer
+from stream_state.states import EventType
+
+T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
+URI = "rtsp://viewer:secret@10.0.0.1/stream1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Generous: a task switch plus one statement on a loaded CI machine. A
+# synchronous segment cycle called from the loop blocks it for its whole
+# duration; 50 streams' worth blocks it for seconds (see LagMeter's self-test).
+MAX_LOOP_LAG = 0.25
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def run_async(backend, body: Callable[[aio.AsyncStateDatabase], Awaitable[Any]], **open_kwargs: Any) -> Any:
+    """Open a fresh migrated database for asyncio, run ``body(db)`` in a new loop, close it."""
+    url, params = backend.new_target()
+    previous = database_proxy.obj
+
+    async def main() -> Any:
+        db = await aio.open_database_async(url, **params, **open_kwargs)
+        try:
+            return await body(db)
+        finally:
+            await aio.close_database_async(db)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        database_proxy.initialize(previous)
+
+
+class LagMeter:
+    """Sleeps 5 ms again and again in the loop and keeps its worst overshoot."""
+
+    def __init__(self, period: float = 0.005):
+        self.period = period
+        self.worst = 0.0
+        self.ticks = 0
+
+    async def __aenter__(self) -> LagMeter:
+        async def tick() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                before = loop.time()
+                await asyncio.sleep(self.period)
+                self.worst = max(self.worst, loop.time() - before - self.period)
+                self.ticks += 1
+
+        self._task = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(2 * self.period)  # a ticker held up by a block reports it when it runs
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+# --- packaging --------------------------------------------------------------------------
+
+
+def test_stream_state_imports_without_the_async_extra_and_aio_says_what_to_install():
+    probe = (
+        "import sys\n"
+        "for name in ('greenlet', 'aiosqlite', 'asyncpg'):\n"
+        "    sys.modules[name] = None  # as if not installed\n"
+        "import stream_state\n"
+        "assert 'playhouse.pwasyncio' not in sys.modules\n"
+        "try:\n"
+        "    import stream_state.aio\n"
+        "except ImportError as exc:\n"
+        "    assert isinstance(exc, stream_state.StreamStateError), type(exc)\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    raise SystemExit('imported without greenlet')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'stream_state[async]'" in result.stdout
+
+
+def test_a_missing_driver_is_named_when_the_database_is_opened(tmp_path):
+    probe = (
+        "import asyncio, sys\n"
+        "sys.modules['aiosqlite'] = None\n"
+        "from stream_state import aio\n"
+        "try:\n"
+        f"    asyncio.run(aio.open_database_async({str(tmp_path / 'x.db')!r}))\n"
+        "except aio.AsyncSupportMissing as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "aiosqlite" in result.stdout and "stream_state[async]" in result.stdout
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+
+def test_opening_migrates_and_the_connections_keep_the_package_settings(backend):
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        assert await aio.read(schema_version, db) == code_schema_version()
+        if backend.name == "sqlite":
+            assert stat.S_IMODE(os.stat(db.database).st_mode) == 0o600, "camera passwords inside"
+
+            def pragmas() -> dict[str, Any]:
+                names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "cache_size")
+                return {name: db.execute_sql(f"PRAGMA {name}").fetchone()[0] for name in names}
+
+            assert await aio.read(pragmas) == {
+                "journal_mode": "wal",
+                "synchronous": 1,  # NORMAL
+                "foreign_keys": 1,
+                "busy_timeout": 30_000,
+                "cache_size": -32768,
+            }
+            assert db._lock_type == "IMMEDIATE"
+
+    run_async(backend, body)
+
+
+def test_the_models_must_be_bound_to_an_async_database(db):
+    with pytest.raises(DatabaseUnavailable, match="synchronous database"):
+        asyncio.run(aio.register("cam-1", URI))
+
+
+def test_async_with_opens_and_closes(tmp_path):
+    previous = database_proxy.obj
+
+    async def main() -> int:
+        async with aio.open_database_async(tmp_path / "state.db") as db:
+            cam = await aio.register("cam-1", URI)
+            assert isinstance(aio.current_database(), aio.AsyncSqliteStateDatabase)
+        assert db._pool is None, "the pool was closed"
+        return cam.id
+
+    try:
+        assert asyncio.run(main()) == 1
+    finally:
+        database_proxy.initialize(previous)
+    sync = open_database(tmp_path / "state.db")
+    assert Stream.get_by_id(1).name == "cam-1"
+    sync.close()
+
+
+# --- the same rules -------------------------------------------------------------------------
+
+
+def _sync(fn: Callable[..., Any]) -> Any:
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)  # runs (and raises) when awaited, as a coroutine does
+
+    return staticmethod(call)
+
+
+class SyncFace:
+    """The synchronous API under aio's names, so one script drives both faces."""
+
+    register = _sync(Stream.register)
+    get_stream = _sync(Stream.by_name)
+    update_config = _sync(lambda s, *a: s.update_config(*a))
+    set_desired = _sync(lambda s, *a, **k: s.set_desired(*a, **k))
+    set_status = _sync(lambda s, *a, **k: s.set_status(*a, **k))
+    record_health = _sync(lambda s, *a, **k: s.record_health(*a, **k))
+    remove_stream = _sync(lambda s: s.remove())
+    begin_segment = _sync(lambda s, *a, **k: s.begin_segment(*a, **k))
+    checkpoint = _sync(lambda r, *a, **k: r.checkpoint(*a, **k))
+    complete_segment = _sync(lambda r, *a, **k: r.complete_segment(*a, **k))
+    fail_segment = _sync(lambda r, *a, **k: r.fail(*a, **k))
+    delete_segment = _sync(lambda r: r.delete_file())
+    record_event = _sync(Event.record)
+    record_metric = _sync(MetricSample.record)
+    record_metrics = _sync(MetricSample.record_many)
+    restore = _sync(
+        lambda now=None, *, dry_run=False, session=None: Restorer(session=session).restore(
+            now, dry_run=dry_run
+        )
+    )
+    shutdown = _sync(lambda now=None, *, session=None: Restorer(session=session).shutdown(now))
+
+
+async def manager_script(face: Any, tmp_path: Path, tag: str) -> list[str]:
+    """A manager's day, including its mistakes; returns the errors it met, by type and message."""
+    errors: list[str] = []
+
+    async def refused(call: Awaitable[Any]) -> None:
+        try:
+            await call
+        except StreamStateError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            errors.append("no error")
+
+    files = tmp_path / tag
+    files.mkdir()
+    cam = await face.register("cam-1", URI, {"fps": 15, "password": "p"}, recording=True)
+    other = await face.register("cam-2", "rtsp://10.0.0.2/s")
+    await face.restore(at(0), session="first")
+    await refused(face.register("cam 3\n", URI))
+    await face.update_config(cam, {"fps": 30, "password": "q"})
+    await face.set_desired(other, enabled=False)
+    await refused(face.set_status(cam, "running"))
+    await face.set_status(cam, "starting", at=at(1))
+    await face.set_status(cam, "running", reason="connected", at=at(2))
+    await face.record_health(cam, "healthy", at=at(2))
+    await face.record_health(cam, "healthy", at=at(3))
+    await face.record_health(cam, "degraded", reason="fps dropped", data={"fps": 9}, at=at(4))
+    first = await face.begin_segment(cam, files / "0.mp4", started_at=at(10), storage="disk1")
+    await face.checkpoint(first, 1000, at=at(15))
+    second = await face.begin_segment(cam, files / "1.mp4", started_at=at(19.9), metadata={"codec": "h264"})
+    await face.complete_segment(first, ended_at=at(20), size_bytes=2000)
+    await refused(face.complete_segment(first, ended_at=at(21), size_bytes=2000))
+    await refused(face.begin_segment(cam, files / "1.mp4", started_at=at(21)))
+    await refused(face.checkpoint(second, -1))
+    await face.complete_segment(second, ended_at=at(30), size_bytes=3000, metadata={"frames": 450})
+    third = await face.begin_segment(cam, files / "2.mp4", started_at=at(30))
+    await face.fail_segment(third, "encoder crashed", at=at(31))
+    (files / "0.mp4").write_bytes(b"x" * 2000)
+    assert await face.delete_segment(first) == 2000
+    await face.record_event("note", cam, message=f"reconnect to {URI}", data={"n": 1}, at=at(32))
+    await refused(face.record_event("note", 999, at=at(32)))
+    await face.record_metric("fps", 14.5, cam, {"encoder": "hw"}, at(33))
+    batch = [("fps", 15.0, cam, {"encoder": "hw"}, at(34)), ("bitrate_kbps", 800.0, cam, None, at(34))]
+    assert await face.record_metrics(batch) == 2
+    await refused(face.record_metrics([("fps", float("nan"), cam)]))
+    await refused(face.record_metrics([("fps", 1.0, 999, None, at(35))]))
+    open_at_crash = await face.begin_segment(cam, files / "3.mp4", started_at=at(40))
+    (files / "3.mp4").write_bytes(b"x" * 500)
+    os.utime(files / "3.mp4", (at(45).timestamp(), at(45).timestamp()))
+    state = await face.restore(at(60), session="second")  # as after a crash
+    assert [r.recording_id for r in state.repairs] == [open_at_crash.id]
+    assert state.stream("cam-1").next_segment_index == 4
+    await refused(face.get_stream("cam-404"))
+    assert await face.remove_stream(other) is True
+    await refused(face.begin_segment(other, files / "x.mp4"))
+    report = await face.shutdown(at(70), session="second")
+    assert report.closed == ()
+    return errors
+
+
+def _comparable(files: Path) -> dict[str, list[tuple]]:
+    """What the script wrote, without ids, the files' directory and wall-clock times."""
+
+    def path(value: str) -> str:
+        return Path(value).name
+
+    streams = [
+        (s.name, s.uri, s.config, s.desired_enabled, s.desired_recording, str(s.status), str(s.health),
+         s.last_seen_at, s.next_segment_index, s.removed_at is not None)
+        for s in Stream.select().order_by(Stream.id)
+    ]  # fmt: skip
+    recordings = [
+        (path(r.path), r.storage, r.segment_index, r.started_at, r.ended_at, r.checkpoint_at, r.size_bytes,
+         str(r.state), r.metadata)
+        for r in Recording.select().order_by(Recording.id)
+    ]  # fmt: skip
+    events = [
+        (e.type, e.stream_id, str(e.severity), (e.message or "").replace(str(files), "~"),
+         _without_paths(e.data))
+        for e in Event.select().order_by(Event.id)
+    ]  # fmt: skip
+    samples = [
+        (s.series.key, s.ts, s.value)
+        for s in MetricSample.select(MetricSample, MetricSeries).join(MetricSeries).order_by(MetricSeries.key)
+    ]
+    return {"streams": streams, "recordings": recordings, "events": events, "samples": samples}
+
+
+def _without_paths(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: (Path(v).name if k == "path" else _without_paths(v)) for k, v in data.items()}
+    return data
+
+
+def _messages_without_paths(errors: list[str], tmp_path: Path) -> list[str]:
+    return [
+        error.replace(str(tmp_path / "sync"), "~").replace(str(tmp_path / "async"), "~") for error in errors
+    ]
+
+
+def test_the_async_face_writes_exactly_what_the_sync_api_writes(backend, tmp_path):
+    sync_db = backend.open()
+    try:
+        sync_errors = asyncio.run(manager_script(SyncFace, tmp_path, "sync"))
+        sync_rows = _comparable(tmp_path / "sync")
+    finally:
+        sync_db.close_all() if isinstance(sync_db, pw.PostgresqlDatabase) else sync_db.close()
+
+    async def body(db: aio.AsyncStateDatabase) -> tuple[list[str], dict[str, list[tuple]]]:
+        errors = await manager_script(aio, tmp_path, "async")
+        return errors, await aio.read(_comparable, tmp_path / "async")
+
+    async_errors, async_rows = run_async(backend, body)
+
+    assert _messages_without_paths(async_errors, tmp_path) == _messages_without_paths(sync_errors, tmp_path)
+    assert [error.split(":")[0] for error in async_errors] == [
+        "ValidationError",
+        "InvalidTransition",
+        "InvalidTransition",
+        "AlreadyExists",
+        "ValidationError",
+        "NotFound",
+        "ValidationError",
+        "NotFound",
+        "NotFound",
+        "StreamRemoved",
+    ]
+    for table in ("streams", "recordings", "samples"):
+        assert async_rows[table] == sync_rows[table], table
+    assert [event[:3] for event in async_rows["events"]] == [event[:3] for event in sync_rows["events"]]
+    assert async_rows["events"] == sync_rows["events"]
+
+
+# --- what the coroutines return --------------------------------------------------------------
+
+
+def test_returned_objects_need_no_bridge_and_queries_run_through_fetch(backend):
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        segment = await aio.begin_segment(cam, "/rec/a.mp4", started_at=T0)
+        assert segment.stream.name == "cam-1", "no lazy load: the stream is already there"
+        event = await aio.record_event("note", cam, at=T0)
+        assert event.stream.name == "cam-1"
+        assert (await aio.complete_segment(segment, ended_at=at(10), size_bytes=5)).state == "complete"
+
+        rows = await aio.fetch(Recording.for_stream(cam))
+        assert [row.path for row in rows] == ["/rec/a.mp4"]
+        assert rows[0].stream_id == cam.id
+        with pytest.raises(aio.MissingGreenletBridge):
+            _ = rows[0].stream  # a lazy foreign key outside the bridge: join, or read stream_id
+        joined = await aio.first(Recording.select(Recording, Stream).join(Stream))
+        assert joined.stream.name == "cam-1"
+        assert await aio.count(Event.select()) == 2
+        assert (await aio.get_stream("cam-1")).id == cam.id
+        with pytest.raises(NotFound):
+            await aio.get_stream("nope")
+
+    run_async(backend, body)
+
+
+def test_atomic_makes_several_calls_one_transaction(backend):
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        with pytest.raises(RuntimeError):
+            async with aio.atomic():
+                await aio.begin_segment(cam, "/rec/a.mp4", started_at=T0)
+                await aio.record_event("note", cam, at=T0)
+                raise RuntimeError("the manager changed its mind")
+        assert await aio.count(Recording.select()) == 0
+        assert await aio.count(Event.select().where(Event.type == "note")) == 0
+
+        async with aio.atomic():
+            segment = await aio.begin_segment(cam, "/rec/b.mp4", started_at=T0)
+            with pytest.raises(AlreadyExists):
+                await aio.begin_segment(cam, "/rec/b.mp4", started_at=T0)  # a savepoint rolls back
+            async with aio.atomic():
+                await aio.record_metrics([("fps", 15.0, cam, None, T0)])
+            await aio.complete_segment(segment, ended_at=at(10), size_bytes=5)
+        assert await aio.count(Recording.select().where(Recording.state == "complete")) == 1
+        assert await aio.count(MetricSample.select()) == 1
+        assert not db.in_transaction()
+
+    run_async(backend, body)
+
+
+# --- many tasks -------------------------------------------------------------------------------
+
+STREAMS = 50
+SEGMENTS = 8
+
+
+async def drive(stream: Stream, tmp_path: Path, segments: int = SEGMENTS) -> None:
+    """One stream's manager task: what tests/test_concurrency.py does in a thread, awaited."""
+    await aio.set_status(stream, "starting")
+    await aio.set_status(stream, "running")
+    health_cycle = ["healthy", "degraded", "healthy", "unhealthy"]
+    previous = None
+    for i in range(segments):
+        when = at(10 * i)
+        segment = await aio.begin_segment(stream, tmp_path / f"{stream.name}-{i}.mp4", started_at=when)
+        await aio.checkpoint(segment, 100 * i, at=when)
+        if previous is not None:  # splitmuxsink closes N after opening N+1
+            await aio.complete_segment(previous, ended_at=when, size_bytes=1000 + i)
+        previous = segment
+        await aio.record_health(stream, health_cycle[i % 4], at=when)
+        fps = {
+            "name": "fps",
+            "value": 15.0 - i % 2,
+            "stream": stream,
+            "labels": {"encoder": "hw"},
+            "at": when,
+        }
+        await aio.record_metrics(
+            [fps, {"name": "bitrate_kbps", "value": float(i), "stream": stream, "at": when}]
+        )
+        await aio.record_event("tick", stream, data={"i": i}, at=when)
+    assert previous is not None
+    await aio.complete_segment(previous, ended_at=at(10 * segments), size_bytes=7)
+
+
+def test_fifty_streams_in_one_loop_write_at_once_and_nothing_is_lost(backend, tmp_path):
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        streams = [await aio.register(f"cam-{i}", f"rtsp://10.0.0.{i + 1}/s") for i in range(STREAMS)]
+        results = await asyncio.gather(*(drive(s, tmp_path) for s in streams), return_exceptions=True)
+        assert [r for r in results if r is not None] == [], "no task failed (no 'database is locked')"
+
+        def check() -> None:
+            assert Recording.select().count() == STREAMS * SEGMENTS
+            assert Recording.select().where(Recording.state == SegmentState.COMPLETE.value).count() == (
+                STREAMS * SEGMENTS
+            )
+            for stream in Stream.select():
+                indexes = [r.segment_index for r in Recording.for_stream(stream)]
+                assert indexes == list(range(SEGMENTS)), "each stream's indexes are dense, never shared"
+                assert (stream.next_segment_index, stream.status) == (SEGMENTS, "running")
+            assert MetricSample.select().count() == STREAMS * SEGMENTS * 2
+            assert Event.select().where(Event.type == "tick").count() == STREAMS * SEGMENTS
+            health = Event.select().where(Event.type == EventType.HEALTH_CHANGED).count()
+            assert health == STREAMS * SEGMENTS, "healthy -> degraded -> healthy -> unhealthy: all changes"
+
+        await aio.read(check)
+
+    run_async(backend, body)
+
+
+def test_more_tasks_than_pooled_connections_share_the_pool(backend):
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        streams = [await aio.register(f"cam-{i}", URI.replace("10.0.0.1", f"10.0.1.{i}")) for i in range(20)]
+
+        async def segments(stream: Stream) -> None:
+            for i in range(3):
+                segment = await aio.begin_segment(stream, f"/rec/{stream.name}/{i}.mp4", started_at=at(i))
+                await asyncio.sleep(0.01)  # a long-lived task, idle between calls
+                await aio.complete_segment(segment, ended_at=at(i + 1), size_bytes=1)
+
+        await asyncio.gather(*(segments(s) for s in streams))
+        assert await aio.count(Recording.select().where(Recording.state == "complete")) == 60
+
+    run_async(backend, body, pool_size=2, acquire_timeout=20)
+
+
+# --- the loop stays responsive ------------------------------------------------------------------
+
+
+def test_the_lag_meter_sees_a_blocked_loop():
+    """The meter the next test relies on fails when the loop is blocked as long as the bound."""
+
+    async def main() -> float:
+        async with LagMeter() as meter:
+            await asyncio.sleep(0.02)
+            time.sleep(MAX_LOOP_LAG + 0.05)  # what a blocking database call does to the loop
+        return meter.worst
+
+    assert asyncio.run(main()) > MAX_LOOP_LAG
+
+
+def test_the_event_loop_is_never_blocked_long_while_fifty_tasks_write(backend, tmp_path):
+    async def body(db: aio.AsyncStateDatabase) -> tuple[float, int, float]:
+        streams = [await aio.register(f"cam-{i}", f"rtsp://10.0.0.{i + 1}/s") for i in range(STREAMS)]
+        started = time.perf_counter()
+        async with LagMeter() as meter:
+            await asyncio.gather(*(drive(s, tmp_path, segments=4) for s in streams))
+        elapsed = time.perf_counter() - started
+        assert await aio.count(Recording.select()) == STREAMS * 4
+        return meter.worst, meter.ticks, elapsed
+
+    worst, ticks, elapsed = run_async(backend, body)
+    # Called synchronously from the loop, these ~1,600 database calls would
+    # hold it for the whole run (longer than the bound): the ticker would not
+    # run at all until they were done.
+    assert worst < MAX_LOOP_LAG, f"the loop was blocked for {worst * 1000:.0f} ms"
+    assert ticks >= elapsed / 0.05, "the ticker kept running throughout"
+
+
+# --- the same errors for faults ----------------------------------------------------------------
+
+
+def test_a_database_file_deleted_under_the_loop_is_a_clear_error(backend, tmp_path):
+    if backend.name != "sqlite":
+        pytest.skip("a SQLite file fault")
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        os.unlink(db.database)
+        with pytest.raises(DatabaseUnavailable, match="deleted while in use"):
+            await aio.begin_segment(cam, tmp_path / "x.mp4")
+        with pytest.raises(DatabaseUnavailable, match="deleted while in use"):
+            await aio.restore()
+
+    run_async(backend, body)
+
+
+def test_a_lost_postgres_connection_is_database_unavailable_then_recovers(backend):
+    if backend.name != "postgres":
+        pytest.skip("a PostgreSQL connection fault")
+
+    def terminate(pid: int) -> None:
+        from playhouse.db_url import parse
+
+        killer = pw.PostgresqlDatabase(None)
+        killer.init(**parse(backend.pg_url))
+        with killer.connection_context():
+            killer.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        with pytest.raises(DatabaseUnavailable, match="lost the connection"):
+            async with aio.atomic():  # holds one connection, which the server then drops
+                pid = await aio.read(lambda: db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+                terminate(pid)
+                await aio.record_health(cam, "healthy")
+        assert await aio.record_health(cam, "healthy") is True, "the next call reconnects by itself"
+        assert (await aio.get_stream("cam-1")).health == "healthy"
+
+    run_async(backend, body)
+
+
+def test_validation_errors_leave_nothing_written(backend):
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        before = await aio.count(Event.select())
+        with pytest.raises(ValidationError) as info:
+            await aio.begin_segment(cam, "/rec/a.mp4", started_at=dt.datetime(2026, 1, 1))
+        assert info.value.field == "started_at"
+        with pytest.raises(InvalidTransition):
+            await aio.set_status(cam, "running")  # not before "starting"
+        assert await aio.count(Event.select()) == before
+        assert await aio.count(Recording.select()) == 0
+
+    run_async(backend, body)
+
+
+def test_maintenance_runs_through_the_bridge_with_sqlite_scripts(backend):
+    """Maintenance calls sqlite3's executescript on ``db.connection()``; the async connection has it."""
+    from stream_state import maintenance
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+
+        def fill() -> None:
+            with db.atomic():
+                for i in range(300):
+                    Event.record("filler", cam, message="x" * 2000, data={"i": i}, at=T0)
+
+        await aio.run(fill)
+        await aio.run(lambda: Event.delete().where(Event.type == "filler").execute())
+        report = await aio.run(maintenance.incremental_vacuum, pause_seconds=0)
+        if backend.name == "sqlite":
+            assert report.pages_freed > 100
+        await aio.run(maintenance.vacuum)
+        assert (await aio.read(maintenance.integrity_check)).ok
+
+    run_async(backend, body)

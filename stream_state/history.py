@@ -44,6 +44,7 @@ import peewee as pw
 from .errors import DatabaseUnavailable, NotFound, ValidationError
 from .models import Event, MetricSample, MetricSeries, Recording, Stream, SystemState
 from .models.base import BaseModel, database_proxy
+from .models.recording import LONG_SEGMENT_MS
 from .states import EventType, HealthState, SegmentState, Severity
 from .timeutil import MAX_MILLIS, from_millis, now_millis, to_millis
 from .validate import require_choice, require_count, require_text
@@ -54,10 +55,9 @@ MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 
-# Segments longer than this are in the partial index recording_long; the
-# bound of a time-range query is this or the longest of them. The literal is
-# part of the index definition (migration 003): change both or neither.
-LONG_SEGMENT_MS = 120_000
+# LONG_SEGMENT_MS: segments longer than this are in the partial index
+# recording_long; the bound of a time-range query is this or the longest of
+# them. The literal is part of the index definition (migration 003).
 
 # States whose file holds footage: these count as recorded time (an
 # archiving segment's file is still there while it is copied). Failed,

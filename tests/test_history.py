@@ -48,29 +48,6 @@ MINUTE = dt.timedelta(minutes=1)
 HOUR = dt.timedelta(hours=1)
 
 
-def _declare_migration_003_on_the_live_models() -> None:
-    """TEMPORARY, until stream_state/models/recording.py declares what migration 003 builds.
-
-    tests/test_schema.py compares the schema the migrations build with the
-    one the models declare. Migration 003 widens the (stream, started_at)
-    index and adds the partial index recording_long; this makes the live
-    model say so while recording.py does not yet (a no-op once it does).
-    """
-    meta = Recording._meta
-    wide = (("stream", "started_at", "ended_at", "state"), False)
-    if wide not in meta.indexes:
-        meta.indexes = [index for index in meta.indexes if index != (("stream", "started_at"), False)]
-        meta.indexes.append(wide)
-    if not any(getattr(index, "_name", None) == "recording_long" for index in meta.indexes):
-        length = Recording.ended_at - Recording.started_at
-        Recording.add_index(
-            Recording.index(Recording.stream, length, where=length > h.LONG_SEGMENT_MS, name="recording_long")
-        )
-
-
-_declare_migration_003_on_the_live_models()
-
-
 def ms(when: dt.datetime) -> int:
     return to_millis(when)
 

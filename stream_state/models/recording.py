@@ -49,8 +49,9 @@ class Recording(BaseModel):
         indexes = (
             # A segment index is never reused within a stream.
             (("stream", "segment_index"), True),
-            # Time-range queries: start < until AND start >= since - max_length.
-            (("stream", "started_at"), False),
+            # Time-range queries: start < until AND start >= since - max_length;
+            # with end and state in the index, gaps and overlaps read only the index.
+            (("stream", "started_at", "ended_at", "state"), False),
             # Retention scans oldest-first by end time.
             (("ended_at",), False),
         )
@@ -394,6 +395,13 @@ Recording.add_index(
         where=Recording.ended_at.is_null(),
         name="recording_open",
     )
+)
+# Segments longer than LONG_SEGMENT_MS (a segmenter that did not split): the
+# longest one per stream bounds the time-range scan exactly (history.py).
+LONG_SEGMENT_MS = 120_000
+_length = Recording.ended_at - Recording.started_at
+Recording.add_index(
+    Recording.index(Recording.stream, _length, where=_length > LONG_SEGMENT_MS, name="recording_long")
 )
 # Restore looks for unfinished work (recording, deleting, ...): a partial index
 # over the few rows not yet complete instead of an index over all of them.

@@ -1119,3 +1119,21 @@ def test_a_removed_streams_history_is_found_by_name(db):
     assert [r.path for r in h.recordings("cam-reused", T0, T0 + HOUR)] == ["/rec/old.mp4"]
     new = Stream.register("cam-reused", "rtsp://cam/again")
     assert h.resolve_stream("cam-reused").id == new.id
+
+
+def test_late_samples_written_by_record_many_keep_rollups_exact(db):
+    """A sample replaced or added behind the rollup watermark re-aggregates its hour by itself."""
+    t0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+    MetricSample.record_many(
+        [("late_metric", float(i), None, None, t0 + dt.timedelta(minutes=i)) for i in range(180)]
+    )
+    h.refresh_rollups(until=t0 + dt.timedelta(hours=3))
+    series = MetricSeries.get(MetricSeries.name == "late_metric")
+    MetricSample.record_many(
+        [("late_metric", 1000.0, None, None, t0 + dt.timedelta(minutes=5)),  # replaces a rolled-up value
+         ("late_metric", -7.0, None, None, t0 + dt.timedelta(minutes=90, seconds=30))]  # a new, late sample
+    )  # fmt: skip
+    h.refresh_rollups(until=t0 + dt.timedelta(hours=3))
+    args = (series, t0, t0 + dt.timedelta(hours=3), dt.timedelta(hours=1))
+    assert h.metric_buckets(*args) == h.metric_buckets(*args, source="raw")
+    assert h.metric_buckets(*args)[0].max == 1000.0 and h.metric_buckets(*args)[1].min == -7.0

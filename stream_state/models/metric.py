@@ -509,6 +509,15 @@ class MetricSample(BaseModel):
                 order = sorted(range(len(specs)), key=series_ids.__getitem__)
                 rows = itertools.chain.from_iterable(specs[i].rows(series_ids[i]) for i in order)
                 _executemany(db, sql, rows, count)
+                # Samples written behind the rollup watermark (late, or
+                # replacing old values) mark their hours for re-aggregation,
+                # in the same transaction, so rollups never go stale silently.
+                from ..history import note_late_samples
+
+                note_late_samples(
+                    (series_ids[i], min(specs[i].samples[0::2]), max(specs[i].samples[0::2]))
+                    for i in range(len(specs))
+                )
         except pw.IntegrityError as exc:
             # A series vanished between its lookup and the insert: only a
             # concurrent purge on PostgreSQL can do that.

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -28,6 +29,7 @@ import peewee as pw
 
 from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
+from .history import ROLLUP_SETTLE, refresh_rollups
 from .models import Event, MetricSample, MetricSeries, SystemState, database_proxy
 from .retention import RetentionPolicy, apply_retention, checkpoint_passive
 from .states import EventType, Severity
@@ -339,6 +341,7 @@ class UpkeepPolicy:
     wal_checkpoint_bytes: int = 64 * 1024 * 1024
     intervals: Mapping[str, float] = field(
         default_factory=lambda: {
+            "rollups": 300,
             "retention": 3600,
             "purge": 86400,
             "incremental_vacuum": 600,
@@ -363,7 +366,7 @@ class Maintenance:
     A job that fails is retried at the next call and does not stop the others.
     """
 
-    JOBS = ("retention", "purge", "incremental_vacuum", "wal_checkpoint", "optimize")
+    JOBS = ("rollups", "retention", "purge", "incremental_vacuum", "wal_checkpoint", "optimize")
 
     def __init__(self, db: pw.Database | None = None, policy: UpkeepPolicy | None = None):
         if db is not None and database_proxy.obj is not db:
@@ -400,6 +403,10 @@ class Maintenance:
             runs[job] = now_ms
             SystemState.write(SCHEDULE_KEY, runs)
         return report
+
+    def _run_rollups(self, now_ms: int) -> dict:
+        report = refresh_rollups(until=from_millis(now_ms) - ROLLUP_SETTLE)
+        return dataclasses.asdict(report)
 
     def _run_retention(self, now_ms: int) -> dict:
         return apply_retention(self.policy.retention, now=from_millis(now_ms)).as_dict()

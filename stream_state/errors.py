@@ -25,10 +25,20 @@ class ValidationError(StreamStateError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        shown = repr(value)
+        shown = _safe_repr(value)
         if len(shown) > 200:
             shown = shown[:200] + "...(truncated)"
         super().__init__(f"invalid {field}={shown}: {reason}")
+
+
+def _safe_repr(value: Any) -> str:
+    # repr() itself can fail: ints of more than 4,300 digits refuse conversion.
+    try:
+        return repr(value)
+    except ValueError:
+        if isinstance(value, int):
+            return f"<int of {value.bit_length()} bits>"
+        return f"<unprintable {type(value).__name__}>"
 
 
 class NotFound(StreamStateError, LookupError):

@@ -29,6 +29,17 @@ def require_text(field: str, value: Any, *, max_length: int = 1000, allow_contro
         raise ValidationError(field, value[:40] + "...", f"longer than {max_length} characters")
     if "\x00" in value or (not allow_control and _CONTROL.search(value)):
         raise ValidationError(field, value, "contains control characters")
+    require_utf8(field, value)
+    return value
+
+
+def require_utf8(field: str, value: str) -> str:
+    """Refuse text that cannot be stored as UTF-8 (lone surrogates, e.g. from os.fsdecode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "backslashreplace")
+        raise ValidationError(field, shown, "not valid UTF-8 text") from None
     return value
 
 
@@ -68,11 +79,18 @@ def require_number(field: str, value: Any) -> float:
     return number
 
 
-def require_json(field: str, value: Any, *, allow_none: bool = True) -> Any:
+# How deep a caller's JSON may nest. The package's own events wrap a caller's
+# value in a few levels of their own (data['changed'][key]['new']), so event
+# data may go EVENT_JSON_HEADROOM deeper.
+MAX_JSON_DEPTH = 64
+EVENT_JSON_HEADROOM = 4
+
+
+def require_json(field: str, value: Any, *, allow_none: bool = True, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """A value that JSON represents exactly; the error names the offending key path."""
     if value is None and allow_none:
         return None
-    _check_json(value, field)
+    _check_json(value, field, max_depth=max_depth)
     return value
 
 
@@ -86,11 +104,14 @@ def require_json_object(field: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _check_json(value: Any, path: str, depth: int = 0) -> None:
+def _check_json(value: Any, path: str, depth: int = 0, *, max_depth: int = MAX_JSON_DEPTH) -> None:
     # Errors name the offending key path (``config['cam']['fps']``) as the field.
-    if depth > 64:
-        raise ValidationError(path, "...", "nested deeper than 64 levels")
-    if value is None or isinstance(value, (bool, str)):
+    if depth > max_depth:
+        raise ValidationError(path, "...", f"nested deeper than {max_depth} levels")
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _check_json_text(path, value)
         return
     if isinstance(value, int):
         if not -(2**63) <= value < 2**63:
@@ -103,12 +124,13 @@ def _check_json(value: Any, path: str, depth: int = 0) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValidationError(f"{path}[{key!r}]", key, "keys must be strings")
-            _check_json(item, f"{path}[{key!r}]", depth + 1)
+                raise ValidationError(f"{path}[{_short(key)}]", key, "keys must be strings")
+            _check_json_text(f"{path}[{key!r}]", key)
+            _check_json(item, f"{path}[{key!r}]", depth + 1, max_depth=max_depth)
         return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", depth + 1)
+            _check_json(item, f"{path}[{index}]", depth + 1, max_depth=max_depth)
         return
     raise ValidationError(path, value, f"{type(value).__name__} is not JSON-serialisable")
 
@@ -139,6 +161,7 @@ def require_uri(field: str, value: Any) -> str:
         raise ValidationError(field, shown, "must be 1 to 4000 characters")
     if _CONTROL.search(value) or any(ch.isspace() for ch in value):
         raise ValidationError(field, shown, "contains whitespace or control characters")
+    require_utf8(field, shown)
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -164,3 +187,36 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 # Receivers that listen on every interface are written without a host
 # (``udp://:5000``, ``srt://:9000?mode=listener``); they still need a port.
 _LISTENER_SCHEMES = frozenset({"udp", "rtp", "srt", "tcp"})
+
+
+def _check_json_text(path: str, text: str) -> None:
+    # PostgreSQL's jsonb refuses NUL; refusing it on both backends keeps them alike.
+    if "\x00" in text:
+        raise ValidationError(path, text, "contains a NUL character")
+    require_utf8(path, text)
+
+
+def _short(value: Any) -> str:
+    shown = repr(value) if not isinstance(value, int) or value.bit_length() < 256 else "<huge int>"
+    return shown if len(shown) <= 60 else shown[:60] + "..."
+
+
+# Stream ids are 32-bit on PostgreSQL (SERIAL).
+MAX_STREAM_ID = 2**31 - 1
+
+
+def require_stream_id(field: str, stream: Any, *, allow_none: bool = True) -> int | None:
+    """A saved Stream or a stream id (a positive int in the column's range), as the id."""
+    from .models.stream import Stream
+
+    if stream is None and allow_none:
+        return None
+    if isinstance(stream, Stream):
+        if stream.id is None:
+            raise ValidationError(field, stream, "the stream has not been saved")
+        return stream.id
+    if isinstance(stream, bool) or not isinstance(stream, int):
+        raise ValidationError(field, stream, "expected a Stream, a stream id or None")
+    if not 0 < stream <= MAX_STREAM_ID:
+        raise ValidationError(field, stream, f"a stream id is between 1 and {MAX_STREAM_ID}")
+    return stream

@@ -12,7 +12,15 @@ from ..fields import EnumField, TimestampField
 from ..redact import redact_data, redact_text
 from ..states import Severity
 from ..timeutil import to_millis, utc_now
-from ..validate import optional_text, require_choice, require_json, require_text
+from ..validate import (
+    EVENT_JSON_HEADROOM,
+    MAX_JSON_DEPTH,
+    optional_text,
+    require_choice,
+    require_json,
+    require_stream_id,
+    require_text,
+)
 from .base import BaseModel
 from .stream import Stream
 
@@ -60,7 +68,7 @@ class Event(BaseModel):
         try:
             row.save(force_insert=True)
         except pw.IntegrityError as exc:
-            raise NotFound("stream", row.stream_id) from exc
+            raise NotFound("stream", stream if isinstance(stream, int) else row.stream_id) from exc
         return row
 
     @classmethod
@@ -77,12 +85,15 @@ class Event(BaseModel):
         require_text("type", type, max_length=100)
         severity = require_choice("severity", severity, Severity)
         message = optional_text("message", message)
-        require_json("data", data)
+        require_json("data", data, max_depth=MAX_JSON_DEPTH + EVENT_JSON_HEADROOM)
+        stream_id = require_stream_id("stream", stream)
         ts = utc_now() if at is None else at
         to_millis(ts, "at")
         return cls(
             ts=ts,
-            stream=stream,
+            # The Stream itself when given, so event.stream needs no query
+            # (in async code a lazy load would need the greenlet bridge).
+            stream=stream if isinstance(stream, Stream) else stream_id,
             type=type,
             severity=severity,
             message=redact_text(message) if message is not None else None,

@@ -28,7 +28,7 @@ import peewee as pw
 from ..errors import DatabaseUnavailable, NotFound, StorageFull, StreamStateError, ValidationError
 from ..fields import TimestampField
 from ..timeutil import from_millis, now_millis, to_millis, utc_now
-from ..validate import require_count, require_number, require_text
+from ..validate import require_count, require_number, require_stream_id, require_text
 from .base import BaseModel
 from .stream import Stream
 
@@ -93,6 +93,8 @@ def canonical_labels(labels: Any, field: str = "labels") -> dict[str, str]:
             raise ValidationError(where, key, 'label names cannot contain " or \\')
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise ValidationError(where, value, "label values must be text (or an int, stored as text)")
+        if isinstance(value, int) and value.bit_length() > 64:
+            raise ValidationError(where, value, "an int label value must fit in 64 bits")
         text = value if isinstance(value, str) else str(value)
         canonical[key] = require_text(where, text, max_length=LABEL_VALUE_MAX_LENGTH)
     return {key: canonical[key] for key in sorted(canonical)}
@@ -117,15 +119,7 @@ def series_key(name: str, stream_id: int | None, labels: LabelsArg = None) -> st
 
 
 def _stream_id(stream: Any, field: str) -> int | None:
-    if stream is None:
-        return None
-    if isinstance(stream, Stream):
-        if stream.id is None:
-            raise ValidationError(field, stream, "the stream has not been saved")
-        return stream.id
-    if isinstance(stream, bool) or not isinstance(stream, int):
-        raise ValidationError(field, stream, "expected a Stream, a stream id or None")
-    return stream
+    return require_stream_id(field, stream)
 
 
 _TUPLE_FIELDS = ("name", "value", "stream", "labels", "at")
@@ -476,6 +470,8 @@ class MetricSample(BaseModel):
         """
         if isinstance(samples, (str, bytes, Mapping, Sample)):
             # One sample (or a string) is iterable too, but never what was meant.
+            raise ValidationError("samples", samples, "expected an iterable of samples")
+        if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Iterable):
             raise ValidationError("samples", samples, "expected an iterable of samples")
         items = samples if isinstance(samples, list) else list(samples)
         if not items:

@@ -12,13 +12,13 @@ from typing import Any
 
 import peewee as pw
 
-from ..errors import AlreadyExists, InvalidTransition, NotFound, ValidationError
+from ..errors import AlreadyExists, InvalidTransition, NotFound, StorageFull, ValidationError
 from ..fields import EnumField, GrowingIdField, TimestampField
 from ..redact import redact_text
 from ..states import EventType, SegmentState, Severity
 from ..timeutil import from_millis, to_millis, utc_now
 from ..transitions import check_segment_transition
-from ..validate import require_count, require_json_object, require_text
+from ..validate import optional_text, require_count, require_json_object, require_text
 from .base import BaseModel, locked
 from .hotpath import segment_statements
 from .stream import Stream
@@ -244,6 +244,8 @@ class Recording(BaseModel):
         A crash in between is finished or undone by the next restore.
         """
         cls = type(self)
+        storage = optional_text("storage", storage, max_length=1000)
+        root = None if dest_root is None else _archive_root(dest_root)
         with self._meta.database.atomic():
             fresh = locked(cls.select().where(cls.id == self.id)).first()
             if fresh is None:
@@ -258,14 +260,22 @@ class Recording(BaseModel):
                 return self
             check_segment_transition(fresh.state, SegmentState.ARCHIVING)
             stream_name = Stream.select(Stream.name).where(Stream.id == fresh.stream_id).scalar()
-            dest = os.path.join(os.fspath(dest_root), stream_name, os.path.basename(fresh.path))
+            dest = os.path.join(
+                root, _path_component(stream_name, fresh.stream_id), os.path.basename(fresh.path)
+            )
             if os.path.exists(dest) or cls.select().where(cls.path == dest).exists():
                 raise AlreadyExists("recording", "path", dest)
             plan = {"from": fresh.path, "to": dest, "previous_state": str(fresh.state), "storage": storage}
             cls.update(
                 state=SegmentState.ARCHIVING, metadata={**(fresh.metadata or {}), "archive": plan}
             ).where(cls.id == self.id).execute()
-        move_file(fresh.path, dest)
+        try:
+            move_file(fresh.path, dest)
+        except OSError as exc:
+            undo_archive(self.id, plan)  # the row goes back; nothing moved
+            if exc.errno == errno.ENOSPC:
+                raise StorageFull(f"no space to archive {fresh.path} to {dest}") from exc
+            raise ValidationError("dest_root", dest, f"cannot move the file there ({exc.strerror})") from exc
         finish_archive(self.id, plan)
         fresh = cls.get_by_id(self.id)
         self.__data__.update(fresh.__data__)
@@ -320,6 +330,34 @@ class Recording(BaseModel):
         if current is None:
             raise NotFound("recording", self.path)
         raise InvalidTransition("segment", current, action, f"{self.path} is not open")
+
+
+def _archive_root(dest_root: Any) -> str:
+    """A usable archive directory, created if needed, before any row is touched."""
+    if not isinstance(dest_root, (str, os.PathLike)) or isinstance(dest_root, bytes):
+        raise ValidationError("dest_root", dest_root, "expected a directory path (str or PathLike)")
+    root = os.fspath(dest_root)
+    if not isinstance(root, str) or not root:
+        raise ValidationError("dest_root", dest_root, "expected a non-empty directory path")
+    require_text("dest_root", root, max_length=4096)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError("dest_root", root, f"cannot use it as a directory ({exc.strerror})") from exc
+    return root
+
+
+def _path_component(name: str, stream_id: int) -> str:
+    """The stream's name as one safe directory name (never '..', never absolute), else its id."""
+    if (
+        not name
+        or name in (".", "..")
+        or os.sep in name
+        or (os.altsep and os.altsep in name)
+        or "\x00" in name
+    ):
+        return f"stream-{stream_id}"
+    return name
 
 
 # Finished segments whose file is worth keeping.

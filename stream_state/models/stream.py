@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DESIRED_FLAGS = ("enabled", "recording")
+# Long enough for any error text; short enough that the event message built
+# around it stays within an event message's limit.
+REASON_MAX_LENGTH = 2000
 
 
 class Stream(BaseModel):
@@ -227,7 +230,7 @@ class Stream(BaseModel):
         ``status_changed`` event in one transaction, and returns True.
         """
         requested = require_choice("status", status, StreamStatus)
-        reason = optional_text("reason", reason)
+        reason = optional_text("reason", reason, max_length=REASON_MAX_LENGTH)
         shown_reason = f" ({redact_text(reason)})" if reason else ""
         when = utc_now() if at is None else at
         to_millis(when, "at")
@@ -267,7 +270,7 @@ class Stream(BaseModel):
         requested = require_choice("state", state, HealthState)
         if requested not in REPORTABLE_HEALTH:
             raise ValidationError("state", state, f"report one of: {', '.join(sorted(REPORTABLE_HEALTH))}")
-        reason = optional_text("reason", reason)
+        reason = optional_text("reason", reason, max_length=REASON_MAX_LENGTH)
         shown_reason = f" ({redact_text(reason)})" if reason else ""
         require_json("data", data)
         when = utc_now() if at is None else at
@@ -469,7 +472,7 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     changed = {
         key: {"old": shown(key, old[key]), "new": shown(key, new[key])}
         for key in old.keys() & new.keys()
-        if old[key] != new[key] or type(old[key]) is not type(new[key])
+        if not same_json(old[key], new[key])
     }
     diff: dict[str, Any] = {}
     if added:
@@ -479,6 +482,19 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if changed:
         diff["changed"] = changed
     return diff
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values: numbers by value (jsonb returns 1e16 as an int), but True is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
 
 
 def _changed_keys(diff: dict[str, Any]) -> list[str]:

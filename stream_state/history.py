@@ -321,7 +321,9 @@ def resolve_stream(stream: Stream | int | str, field: str = "stream") -> Stream:
             Stream.select()
             .where(Stream.name == stream)
             .order_by(
-                pw.Case(None, [(Stream.removed_at.is_null(), 0)], 1),
+                # Live first: false sorts before true on both backends, and a
+                # boolean (unlike CASE ... 0/1) is typed the same by asyncpg.
+                Stream.removed_at.is_null(False),
                 Stream.removed_at.desc(),
                 Stream.id.desc(),
             )
@@ -370,7 +372,7 @@ def _stream_ids(streams: Any, field: str = "streams") -> list[int] | None:
         rows = (
             Stream.select(Stream.name, Stream.id)
             .where(Stream.name.in_(names))
-            .order_by(pw.Case(None, [(Stream.removed_at.is_null(), 0)], 1), Stream.removed_at.desc())
+            .order_by(Stream.removed_at.is_null(False), Stream.removed_at.desc())
             .tuples()
         )
         for name, stream_id in rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -69,7 +70,7 @@ def test_state_restoration_check_adopts_orphans_and_marks_missing_rows(db, root)
     assert event.data["counts"] == {"adopted": 1, "marked missing": 1}
     assert check([root]).clean is False  # the missing row is still reported
     # The disk comes back with the file: the row is recovered.
-    rows[0].path and open(rows[0].path, "wb").write(b"x")
+    Path(rows[0].path).write_bytes(b"x")
     again = check([root], mark_missing=True)
     assert again.count("found again") == 1
     assert Recording.get_by_id(rows[0].id).state == SegmentState.RECOVERED

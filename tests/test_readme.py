@@ -27,3 +27,14 @@ def test_the_readme_manager_session_runs(tmp_path, monkeypatch):
     )
     exec(compile(session, str(README), "exec"), namespace)
     assert ":secret@" not in repr(namespace["cam"]) and namespace["segment"].state == "complete"
+
+
+def test_the_readme_asyncio_session_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    session = next(block for block in blocks if "from stream_state import aio" in block)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "media" / "disk1" / "cam-1").mkdir(parents=True)
+    session = session.replace("/media/disk1", str(tmp_path / "media" / "disk1"))
+    printed = []
+    exec(compile(session, str(README), "exec"), {"print": lambda *a: printed.append(a)})
+    assert printed and printed[0][1] == ["health_changed", "stream_registered"]

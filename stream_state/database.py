@@ -121,6 +121,10 @@ class _TranslatesDriverErrors:
             self._raise_translated(exc)
 
     def rollback(self, *args: Any, **kwargs: Any) -> None:
+        if self.is_closed():  # type: ignore[attr-defined]
+            # The connection died (and the server rolled back with it); the
+            # error that killed it is the one the caller must see.
+            return
         try:
             super().rollback(*args, **kwargs)  # type: ignore[misc]
         except pw.PeeweeException as exc:
@@ -156,6 +160,7 @@ class StreamStateSqliteDatabase(_TranslatesDriverErrors, pw.SqliteDatabase):
 
     def _connect(self) -> sqlite3.Connection:
         self.verify_file()
+        self._refuse_read_only()
         target = f"file:{quote(os.path.abspath(self.database))}?mode=rw"
         try:
             conn = sqlite3.connect(
@@ -180,6 +185,18 @@ class StreamStateSqliteDatabase(_TranslatesDriverErrors, pw.SqliteDatabase):
         if self._identity is None:
             self._identity = self._file_identity()
         return conn
+
+    def _refuse_read_only(self) -> None:
+        # SQLite would open a read-only file read-only without a word, fail
+        # later, and (while another connection of this process holds the
+        # file's locks) keep the descriptor of every refused attempt open.
+        path = os.path.abspath(self.database)
+        for target, what in ((path, "file"), (os.path.dirname(path), "directory")):
+            if os.path.exists(target) and not os.access(target, os.W_OK):
+                raise DatabaseUnavailable(
+                    f"SQLite database {self.database} is read-only (its {what} {target} cannot be written, "
+                    "or its file system is mounted read-only); the data is intact: make it writable again"
+                )
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:

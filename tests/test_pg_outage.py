@@ -130,7 +130,7 @@ class Workload:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self.calls.append(Call(fn.__name__, start, time.monotonic(), exc))
-            if not isinstance(exc, StreamStateError) and not _known_commit_bug(exc):
+            if not isinstance(exc, StreamStateError):
                 raise
             return None
         self.calls.append(Call(fn.__name__, start, time.monotonic()))
@@ -185,12 +185,6 @@ class Workload:
                 step = "begin"
             if self.calls and self.calls[-1].error is not None:
                 time.sleep(0.02)  # a manager would back off a little before retrying
-
-
-def _known_commit_bug(exc: BaseException | None) -> bool:
-    """The library bug pinned by test_a_connection_lost_at_commit_is_database_unavailable."""
-    # Raised bare, or (metric batches) wrapped in a DatabaseUnavailable that names no server.
-    return isinstance(exc, (pw.InterfaceError, DatabaseUnavailable)) and "connection not open" in str(exc)
 
 
 def _traceback(exc: BaseException | None) -> str:
@@ -263,12 +257,7 @@ def test_postgres_outage_is_database_unavailable_then_recovers_and_loses_nothing
     assert thread is not None and not thread.is_alive(), "the workload returned"
     assert workload.crashed is None, f"only StreamStateError may come out: {_traceback(workload.crashed)}"
     failures = [call for call in workload.calls if call.error is not None]
-    known_bug = [call for call in failures if _known_commit_bug(call.error)]
-    wrong = [
-        (c.op, repr(c.error))
-        for c in failures
-        if not isinstance(c.error, DatabaseUnavailable) and c not in known_bug
-    ]
+    wrong = [(c.op, repr(c.error)) for c in failures if not isinstance(c.error, DatabaseUnavailable)]
     assert wrong == [], "every failure during an outage is DatabaseUnavailable"
     outside = [
         (c.op, str(c.error))
@@ -285,8 +274,6 @@ def test_postgres_outage_is_database_unavailable_then_recovers_and_loses_nothing
     slowest = max(call.end - call.start for call in workload.calls)
     assert slowest < MAX_CALL_SECONDS, f"a call hung for {slowest:.1f} s"
     for call in failures:
-        if call in known_bug:
-            continue
         message = str(call.error)
         assert f"127.0.0.1:{proxy.port}" in message, f"the error names the server: {message}"
         assert "lost the connection" in message or "cannot connect" in message, message
@@ -297,17 +284,10 @@ def test_postgres_outage_is_database_unavailable_then_recovers_and_loses_nothing
     _Figures.lines.append(
         f"postgres outage: {len(windows)} outages of {OUTAGE_SECONDS:.1f} s injected, "
         f"{proxy.cut} live connections cut, {len(workload.calls)} calls "
-        f"({len(failures) - len(known_bug)} DatabaseUnavailable, all inside an outage, 0 unexpected), "
+        f"({len(failures)} DatabaseUnavailable, all inside an outage, 0 unexpected), "
         f"recovered by itself in {max(recovery):.2f} s at worst, slowest call {slowest:.2f} s, "
         f"{len(workload.journal)} committed rows journaled, {len(lost)} lost"
-        + (f"; {len(known_bug)} call(s) hit the known lost-at-COMMIT bug (xfail)" if known_bug else "")
     )
-    if known_bug:
-        # Everything else was checked above; see the strict xfail test below.
-        pytest.xfail(
-            f"library bug: {len(known_bug)} call(s) raised peewee.InterfaceError('Cannot rollback, database "
-            "connection not open.') when the connection was lost at COMMIT"
-        )
 
 
 def _journal_rows_missing(url: str, params: dict, journal: list[tuple]) -> list[tuple]:
@@ -552,23 +532,11 @@ def test_sqlite_file_made_read_only_under_a_running_process_fails_clearly_and_re
     _check_read_only_report(read_only_file, "file made read-only (0400) under a running process")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: each refused connect to a read-only SQLite file keeps one file descriptor open "
-    "while another connection of the process holds the file (SQLite defers the close to keep its POSIX "
-    "locks), so a manager retrying every second runs out of descriptors; check writability before opening",
-)
 def test_refused_connects_to_a_read_only_file_leave_no_file_descriptor_behind(read_only_file):
     fds, fds_after = read_only_file["fds"]
     assert fds_after == fds, f"{CALLS_WHILE_READ_ONLY} failing calls left {fds_after - fds} descriptors open"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a read-only SQLite database is reported as 'unable to open database file' / "
-    "'attempt to write a readonly database' followed by 'If the file is damaged, restore a backup', "
-    "wrong advice for a file system or file that is only read-only",
-)
 def test_a_read_only_sqlite_database_is_reported_as_read_only(read_only_file_system, read_only_file):
     for report in (read_only_file_system, read_only_file):
         for message in [o["message"] for o in report["outcomes"]] + [report["reopened"]["message"]]:
@@ -630,23 +598,7 @@ COMMITTING_CALLS = {
     "record_health": lambda cam, media: cam.record_health("degraded"),
     "record_many": lambda cam, media: MetricSample.record_many([("fps", 1.0, cam), ("kbps", 2.0, cam)]),
 }
-_COMMIT_BUG = (
-    "library bug: peewee 4 pops the transaction before COMMIT, so when the connection is lost at COMMIT "
-    "database._connection_lost() sees no transaction and closes it, and the rollback that follows raises "
-    "peewee.InterfaceError('Cannot rollback, database connection not open.')"
-)
-_COMMIT_CASES = [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=pw.InterfaceError, reason=_COMMIT_BUG))
-    for name in sorted(COMMITTING_CALLS)
-    if name != "record_many"
-] + [
-    # MetricSample._write wraps it: the type is right, but the message names no server and claims
-    # a rollback ("writing 2 metric samples failed and was rolled back: Cannot rollback, database
-    # connection not open.").
-    pytest.param(
-        "record_many", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_COMMIT_BUG)
-    ),
-]
+_COMMIT_CASES = sorted(COMMITTING_CALLS)
 
 
 @pytest.mark.parametrize("call", _COMMIT_CASES)

@@ -97,9 +97,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from .database import (  # noqa: E402  (after the dependency check, on purpose)
     StreamStatePostgresDatabase,
     StreamStateSqliteDatabase,
-    _bring_schema_up_to_date,
     _TranslatesDriverErrors,
     connect_database,
+    ensure_schema,
 )
 from .models import Event, MetricSample, Recording, Stream, database_proxy  # noqa: E402
 from .models.metric import Sample  # noqa: E402
@@ -514,7 +514,7 @@ def _migrate_and_describe(
     """
     sync = connect_database(url, synchronous=synchronous, busy_timeout=busy_timeout, **connect_params)
     try:
-        _bring_schema_up_to_date(sync, migrate=migrate, backup_before_migrate=backup_before_migrate)
+        ensure_schema(sync, migrate=migrate, backup_before_migrate=backup_before_migrate)
         if isinstance(sync, StreamStateSqliteDatabase):
             return _Target(
                 "sqlite",

@@ -350,7 +350,7 @@ def open_database(
         **connect_params,
     )
     try:
-        _bring_schema_up_to_date(db, migrate=migrate, backup_before_migrate=backup_before_migrate)
+        ensure_schema(db, migrate=migrate, backup_before_migrate=backup_before_migrate)
     except BaseException:
         db.close()
         raise
@@ -539,7 +539,8 @@ def _migration_lock(db: pw.Database) -> Iterator[None]:
         yield
 
 
-def _bring_schema_up_to_date(db: pw.Database, *, migrate: bool, backup_before_migrate: bool) -> None:
+def ensure_schema(db: pw.Database, *, migrate: bool, backup_before_migrate: bool) -> None:
+    """Migrate ``db`` to head (backing up SQLite first), or with ``migrate=False`` refuse any mismatch."""
     _check_not_ahead(db)
     pending = pending_migrations(db)
     if not pending:

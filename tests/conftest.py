@@ -110,3 +110,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"db", "backend"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.database)
+
+
+_OUTCOMES: dict[tuple[str, str], int] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Count each backend's results so CI's output shows the PostgreSQL half ran.
+    if report.when != "call" and not (report.when == "setup" and report.outcome == "skipped"):
+        return
+    for name in BACKENDS:
+        if f"[{name}" in report.nodeid or f"-{name}]" in report.nodeid or f"-{name}-" in report.nodeid:
+            key = (name, report.outcome)
+            _OUTCOMES[key] = _OUTCOMES.get(key, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _OUTCOMES:
+        return
+    terminalreporter.section("tests per database backend")
+    for name in BACKENDS:
+        counts = {outcome: n for (backend, outcome), n in sorted(_OUTCOMES.items()) if backend == name}
+        shown = ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "none"
+        terminalreporter.write_line(f"{name}: {shown}")

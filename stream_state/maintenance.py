@@ -31,6 +31,7 @@ from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
 from .history import ROLLUP_SETTLE, refresh_rollups
 from .models import Event, MetricSample, MetricSeries, SystemState, database_proxy
+from .models.base import check_database_file
 from .retention import RetentionPolicy, apply_retention, checkpoint_passive
 from .states import EventType, Severity
 from .timeutil import from_millis, now_millis, to_millis
@@ -381,9 +382,7 @@ class Maintenance:
 
     def run_due(self, now: dt.datetime | None = None) -> RunReport:
         now_ms = now_millis() if now is None else to_millis(now, "now")
-        verify_file = getattr(_db(), "verify_file", None)
-        if verify_file is not None:
-            verify_file()  # a deleted database file is reported every minute, loudly
+        check_database_file(_db())  # a deleted database file is reported every minute, loudly
         report = RunReport()
         for job in self.JOBS:
             interval = self.policy.intervals.get(job)

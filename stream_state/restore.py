@@ -20,6 +20,7 @@ from typing import Any
 import peewee as pw
 
 from .models import Event, Recording, Stream, SystemState, database_proxy
+from .models.base import check_database_file
 from .models.recording import finish_archive, undo_archive, unlink_quietly
 from .redact import redact_uri
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
@@ -207,7 +208,7 @@ class Restorer:
         a real restore would do.
         """
         now_ms = now_millis() if now is None else to_millis(now, "now")
-        self._verify_file()
+        check_database_file(self.db)
         lifecycle = SystemState.read(LIFECYCLE_KEY) or {}
         same_run = lifecycle.get("state") == "running" and lifecycle.get("session") == self.session
         open_rows = self._open_segments()
@@ -268,7 +269,7 @@ class Restorer:
         which streams were recording.
         """
         now_ms = now_millis() if now is None else to_millis(now, "now")
-        self._verify_file()
+        check_database_file(self.db)
         open_rows = self._open_segments()
         closed = self._reconcile(open_rows, now_ms, clean=True)
         recording_ids = sorted({row["stream_id"] for row in open_rows})
@@ -298,11 +299,6 @@ class Restorer:
         )
 
     # --- steps ----------------------------------------------------------------------------------
-
-    def _verify_file(self) -> None:
-        verify_file = getattr(self.db, "verify_file", None)
-        if verify_file is not None:
-            verify_file()
 
     def _last_stop(self, lifecycle: dict[str, Any], open_rows: list[dict]) -> tuple[bool | None, int | None]:
         if not lifecycle:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee as pw
 
 # Models are declared once and bound at run time by ``open_database``, so the
@@ -24,3 +26,14 @@ def locked(query: pw.ModelSelect) -> pw.ModelSelect:
     and so already hold the database's write lock.
     """
     return query.for_update() if query.model._meta.database.for_update else query
+
+
+def check_database_file(db: Any) -> None:
+    """Raise ``DatabaseUnavailable`` if ``db``'s SQLite file vanished or was replaced.
+
+    Every database this package opens can tell; a plain peewee database bound
+    by hand cannot, and is let through.
+    """
+    verify_file = getattr(db, "verify_file", None)
+    if verify_file is not None:
+        verify_file()

@@ -24,7 +24,7 @@ from ..validate import (
     require_text,
     require_uri,
 )
-from .base import BaseModel, locked
+from .base import BaseModel, check_database_file, locked
 from .hotpath import json_param, segment_statements
 
 if TYPE_CHECKING:
@@ -375,9 +375,7 @@ class Stream(BaseModel):
         db = self._meta.database
         # A segment recorded into a deleted database file would vanish at the
         # next restart: one stat() per segment to refuse that loudly.
-        verify_file = getattr(db, "verify_file", None)
-        if verify_file is not None:
-            verify_file()
+        check_database_file(db)
         sql = segment_statements(db)
         try:
             with db.atomic():

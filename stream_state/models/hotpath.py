@@ -35,12 +35,14 @@ def _spelled(param: str) -> SegmentStatements:
         ),
         insert_recording=(
             'INSERT INTO "recording" ("stream_id", "path", "storage", "segment_index", "started_at", '
-            '"size_bytes", "state", "archived", "metadata") '
-            f"VALUES ({p}, {p}, {p}, {p}, {p}, 0, 'recording', {p}, {p}) RETURNING \"id\""
+            '"size_bytes", "state", "archived", "metadata", "media_started_at") '
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, 0, 'recording', {p}, {p}, {p}) RETURNING \"id\""
         ),
         # Only an open segment matches; zero rows means "look closer".
         complete_open=(
-            f'UPDATE "recording" SET "state" = \'complete\', "ended_at" = {p}, "size_bytes" = {p} '
+            f'UPDATE "recording" SET "state" = \'complete\', "ended_at" = {p}, "size_bytes" = {p}, '
+            f'"media_ended_at" = COALESCE({p}, "media_ended_at"), '
+            f'"frame_count" = COALESCE({p}, "frame_count"), "finalized" = COALESCE({p}, "finalized") '
             f'WHERE "id" = {p} AND "ended_at" IS NULL'
         ),
     )

@@ -42,6 +42,13 @@ class Recording(BaseModel):
     state = EnumField(SegmentState, default=SegmentState.RECORDING)
     archived = pw.BooleanField(default=False)
     metadata = pw.JSONField(null=True)
+    # The media's own evidence (migration 005): first frame and end of the last
+    # frame mapped to wall clock, frames muxed, whether the muxer finalised the
+    # file. When given, the media times are also started_at / ended_at.
+    media_started_at = TimestampField(null=True)
+    media_ended_at = TimestampField(null=True)
+    frame_count = pw.BigIntegerField(null=True)
+    finalized = pw.BooleanField(null=True)
 
     class Meta:
         table_name = "recording"
@@ -111,14 +118,41 @@ class Recording(BaseModel):
         ended_at: dt.datetime | None = None,
         size_bytes: int | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        media_ended_at: dt.datetime | None = None,
+        frame_count: int | None = None,
+        finalized: bool | None = None,
     ) -> Recording:
         """Close the segment: end time (default now), size (default the file's), metadata merged.
+
+        ``media_ended_at`` (the end of the last frame, mapped to wall clock)
+        is also the row's ``ended_at`` when given; ``frame_count`` and
+        ``finalized`` record what the muxer did. ``finalized=False`` is
+        refused: a file the muxer did not finalise is never ``complete``
+        (``fail()`` it, or leave it open for restore to judge).
 
         Completing again with the same values is harmless; completing a
         segment that is not open is ``InvalidTransition``.
         """
-        ended = utc_now() if ended_at is None else ended_at
+        if finalized is not None and not isinstance(finalized, bool):
+            raise ValidationError("finalized", finalized, "expected True, False or None")
+        if finalized is False:
+            raise ValidationError(
+                "finalized",
+                finalized,
+                f"{self.path} was not finalised by its muxer, so it cannot be complete",
+            )
+        if frame_count is not None:
+            require_count("frame_count", frame_count)
+        media_ms = None if media_ended_at is None else to_millis(media_ended_at, "media_ended_at")
+        ended = (
+            ended_at if ended_at is not None else media_ended_at if media_ended_at is not None else utc_now()
+        )
         ended_ms = to_millis(ended, "ended_at")
+        if media_ms is not None and media_ms != ended_ms:
+            raise ValidationError(
+                "ended_at", ended_at, "differs from media_ended_at; the media time is the row's end"
+            )
         if ended_ms < to_millis(self.started_at):
             raise ValidationError(
                 "ended_at", ended, f"before the segment started ({self.started_at.isoformat()})"
@@ -128,18 +162,36 @@ class Recording(BaseModel):
         require_count("size_bytes", size_bytes)
         if metadata is not None:
             metadata = require_json_object("metadata", metadata)
+        media = {
+            key: value
+            for key, value in (
+                ("media_ended_at", media_ms),
+                ("frame_count", frame_count),
+                ("finalized", finalized),
+            )
+            if value is not None
+        }
         cls = type(self)
         db = self._meta.database
         if metadata is None:
             # The common case, an open segment closed without new metadata:
             # one statement, which only an open row matches.
             closed = db.execute_sql(
-                segment_statements(db).complete_open, (ended_ms, size_bytes, self.id)
+                segment_statements(db).complete_open,
+                (
+                    ended_ms,
+                    size_bytes,
+                    media_ms,
+                    frame_count,
+                    None if finalized is None else cls.finalized.db_value(finalized),
+                    self.id,
+                ),
             ).rowcount
             if closed:
                 self.state = SegmentState.COMPLETE
                 self.ended_at = from_millis(ended_ms)
                 self.size_bytes = size_bytes
+                self._take_media(media)
                 return self
         with db.atomic():
             fresh = locked(cls.select().where(cls.id == self.id)).first()
@@ -150,6 +202,10 @@ class Recording(BaseModel):
                     fresh.state == SegmentState.COMPLETE
                     and fresh.ended_at == from_millis(ended_ms)
                     and fresh.size_bytes == size_bytes
+                    and all(
+                        fresh.__data__.get(key) == (from_millis(value) if key == "media_ended_at" else value)
+                        for key, value in media.items()
+                    )
                     and (metadata is None or {**(fresh.metadata or {}), **metadata} == (fresh.metadata or {}))
                 ):
                     self.__data__.update(fresh.__data__)
@@ -161,12 +217,19 @@ class Recording(BaseModel):
                 ended_at=ended_ms,
                 size_bytes=size_bytes,
                 metadata=merged,
+                **media,
             ).where(cls.id == self.id).execute()
         self.state = SegmentState.COMPLETE
         self.ended_at = from_millis(ended_ms)
         self.size_bytes = size_bytes
         self.metadata = merged
+        self._take_media(media)
         return self
+
+    def _take_media(self, media: dict[str, Any]) -> None:
+        # Straight into the row's data: these are stored values, not edits to save.
+        for key, value in media.items():
+            self.__data__[key] = from_millis(value) if key == "media_ended_at" else value
 
     def fail(self, reason: str, at: dt.datetime | None = None) -> Recording:
         """Give up on an open segment; writes a ``segment_failed`` event with the reason.

@@ -351,10 +351,13 @@ class Stream(BaseModel):
 
     def begin_segment(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         started_at: dt.datetime | None = None,
         storage: str | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        path_template: str | None = None,
+        media_started_at: dt.datetime | None = None,
     ) -> Recording:
         """Commit the row of a new segment file before the manager opens the file.
 
@@ -362,16 +365,40 @@ class Stream(BaseModel):
         transaction, so no index is ever handed out twice. Several segments
         of one stream may be open at once (a segmenter opens the next file
         before it finalises the last).
+
+        Give ``path``, or ``path_template``: a ``str.format`` template with
+        ``{index}`` (and optionally ``{stream}``, ``{stream_id}``) that is
+        filled with the index taken in the same transaction, so the name a
+        file gets always carries its row's ``segment_index``; read the result
+        from the returned row's ``path``.
+
+        ``media_started_at`` is the first frame's time mapped to wall clock.
+        When given it is the row's ``started_at`` too (media time beats the
+        time of a callback that runs a GOP late); giving both with different
+        values is an error.
         """
         from .recording import Recording
 
-        path = require_text(
-            "path", os.fspath(path) if isinstance(path, os.PathLike) else path, max_length=4096
-        )
+        if (path is None) == (path_template is None):
+            raise ValidationError("path", path, "give exactly one of path= or path_template=")
+        if path is not None:
+            path = require_text(
+                "path", os.fspath(path) if isinstance(path, os.PathLike) else path, max_length=4096
+            )
+        else:
+            path_template = require_path_template(path_template, self.name, self.id)
         storage = optional_text("storage", storage, max_length=1000)
         metadata = require_json_object("metadata", metadata) if metadata is not None else None
-        started = utc_now() if started_at is None else started_at
+        media_ms = None if media_started_at is None else to_millis(media_started_at, "media_started_at")
+        if started_at is None:
+            started = utc_now() if media_started_at is None else media_started_at
+        else:
+            started = started_at
         started_ms = to_millis(started, "started_at")
+        if media_ms is not None and started_ms != media_ms:
+            raise ValidationError(
+                "started_at", started_at, "differs from media_started_at; the media time is the row's start"
+            )
         db = self._meta.database
         # A segment recorded into a deleted database file would vanish at the
         # next restart: one stat() per segment to refuse that loudly.
@@ -383,6 +410,8 @@ class Stream(BaseModel):
                 if claimed is None:
                     raise self._why_not_live()
                 index = claimed[0] - 1
+                if path_template is not None:
+                    path = path_template.format(stream=self.name, stream_id=self.id, index=index)
                 (recording_id,) = db.execute_sql(
                     sql.insert_recording,
                     (
@@ -393,6 +422,7 @@ class Stream(BaseModel):
                         started_ms,
                         Recording.archived.db_value(False),
                         json_param(db, Recording.metadata, metadata),
+                        media_ms,
                     ),
                 ).fetchone()
         except pw.IntegrityError as exc:
@@ -411,6 +441,7 @@ class Stream(BaseModel):
             state=SegmentState.RECORDING,
             archived=False,
             metadata=metadata,
+            media_started_at=None if media_ms is None else from_millis(media_ms),
         )
         recording._dirty.clear()
         return recording
@@ -440,6 +471,21 @@ class Stream(BaseModel):
             self.updated_at = utc_now()
             columns["updated_at"] = self.updated_at
         type(self).update(**columns).where(type(self).id == self.id).execute()
+
+
+def require_path_template(template: Any, name: str, stream_id: int) -> str:
+    """A ``str.format`` template that names a file after its segment index, checked by filling it once."""
+    template = require_text("path_template", template, max_length=4096)
+    try:
+        probe = template.format(stream=name, stream_id=stream_id, index=0)
+        other = template.format(stream=name, stream_id=stream_id, index=1)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ValidationError(
+            "path_template", template, f"cannot be filled with stream, stream_id and index ({exc!r})"
+        ) from exc
+    if probe == other:
+        raise ValidationError("path_template", template, "must contain {index}: each file needs its own name")
+    return template
 
 
 def _desired_flags(desired: dict[str, Any], drop_none: bool = False) -> dict[str, bool]:

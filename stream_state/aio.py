@@ -851,13 +851,24 @@ async def remove_stream(stream: Stream) -> bool:
 
 async def begin_segment(
     stream: Stream,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None = None,
     started_at: dt.datetime | None = None,
     storage: str | None = None,
     metadata: dict[str, Any] | None = None,
+    *,
+    path_template: str | None = None,
+    media_started_at: dt.datetime | None = None,
 ) -> Recording:
     """``stream.begin_segment``: commit the new segment's row (and its index) before opening the file."""
-    return await run(stream.begin_segment, path, started_at, storage, metadata)
+    return await run(
+        stream.begin_segment,
+        path,
+        started_at,
+        storage,
+        metadata,
+        path_template=path_template,
+        media_started_at=media_started_at,
+    )
 
 
 async def checkpoint(segment: Recording, size_bytes: int, at: dt.datetime | None = None) -> None:
@@ -870,9 +881,21 @@ async def complete_segment(
     ended_at: dt.datetime | None = None,
     size_bytes: int | None = None,
     metadata: dict[str, Any] | None = None,
+    *,
+    media_ended_at: dt.datetime | None = None,
+    frame_count: int | None = None,
+    finalized: bool | None = None,
 ) -> Recording:
     """``segment.complete_segment``: close it with its end time and size (default: the file's)."""
-    return await run(segment.complete_segment, ended_at, size_bytes, metadata)
+    return await run(
+        segment.complete_segment,
+        ended_at,
+        size_bytes,
+        metadata,
+        media_ended_at=media_ended_at,
+        frame_count=frame_count,
+        finalized=finalized,
+    )
 
 
 async def fail_segment(segment: Recording, reason: str, at: dt.datetime | None = None) -> Recording:

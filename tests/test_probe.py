@@ -1,0 +1,109 @@
+"""The structural probe: MP4 needs its moov atom; Matroska is playable up to its last complete frame."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+
+import pytest
+
+from stream_state.probe import MATROSKA, MP4, probe
+
+
+def box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def mvhd(timescale: int, duration: int) -> bytes:
+    return box(b"mvhd", bytes(4) + struct.pack(">IIII", 0, 0, timescale, duration) + bytes(80))
+
+
+def mp4(*, moov: bool, duration_s: float = 2.5) -> bytes:
+    parts = [box(b"ftyp", b"isom\x00\x00\x02\x00isom"), box(b"mdat", b"\x00" * 1000)]
+    if moov:
+        parts.append(box(b"moov", mvhd(1000, int(duration_s * 1000))))
+    return b"".join(parts)
+
+
+def ebml_size(n: int) -> bytes:
+    return bytes([0x10]) + n.to_bytes(3, "big")  # 4-byte vint
+
+
+def element(ident: int, body: bytes) -> bytes:
+    return ident.to_bytes((ident.bit_length() + 7) // 8, "big") + ebml_size(len(body)) + body
+
+
+def simple_block(relative_ms: int) -> bytes:
+    return element(0xA3, b"\x81" + struct.pack(">h", relative_ms) + b"\x80" + b"\xff" * 50)
+
+
+def mkv(frames: int, *, cues: bool, frame_ms: int = 100, cut: int = 0) -> bytes:
+    header = element(0x1A45DFA3, element(0x4282, b"matroska"))
+    info = element(0x1549A966, element(0x2AD7B1, (1_000_000).to_bytes(3, "big")))
+    clusters = b""
+    for start in range(0, frames, 10):
+        blocks = b"".join(simple_block((i - start) * frame_ms) for i in range(start, min(frames, start + 10)))
+        clusters += element(0x1F43B675, element(0xE7, (5000 + start * frame_ms).to_bytes(4, "big")) + blocks)
+    tail = element(0x1C53BB6B, b"\x00" * 8) if cues else b""
+    # Live muxing writes the Segment with an unknown size (all ones).
+    data = header + (0x18538067).to_bytes(4, "big") + b"\x01" + b"\xff" * 7 + info + clusters + tail
+    return data[: len(data) - cut] if cut else data
+
+
+@pytest.mark.parametrize("name", ["a.mp4", "a.mov", "no-extension"])
+def test_an_mp4_without_moov_is_not_playable_whatever_its_name(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(mp4(moov=False))
+    found = probe(path)
+    assert (found.playable, found.finalized, found.container) == (False, False, MP4)
+    assert "moov" in found.reason
+
+
+def test_an_mp4_with_moov_is_finalised_with_the_mvhd_duration(tmp_path):
+    path = tmp_path / "b.mp4"
+    path.write_bytes(mp4(moov=True, duration_s=2.5))
+    found = probe(path)
+    assert (found.playable, found.finalized, found.duration) == (True, True, dt.timedelta(seconds=2.5))
+
+
+def test_an_mp4_cut_inside_its_mdat_is_not_playable(tmp_path):
+    path = tmp_path / "c.mp4"
+    data = box(b"ftyp", b"isom") + box(b"moov", mvhd(1000, 500)) + box(b"mdat", b"\x00" * 1000)
+    path.write_bytes(data[:-100])
+    found = probe(path)
+    assert found.playable is False and "past the end" in found.reason
+
+
+def test_a_finalised_matroska_file_has_cues_and_the_duration_of_its_frames(tmp_path):
+    path = tmp_path / "a.mkv"
+    path.write_bytes(mkv(25, cues=True))
+    found = probe(path)
+    assert (found.playable, found.finalized, found.container) == (True, True, MATROSKA)
+    assert found.duration == dt.timedelta(seconds=2.5)  # 25 frames of 100 ms
+
+
+@pytest.mark.parametrize("cut", [0, 30])
+def test_an_interrupted_matroska_file_is_playable_up_to_its_last_complete_frame(tmp_path, cut):
+    path = tmp_path / "b.mkv"
+    path.write_bytes(mkv(23, cues=False, cut=cut))
+    found = probe(path)
+    assert (found.playable, found.finalized) == (True, False)
+    frames = 23 if cut == 0 else 22  # the cut takes the last block
+    assert found.duration == dt.timedelta(milliseconds=100 * frames)
+    assert f"{frames} readable frame" in found.reason
+
+
+def test_a_matroska_file_without_a_frame_is_not_playable(tmp_path):
+    path = tmp_path / "c.mkv"
+    path.write_bytes(mkv(0, cues=False))
+    assert probe(path).playable is False
+
+
+def test_missing_empty_and_unknown_files(tmp_path, monkeypatch):
+    monkeypatch.setattr("stream_state.probe.discover", lambda path: None)  # as without GStreamer
+    assert probe(tmp_path / "nope.mkv").reason == "file missing"
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert probe(tmp_path / "empty.mp4").playable is False
+    (tmp_path / "junk.ts").write_bytes(b"not a video at all")
+    unknown = probe(tmp_path / "junk.ts")
+    assert unknown.playable is None and not unknown.known

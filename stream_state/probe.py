@@ -255,8 +255,10 @@ def _timecode_scale(handle: BinaryIO, start: int, end: int) -> int | None:
     return None
 
 
-def _cluster(handle: BinaryIO, start: int, end: int, scale_ns: int) -> tuple[list[tuple[int, int]], int, bool]:
-    """The cluster's complete blocks as (time ns, duration ns), where it ends, and whether it was cut short."""
+def _cluster(
+    handle: BinaryIO, start: int, end: int, scale_ns: int
+) -> tuple[list[tuple[int, int]], int, bool]:
+    """Complete blocks as (time ns, duration ns), where the cluster ends, and whether it was cut short."""
     cluster_tc = 0
     stamps: list[tuple[int, int]] = []
     position = start

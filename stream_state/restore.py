@@ -22,6 +22,7 @@ import peewee as pw
 from .models import Event, Recording, Stream, SystemState, database_proxy
 from .models.base import check_database_file
 from .models.recording import finish_archive, undo_archive, unlink_quietly
+from .probe import Playability, Probe, probe
 from .redact import redact_uri
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
 from .timeutil import from_millis, now_millis, to_millis
@@ -70,6 +71,7 @@ class Repair:
     size_bytes: int
     evidence: str  # why: "file mtime", "last checkpoint", "file missing", ...
     applied: bool = False  # already written to the row (archive moves); only its event is pending
+    finalized: bool | None = None  # what the probe said of the file, when it could tell
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class SegmentDecision:
     ended_ms: int
     size_bytes: int
     evidence: str
+    finalized: bool | None = None  # what the probe found, written to the row when known
 
 
 def decide_open_segment(
@@ -149,19 +152,24 @@ def decide_open_segment(
     file_mtime_ms: int | None,
     now_ms: int,
     clean: bool = False,
+    playability: Playability | None = None,
 ) -> SegmentDecision:
     """What to make of a segment that was still open when its writer stopped.
 
-    A non-empty file keeps its data: ``interrupted`` after a crash
-    (``complete`` at a clean shutdown), sized from the file, ended at the
+    A missing or empty file is ``failed``: nothing usable was written. So is
+    a file the probe found unplayable (an MP4 whose muxer never wrote the
+    ``moov`` atom): its row must not promise footage. A playable file keeps
+    its data, sized from the file: ``complete`` when the muxer finalised it
+    (or, at a clean shutdown, when the probe cannot tell), else
+    ``interrupted`` (a Matroska file cut short plays up to its last frame).
+    It ends where its media ends when the probe measured it, else at the
     latest credible evidence of writing: the file's mtime if it lies between
-    the start and now, else the last checkpoint, else the start. A missing or
-    empty file is ``failed``: nothing usable was written.
+    the start and now, else the last checkpoint, else the start.
     """
     if file_size is None or file_size == 0:
         ended = max(started_ms, checkpoint_ms or started_ms)
         return SegmentDecision(
-            SegmentState.FAILED, ended, 0, "file missing" if file_size is None else "file empty"
+            SegmentState.FAILED, ended, 0, "file missing" if file_size is None else "file empty", False
         )
     candidates = []
     if checkpoint_ms is not None and checkpoint_ms >= started_ms:
@@ -169,8 +177,25 @@ def decide_open_segment(
     if file_mtime_ms is not None and started_ms <= file_mtime_ms <= now_ms + MTIME_SKEW_MS:
         candidates.append((file_mtime_ms, "file mtime"))
     ended, evidence = max(candidates) if candidates else (started_ms, "start time (no other evidence)")
-    state = SegmentState.COMPLETE if clean else SegmentState.INTERRUPTED
-    return SegmentDecision(state, ended, file_size, evidence)
+    if playability is None or playability.playable is None:
+        state = SegmentState.COMPLETE if clean else SegmentState.INTERRUPTED
+        return SegmentDecision(state, ended, file_size, evidence)
+    if not playability.playable:
+        return SegmentDecision(
+            SegmentState.FAILED,
+            ended,
+            file_size,
+            f"not playable: {playability.reason}",
+            playability.finalized,
+        )
+    if playability.duration is not None:
+        media_ms = playability.duration // dt.timedelta(milliseconds=1)
+        ended = min(started_ms + media_ms, max(now_ms, started_ms))
+        evidence = f"{media_ms / 1000:.3f} s of playable media"
+    state = SegmentState.COMPLETE if playability.finalized else SegmentState.INTERRUPTED
+    return SegmentDecision(
+        state, ended, file_size, f"{evidence}; {playability.reason}", playability.finalized
+    )
 
 
 def _stat(path: str) -> tuple[int | None, int | None]:
@@ -193,11 +218,16 @@ class Restorer:
     same streams.
     """
 
-    def __init__(self, db: pw.Database | None = None, *, session: str | None = None):
+    def __init__(
+        self, db: pw.Database | None = None, *, session: str | None = None, probe: Probe | None = probe
+    ):
         if db is not None and database_proxy.obj is not db:
             database_proxy.initialize(db)
         self.db = db or database_proxy.obj
         self.session = session or PROCESS_SESSION
+        # Judges whether an open segment's file plays (stream_state.probe);
+        # None keeps the size-and-mtime judgement alone.
+        self.probe = probe
 
     # --- restore -------------------------------------------------------------------------
 
@@ -345,6 +375,7 @@ class Restorer:
                 file_mtime_ms=mtime,
                 now_ms=now_ms,
                 clean=clean,
+                playability=self.probe(row["path"]) if size and self.probe is not None else None,
             )
             repairs.append(
                 Repair(
@@ -357,6 +388,7 @@ class Restorer:
                     ended_at=from_millis(decision.ended_ms),
                     size_bytes=decision.size_bytes,
                     evidence=decision.evidence,
+                    finalized=decision.finalized,
                 )
             )
         return repairs
@@ -470,6 +502,7 @@ class Restorer:
                             state=repair.new_state,
                             ended_at=to_millis(repair.ended_at),
                             size_bytes=repair.size_bytes,
+                            **({} if repair.finalized is None else {"finalized": repair.finalized}),
                         )
                         .where((Recording.id == repair.recording_id) & Recording.ended_at.is_null())
                         .execute()
@@ -495,6 +528,7 @@ class Restorer:
                             "new_state": str(repair.new_state) if repair.new_state else "deleted",
                             "size_bytes": repair.size_bytes,
                             "evidence": repair.evidence,
+                            "finalized": repair.finalized,
                         },
                         at=from_millis(now_ms),
                     )

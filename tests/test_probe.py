@@ -107,3 +107,96 @@ def test_missing_empty_and_unknown_files(tmp_path, monkeypatch):
     (tmp_path / "junk.ts").write_bytes(b"not a video at all")
     unknown = probe(tmp_path / "junk.ts")
     assert unknown.playable is None and not unknown.known
+
+
+# --- restore and shutdown judge open segments by what plays ------------------------------------
+
+T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
+T0_MS = int(T0.timestamp() * 1000)
+
+
+def decide(playability, *, clean=False):
+    from stream_state.restore import decide_open_segment
+
+    return decide_open_segment(
+        started_ms=T0_MS,
+        checkpoint_ms=T0_MS + 1000,
+        checkpoint_size=10,
+        file_size=5000,
+        file_mtime_ms=T0_MS + 9000,
+        now_ms=T0_MS + 60_000,
+        clean=clean,
+        playability=playability,
+    )
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_decision_an_unplayable_file_fails_even_at_a_clean_stop(clean):
+    from stream_state.probe import Playability
+    from stream_state.states import SegmentState
+
+    decision = decide(Playability(False, False, None, MP4, "no moov atom"), clean=clean)
+    assert decision.state == SegmentState.FAILED and decision.finalized is False
+    assert decision.evidence == "not playable: no moov atom" and decision.size_bytes == 5000
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_decision_an_unfinalised_playable_file_is_interrupted_and_ends_with_its_media(clean):
+    from stream_state.probe import Playability
+    from stream_state.states import SegmentState
+
+    decision = decide(Playability(True, False, dt.timedelta(seconds=1.28), MATROSKA, "cut"), clean=clean)
+    assert decision.state == SegmentState.INTERRUPTED  # never complete, even at a clean stop
+    assert decision.ended_ms == T0_MS + 1280 and decision.evidence.startswith("1.280 s of playable media")
+
+
+def test_decision_a_finalised_file_is_complete_and_an_unknown_one_keeps_the_old_judgement():
+    from stream_state.probe import UNKNOWN, Playability
+    from stream_state.states import SegmentState
+
+    whole = decide(Playability(True, True, dt.timedelta(seconds=2), MP4, "moov atom present"))
+    assert (whole.state, whole.ended_ms, whole.finalized) == (SegmentState.COMPLETE, T0_MS + 2000, True)
+    unknown = decide(UNKNOWN)
+    assert (unknown.state, unknown.ended_ms, unknown.evidence) == (
+        SegmentState.INTERRUPTED,
+        T0_MS + 9000,
+        "file mtime",
+    )
+    assert decide(UNKNOWN, clean=True).state == SegmentState.COMPLETE
+
+
+def test_restore_fails_an_unfinalised_mp4_and_keeps_an_interrupted_matroska_with_its_media(db, tmp_path):
+    from stream_state import Recording, Restorer, SegmentState
+
+    from .factories import StreamFactory
+
+    stream = StreamFactory()
+    template = str(tmp_path / "{index}")
+    mp4_row = stream.begin_segment(path_template=template + ".mp4", media_started_at=T0)
+    mkv_row = stream.begin_segment(path_template=template + ".mkv", media_started_at=T0)
+    (tmp_path / "0.mp4").write_bytes(mp4(moov=False))
+    (tmp_path / "1.mkv").write_bytes(mkv(17, cues=False))
+    state = Restorer(db).restore(now=T0 + dt.timedelta(minutes=1))
+    by_path = {r.path: r for r in state.repairs}
+    assert by_path[mp4_row.path].new_state == SegmentState.FAILED
+    assert "moov" in by_path[mp4_row.path].evidence
+    failed, interrupted = Recording.get_by_id(mp4_row.id), Recording.get_by_id(mkv_row.id)
+    assert (failed.state, failed.finalized) == (SegmentState.FAILED, False)
+    assert (interrupted.state, interrupted.finalized) == (SegmentState.INTERRUPTED, False)
+    assert interrupted.ended_at - interrupted.started_at == dt.timedelta(seconds=1.7)
+    assert (tmp_path / "0.mp4").exists()  # kept for an operator's recovery tools
+
+
+def test_shutdown_never_completes_a_file_its_muxer_did_not_finalise(db, tmp_path):
+    from stream_state import Recording, Restorer, SegmentState
+
+    from .factories import StreamFactory
+
+    stream = StreamFactory()
+    rows = [stream.begin_segment(tmp_path / name, started_at=T0) for name in ("a.mp4", "b.mkv", "c.mkv")]
+    (tmp_path / "a.mp4").write_bytes(mp4(moov=False))
+    (tmp_path / "b.mkv").write_bytes(mkv(9, cues=False))
+    (tmp_path / "c.mkv").write_bytes(mkv(9, cues=True))
+    Restorer(db).shutdown(now=T0 + dt.timedelta(minutes=1))
+    states = [Recording.get_by_id(r.id).state for r in rows]
+    assert states == [SegmentState.FAILED, SegmentState.INTERRUPTED, SegmentState.COMPLETE]

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import re
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +61,7 @@ from .redact import redact_data, redact_text, redact_uri
 from .restore import Restorer
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention
 from .states import SegmentState, Severity
+from .timeutil import from_millis
 
 # 0 is success and 2 a usage error (click's own code).
 EXIT_FAILURE = 1
@@ -672,16 +674,41 @@ def _usage_key(row: history.UsageRow, by: str) -> str:
 )
 @click.option("--since", type=DayType(), help="First UTC day counted: 2026-11-20, today, yesterday, -7d.")
 @click.option("--until", type=DayType(), help="First UTC day no longer counted (exclusive).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw storage per day as stacked bars into this file (.svg, .png, .pdf, .html; needs --by day).",
+)
+@click.option(
+    "--stack",
+    type=click.Choice(["volume", "stream", "state"]),
+    default="volume",
+    show_default=True,
+    help="With --out: what the bars of a day are stacked by.",
+)
 @json_option
 @database_options
-def usage(by: str, since: dt.date | None, until: dt.date | None, as_json: bool) -> None:
+def usage(
+    by: str, since: dt.date | None, until: dt.date | None, out: Path | None, stack: str, as_json: bool
+) -> None:
     """Show the storage the recorded segments take, by stream, volume, day or state.
 
     Read from a summary the database keeps up to date, so it is instant
-    however long the history.
+    however long the history. With ``--by day --out FILE`` it draws the
+    days as a chart instead (needs the extra: pip install 'stream_state[plot]').
     """
     if since is not None and until is not None and until <= since:
         raise click.BadParameter(f"--until ({until}) is not after --since ({since})", param_hint="--until")
+    if out is not None:
+        from . import timeline
+
+        if by != "day":
+            raise click.BadParameter("the chart shows storage per day; add --by day", param_hint="--out")
+        timeline.require_plot()
+        with _database():
+            written = timeline.usage_chart(stack=stack, since=since, until=until, out=out)
+        click.echo(f"wrote {written}")
+        return
     with _database():
         rows = history.storage_usage(_USAGE_BY[by], since=since, until=until)
     if by == "day":
@@ -722,6 +749,101 @@ def usage(by: str, since: dt.date | None, until: dt.date | None, as_json: bool) 
         table,
         align="lrrr",
         empty="no recordings",
+    )
+
+
+# --- timeline ------------------------------------------------------------------------------------------
+
+
+@cli.command(name="timeline")
+@click.argument("streams", nargs=-1, metavar="[STREAM]...")
+@window_options(since_default="-24h")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The picture to write: .svg, .png, .pdf, or .html (one offline file with hover details).",
+)
+@click.option(
+    "--min-gap",
+    type=DURATION,
+    default="1s",
+    show_default=True,
+    help="Holes shorter than this are segment-boundary jitter, not holes.",
+)
+@click.option(
+    "--fit",
+    is_flag=True,
+    help="Shrink the window to the part with segments or events (e.g. a short run in the last 24 h).",
+)
+@click.option(
+    "--width", type=click.IntRange(400, 20_000), default=1600, show_default=True, help="Width in pixels."
+)
+@click.option("--title", help="Heading of the picture (default: streams and window).")
+@json_option
+@database_options
+def timeline_command(
+    streams: tuple[str, ...],
+    since: dt.datetime,
+    until: dt.datetime,
+    out: Path,
+    min_gap: dt.timedelta,
+    fit: bool,
+    width: int,
+    title: str | None,
+    as_json: bool,
+) -> None:
+    """Draw one lane per STREAM (default: every stream): recorded spans, holes and why, health, events.
+
+    Segments are coloured by state (complete, open, interrupted, failed,
+    archived...); a hole is hatched in the colour of its reason (down,
+    unhealthy, clock problem, file missing, unknown); a thin band under each
+    lane is its health; ticks above it are events; dashed lines across all
+    lanes are recorder restarts and clean stops. Times are local. Needs the
+    extra: pip install 'stream_state[plot]'.
+    """
+    from . import timeline
+
+    _check_window(since, until)
+    timeline.require_plot()  # before touching the database: say what to install
+    with _database():
+        collected = timeline.collect(
+            list(streams) or None, since, until, width=width, tolerance=min_gap, fit=fit
+        )
+        started = time.perf_counter()
+        written = timeline.render(timeline=collected, out=out, title=title)
+        drawn = time.perf_counter() - started
+    reasons: dict[str, int] = {}
+    for _lane, hole in collected.holes:
+        reasons[hole.reason] = reasons.get(hole.reason, 0) + 1
+    if as_json:
+        _echo_json(
+            {
+                "out": str(written),
+                "since": from_millis(collected.since),
+                "until": from_millis(collected.until),
+                "streams": [lane.name for lane in collected.lanes],
+                "holes": [
+                    {
+                        "stream": lane.name,
+                        "start": from_millis(hole.start),
+                        "end": from_millis(hole.end),
+                        "reason": hole.reason,
+                        "detail": hole.detail,
+                    }
+                    for lane, hole in collected.holes
+                ],
+                "read_seconds": collected.query_seconds,
+                "draw_seconds": drawn,
+            }
+        )
+        return
+    summary = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "none"
+    click.echo(
+        f"wrote {written}: {len(collected.lanes)} stream(s), {format_time(from_millis(collected.since))} "
+        f"to {format_time(from_millis(collected.until))}; holes: {summary} "
+        f"(read {collected.query_seconds:.2f} s, drawn {drawn:.2f} s)"
     )
 
 

@@ -1,0 +1,1224 @@
+"""The recording timeline: one lane per stream, an operator's picture of the past.
+
+A face (nothing in the package imports it but the CLI). ``collect()`` reads
+what the picture shows through the history queries (segments, gaps, health
+transitions, events), so it follows them when they learn more (media time,
+say); ``explain_hole()`` and ``merge_spans()`` are pure functions that decide
+why a hole is there and which segments share a pixel; ``render()`` draws it
+with matplotlib (the optional extra ``[plot]``) and writes ``.svg``,
+``.png``, ``.pdf`` or a self-contained ``.html`` with hover details.
+
+    from stream_state import open_database
+    from stream_state.timeline import render
+
+    open_database("sqlite:///state.db")
+    figure = render(since=now - timedelta(hours=24), until=now)      # a matplotlib Figure
+    render(["lobby", "garage"], since, until, out="night.html")        # or a file
+
+What each lane shows, top to bottom: event ticks (coloured by severity), the
+recorded spans coloured by segment state, holes drawn over them with their
+reason (down, unhealthy, clock problem, file missing, unknown), and a thin
+health band. A recorder start after a crash or a clean stop (events without a
+stream) is a dashed line across every lane. Time runs in the local zone,
+named under the axis.
+
+Spans narrower than a pixel merge: segments of one state closer than a pixel
+to each other become one span, so a week of 10-second segments is a few
+hundred rectangles per lane, not 60,000. Holes are never merged away: a hole
+at least ``tolerance`` long is drawn at least a pixel wide, because holes are
+what the operator is looking for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html
+import io
+import json
+import os
+import time
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+from . import history
+from .errors import StreamStateError, ValidationError
+from .models import Recording, Stream
+from .states import EventType, HealthState, SegmentState, Severity
+from .timeutil import from_millis, now_millis, to_millis
+
+INSTALL_HINT = "pip install 'stream_state[plot]'"
+FORMATS = ("svg", "png", "pdf", "html")
+
+# Layout in pixels at DPI: a lane's height shrinks with the number of lanes
+# so that 1,000 streams stay a picture (about 10 px each), not a poster.
+DPI = 100
+DEFAULT_WIDTH = 1600
+LABEL_PX = 170
+RIGHT_PX = 30
+HEADER_PX = 110
+FOOTER_PX = 150
+
+MAX_TICKS_PER_LANE = 5_000
+DOWN_SLACK_MS = 1_000  # evidence this close to a hole's ends still explains it
+
+# Display states of a span: the segment states, with "open" for a segment
+# still being written and "archived" for one whose file went to an archive.
+SPAN_COLOURS = {
+    "complete": "#2b83ba",
+    "open": "#66c2a5",
+    "interrupted": "#fdae61",
+    "failed": "#d7191c",
+    "archived": "#5e3c99",
+    "recovered": "#abdda4",
+    "missing": "#969696",
+    "deleting": "#bdbdbd",
+    "archiving": "#9e9ac8",
+}
+HOLE_REASONS = ("down", "unhealthy", "clock problem", "file missing", "unknown")
+HOLE_COLOURS = {
+    "down": "#252525",
+    "unhealthy": "#e7298a",
+    "clock problem": "#7570b3",
+    "file missing": "#d95f02",
+    "unknown": "#bdbdbd",
+}
+HEALTH_COLOURS = {
+    "healthy": "#a6d96a",
+    "degraded": "#fee08b",
+    "unhealthy": "#f46d43",
+    "failed": "#a50026",
+    "unknown": "#e0e0e0",
+}
+SEVERITY_COLOURS = {
+    "debug": "#bdbdbd",
+    "info": "#737373",
+    "warning": "#ff7f00",
+    "error": "#e31a1c",
+    "critical": "#000000",
+}
+_SEVERITY_RANK = {severity.value: rank for rank, severity in enumerate(Severity)}
+_NOT_COVERING = {SegmentState.FAILED.value, SegmentState.MISSING.value, SegmentState.DELETING.value}
+_BAD_HEALTH = {HealthState.UNHEALTHY.value, HealthState.FAILED.value}
+
+
+class PlotUnavailable(StreamStateError):
+    """Drawing needs matplotlib, which comes with the extra ``[plot]``."""
+
+    def __init__(self) -> None:
+        super().__init__(f"drawing a timeline or chart needs matplotlib: {INSTALL_HINT}")
+
+
+# --- what the picture shows ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment row as the timeline reads it (times in epoch ms; ``end`` of an open one: now)."""
+
+    index: int
+    start: int
+    end: int
+    state: str  # a display state: a SegmentState value, "open" or "archived"
+    size_bytes: int
+    path: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Span:
+    """Segments of one display state merged where they are closer than a pixel."""
+
+    start: int
+    end: int
+    state: str
+    segments: int
+    size_bytes: int
+    first_path: str
+    last_path: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hole:
+    """A gap of ``history.coverage`` with why it is there.
+
+    ``reason`` is one of HOLE_REASONS (the first that applies, in that
+    order); ``detail`` says what showed it, every finding, for people.
+    """
+
+    start: int
+    end: int
+    reason: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HealthPiece:
+    start: int
+    end: int
+    health: str
+    reason: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tick:
+    """Events of a lane that fall in one pixel: the most severe one shows, ``count`` says how many."""
+
+    at: int
+    type: str
+    severity: str
+    message: str
+    count: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Marker:
+    """A system event drawn across every lane: a restore (after a crash or a clean stop) or a shutdown."""
+
+    at: int
+    kind: str  # "crash", "restart" or "shutdown"
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lane:
+    stream_id: int
+    name: str
+    start: int  # the part of the window the stream existed in
+    end: int
+    spans: tuple[Span, ...]
+    holes: tuple[Hole, ...]
+    health: tuple[HealthPiece, ...]
+    ticks: tuple[Tick, ...]
+    recorded_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timeline:
+    since: int
+    until: int
+    pixel_ms: float
+    width: int
+    lanes: tuple[Lane, ...]
+    markers: tuple[Marker, ...]
+    query_seconds: float = 0.0  # how long collect() took
+
+    @property
+    def holes(self) -> list[tuple[Lane, Hole]]:
+        return [(lane, hole) for lane in self.lanes for hole in lane.holes]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- pure decisions ------------------------------------------------------------------------------------
+
+
+def merge_spans(segments: Sequence[Segment], pixel_ms: float) -> list[Span]:
+    """Merge segments (sorted by start) of one display state that are less than a pixel apart.
+
+    A segment of another state in between ends the span, so a failed
+    segment keeps its own rectangle however narrow (the drawing gives every
+    span at least a pixel).
+    """
+    spans: list[Span] = []
+    current: list[Any] | None = None  # start, end, state, count, size, first, last
+    for seg in segments:
+        if current is not None and seg.state == current[2] and seg.start - current[1] < pixel_ms:
+            current[1] = max(current[1], seg.end)
+            current[3] += 1
+            current[4] += seg.size_bytes
+            current[6] = seg.path
+            continue
+        if current is not None:
+            spans.append(Span(*current))
+        current = [seg.start, seg.end, seg.state, 1, seg.size_bytes, seg.path, seg.path]
+    if current is not None:
+        spans.append(Span(*current))
+    return spans
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SystemEvent:
+    at: int
+    type: str
+    clean: bool | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatusChange:
+    at: int
+    new: str
+    reason: str | None
+
+
+def explain_hole(
+    start: int,
+    end: int,
+    *,
+    segments: Sequence[Segment],
+    health: Sequence[HealthPiece],
+    system: Sequence[SystemEvent],
+    statuses: Sequence[StatusChange] = (),
+    clock_events: Sequence[tuple[int, str]] = (),
+    zone: dt.tzinfo | None = None,
+) -> Hole:
+    """Why nothing was recorded in [start, end): the evidence in the window, in the order of HOLE_REASONS.
+
+    * down: the recorder started again after a crash (a ``restored`` event
+      that found no clean stop) or stopped cleanly inside the hole, or the
+      stream's status went to ``stopped``;
+    * unhealthy: the stream's health was unhealthy or failed at the hole's
+      start or turned so inside it;
+    * clock problem: segments numbered between the ones around the hole
+      carry times outside it (a clock that stepped; 1970 at boot), or a
+      clock event falls in it;
+    * file missing: a segment in the hole has no usable file (failed,
+      missing, being deleted);
+    * unknown: none of these; nothing in the database says why.
+    """
+    findings: dict[str, list[str]] = {reason: [] for reason in HOLE_REASONS}
+
+    def clock(ms: int) -> str:
+        return _clock(ms, zone)
+
+    for event in system:
+        if start - DOWN_SLACK_MS <= event.at <= end + DOWN_SLACK_MS:
+            if event.type == EventType.RESTORED.value and event.clean is False:
+                findings["down"].append(f"the recorder crashed (restarted {clock(event.at)})")
+            elif event.type == EventType.RESTORED.value and event.clean is True:
+                findings["down"].append(f"the recorder was stopped (restarted {clock(event.at)})")
+            elif event.type == EventType.CLEAN_SHUTDOWN.value:
+                findings["down"].append(f"the recorder stopped cleanly at {clock(event.at)}")
+    for change in statuses:
+        if start - DOWN_SLACK_MS <= change.at < end and change.new == "stopped":
+            findings["down"].append(
+                f"stream stopped at {clock(change.at)}" + (f" ({change.reason})" if change.reason else "")
+            )
+    for piece in health:
+        if piece.health in _BAD_HEALTH and piece.start < end and piece.end > start:
+            findings["unhealthy"].append(
+                f"{piece.health} from {clock(piece.start)}" + (f" ({piece.reason})" if piece.reason else "")
+            )
+    before = [s for s in segments if s.end <= start + 1 and s.state not in _NOT_COVERING]
+    after = [s for s in segments if s.start >= end - 1 and s.state not in _NOT_COVERING]
+    if before and after:
+        low = max(before, key=lambda s: s.end).index
+        high = min(after, key=lambda s: s.start).index
+        misplaced = [s for s in segments if low < s.index < high and (s.end <= start or s.start >= end)]
+        if misplaced:
+            first = min(misplaced, key=lambda s: s.index)
+            findings["clock problem"].append(
+                f"{len(misplaced)} segment(s) numbered between {low} and {high} are dated elsewhere "
+                f"(#{first.index} at {_clock(first.start, zone, date=True)})"
+            )
+    for at, message in clock_events:
+        if start - DOWN_SLACK_MS <= at <= end:
+            findings["clock problem"].append(message)
+    for seg in segments:
+        if seg.state in _NOT_COVERING and seg.start < end and seg.end >= start - DOWN_SLACK_MS:
+            findings["file missing"].append(f"{os.path.basename(seg.path)} {seg.state}")
+    found = [reason for reason in HOLE_REASONS if findings[reason]]
+    if not found:
+        return Hole(start, end, "unknown", "unknown: no event or segment in the database explains it")
+    detail = "; ".join(f"{reason}: {', '.join(_dedupe(findings[reason]))}" for reason in found)
+    return Hole(start, end, found[0], detail)
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def merge_ticks(events: Iterable[Tick], pixel_ms: float) -> list[Tick]:
+    """One tick per pixel: the most severe event (the first of equals), with the count of the pixel."""
+    merged: dict[int, Tick] = {}
+    for tick in events:
+        key = int(tick.at // pixel_ms) if pixel_ms > 0 else tick.at
+        found = merged.get(key)
+        if found is None:
+            merged[key] = tick
+            continue
+        count = found.count + tick.count
+        if _SEVERITY_RANK.get(tick.severity, 0) > _SEVERITY_RANK.get(found.severity, 0):
+            found = tick
+        merged[key] = dataclasses.replace(found, count=count)
+    return sorted(merged.values(), key=lambda t: t.at)
+
+
+# --- reading the data ----------------------------------------------------------------------------------
+
+
+def collect(
+    streams: Iterable[Stream | int | str] | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    *,
+    width: int = DEFAULT_WIDTH,
+    tolerance: dt.timedelta = history.DEFAULT_TOLERANCE,
+    now: dt.datetime | None = None,
+    fit: bool = False,
+) -> Timeline:
+    """What the timeline of ``streams`` (default: every live stream) over [since, until) shows.
+
+    ``since`` defaults to 24 hours before ``until``, ``until`` to now.
+    ``width`` is the picture's width in pixels (it sets what "narrower than
+    a pixel" means). With ``fit`` the window shrinks to the part that has
+    segments or events, plus a margin (what ``stream-state timeline
+    --fit`` uses to show a short run inside a long default window).
+    """
+    started = time.perf_counter()
+    now_ms = now_millis() if now is None else to_millis(now, "now")
+    until_ms = now_ms if until is None else to_millis(until, "until")
+    since_ms = until_ms - 86_400_000 if since is None else to_millis(since, "since")
+    if until_ms <= since_ms:
+        raise ValidationError("until", from_millis(until_ms), f"must be after since={from_millis(since_ms)}")
+    if isinstance(width, bool) or not isinstance(width, int) or not 400 <= width <= 20_000:
+        raise ValidationError("width", width, "expected a number of pixels from 400 to 20000")
+    lanes_streams = _streams(streams)
+    if fit:
+        since_ms, until_ms = _fit(lanes_streams, since_ms, until_ms)
+    pixel_ms = (until_ms - since_ms) / (width - LABEL_PX - RIGHT_PX)
+    zone = local_zone()
+    system = _system_events(since_ms, until_ms)
+    lanes = tuple(
+        _lane(stream, since_ms, until_ms, pixel_ms, tolerance, now_ms, system, zone)
+        for stream in lanes_streams
+    )
+    markers = tuple(_marker(event, zone) for event in system)
+    return Timeline(
+        since=since_ms,
+        until=until_ms,
+        pixel_ms=pixel_ms,
+        width=width,
+        lanes=lanes,
+        markers=markers,
+        query_seconds=time.perf_counter() - started,
+    )
+
+
+def _streams(streams: Iterable[Stream | int | str] | None) -> list[Stream]:
+    if streams is None:
+        return list(Stream.select().where(Stream.removed_at.is_null()).order_by(Stream.name, Stream.id))
+    if isinstance(streams, (Stream, int, str)):
+        streams = [streams]
+    found = [history.resolve_stream(item, f"streams[{i}]") for i, item in enumerate(streams)]
+    return list({stream.id: stream for stream in found}.values())
+
+
+def _fit(streams: list[Stream], since_ms: int, until_ms: int) -> tuple[int, int]:
+    """The part of [since, until) with segments or events of ``streams``, plus 5% on each side."""
+    lows: list[int] = []
+    highs: list[int] = []
+    for stream in streams:
+        rows = (
+            history.recordings(stream, from_millis(since_ms), from_millis(until_ms))
+            .select(Recording.started_at, Recording.ended_at, Recording.checkpoint_at)
+            .tuples()
+        )
+        for started, ended, checkpoint in rows:
+            lows.append(to_millis(started))
+            highs.append(to_millis(ended or checkpoint or started))
+        page = history.events(
+            stream=stream, since=from_millis(since_ms), until=from_millis(until_ms), limit=1
+        )
+        if page.events:
+            highs.append(to_millis(page.events[0].ts))
+    for event in _system_events(since_ms, until_ms):
+        highs.append(event.at)
+    if not lows:
+        return since_ms, until_ms
+    low, high = max(since_ms, min(lows)), min(until_ms, max(highs + lows))
+    margin = max((high - low) // 20, 500)
+    return max(since_ms, low - margin), min(until_ms, high + margin)
+
+
+def _system_events(since_ms: int, until_ms: int) -> list[SystemEvent]:
+    found = []
+    for kind in (EventType.RESTORED.value, EventType.CLEAN_SHUTDOWN.value):
+        for event in _all_events(type=kind, since=since_ms, until=until_ms):
+            if event.stream_id is not None:
+                continue
+            data = event.data if isinstance(event.data, dict) else {}
+            clean = data.get("clean_shutdown") if kind == EventType.RESTORED.value else True
+            found.append(SystemEvent(to_millis(event.ts), kind, clean))
+    return sorted(found, key=lambda e: e.at)
+
+
+def _all_events(*, limit: int = 100_000, since: int, until: int, **filters: Any) -> list[Any]:
+    """Events (newest first) through ``history.events``' pages, at most ``limit``."""
+    rows: list[Any] = []
+    cursor = None
+    while len(rows) < limit:
+        page = history.events(
+            since=from_millis(since),
+            until=from_millis(until),
+            cursor=cursor,
+            limit=min(history.MAX_PAGE, limit - len(rows)),
+            **filters,
+        )
+        rows.extend(page.events)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return rows
+
+
+def _marker(event: SystemEvent, zone: dt.tzinfo) -> Marker:
+    when = _clock(event.at, zone)
+    if event.type == EventType.CLEAN_SHUTDOWN.value:
+        return Marker(event.at, "shutdown", f"{when} recorder stopped cleanly")
+    if event.clean is False:
+        return Marker(event.at, "crash", f"{when} recorder restarted after a crash")
+    return Marker(event.at, "restart", f"{when} recorder started")
+
+
+def _display_state(state: str, archived: bool, ended: Any) -> str:
+    if ended is None:
+        return "open"
+    if archived and state == SegmentState.COMPLETE.value:
+        return "archived"
+    return str(state)
+
+
+def _lane(
+    stream: Stream,
+    since_ms: int,
+    until_ms: int,
+    pixel_ms: float,
+    tolerance: dt.timedelta,
+    now_ms: int,
+    system: list[SystemEvent],
+    zone: dt.tzinfo,
+) -> Lane:
+    # Before a stream was registered (or after it was removed) is not a hole.
+    start = max(since_ms, to_millis(stream.created_at)) if stream.created_at else since_ms
+    end = min(until_ms, to_millis(stream.removed_at)) if stream.removed_at else until_ms
+    if end <= start:
+        return Lane(stream.id, stream.name, since_ms, since_ms, (), (), (), (), 0)
+    since, until = from_millis(start), from_millis(end)
+    segments = []
+    query = history.recordings(stream, since, until).select(
+        Recording.segment_index,
+        Recording.started_at,
+        Recording.ended_at,
+        Recording.checkpoint_at,
+        Recording.state,
+        Recording.archived,
+        Recording.size_bytes,
+        Recording.path,
+    )
+    for index, started, ended, checkpoint, state, archived, size, path in query.tuples():
+        seg_start = to_millis(started)
+        if ended is not None:
+            seg_end = to_millis(ended)
+        else:  # open: up to now or its last checkpoint, as coverage counts it
+            seg_end = max(now_ms, to_millis(checkpoint) if checkpoint else 0)
+        segments.append(
+            Segment(index, seg_start, seg_end, _display_state(state, archived, ended), size or 0, path)
+        )
+    # Segments numbered around the window, dated elsewhere, tell of a clock step.
+    spans = merge_spans([s for s in segments if s.end > start and s.start < end], pixel_ms)
+    cover = history.coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms))
+    health = _health(stream, start, end)
+    status_events = _all_events(stream=stream.id, type=EventType.STATUS_CHANGED.value, since=start, until=end)
+    statuses = [
+        StatusChange(to_millis(e.ts), str((e.data or {}).get("new")), (e.data or {}).get("reason"))
+        for e in status_events
+    ]
+    events = _all_events(stream=stream.id, since=start, until=end, limit=MAX_TICKS_PER_LANE)
+    clock_events = [(to_millis(e.ts), e.message or e.type) for e in events if "clock" in e.type]
+    if cover.gaps:
+        segments += _neighbours(stream, segments)
+    holes = tuple(
+        explain_hole(
+            to_millis(gap.start),
+            to_millis(gap.end),
+            segments=segments,
+            health=health,
+            system=system,
+            statuses=statuses,
+            clock_events=clock_events,
+            zone=zone,
+        )
+        for gap in cover.gaps
+    )
+    ticks = merge_ticks(
+        (
+            Tick(to_millis(e.ts), e.type, str(e.severity), e.message or e.type, 1)
+            for e in reversed(events)
+            if e.type != EventType.HEALTH_CHANGED.value  # the health band shows those
+        ),
+        pixel_ms,
+    )
+    return Lane(
+        stream_id=stream.id,
+        name=stream.name,
+        start=start,
+        end=end,
+        spans=tuple(spans),
+        holes=holes,
+        health=tuple(health),
+        ticks=tuple(ticks),
+        recorded_ms=cover.recorded // dt.timedelta(milliseconds=1),
+    )
+
+
+def _neighbours(stream: Stream, segments: list[Segment]) -> list[Segment]:
+    """Segments numbered inside the window's index range but dated outside it (a clock that stepped).
+
+    Two index probes: segment indexes only grow, so a row numbered between
+    two of the window's segments belongs between them in time.
+    """
+    if not segments:
+        return []
+    low = min(s.index for s in segments)
+    high = max(s.index for s in segments)
+    seen = {s.index for s in segments}
+    if high - low + 1 == len(seen):
+        return []
+    rows = (
+        Recording.select(
+            Recording.segment_index,
+            Recording.started_at,
+            Recording.ended_at,
+            Recording.state,
+            Recording.archived,
+            Recording.size_bytes,
+            Recording.path,
+        )
+        .where(
+            (Recording.stream == stream.id)
+            & (Recording.segment_index > low)
+            & (Recording.segment_index < high)
+            & Recording.segment_index.not_in(sorted(seen))
+        )
+        .limit(10_000)
+        .tuples()
+    )
+    found = []
+    for index, started, ended, state, archived, size, path in rows:
+        seg_start = to_millis(started)
+        seg_end = to_millis(ended) if ended is not None else seg_start
+        found.append(
+            Segment(index, seg_start, seg_end, _display_state(state, archived, ended), size or 0, path)
+        )
+    return found
+
+
+def _health(stream: Stream, start: int, end: int) -> list[HealthPiece]:
+    """The health band: the state at ``start`` (the last change before it), then each change."""
+    before = history.events(
+        stream=stream.id, type=EventType.HEALTH_CHANGED.value, until=from_millis(start), limit=1
+    ).events
+    state, reason = HealthState.UNKNOWN.value, None
+    if before:
+        data = before[0].data or {}
+        state, reason = str(data.get("new") or state), data.get("reason")
+    pieces: list[HealthPiece] = []
+    at = start
+    for change in history.health_transitions(stream.id, from_millis(start), from_millis(end)):
+        change_ms = to_millis(change.at)
+        if change_ms > at:
+            pieces.append(HealthPiece(at, change_ms, state, reason))
+        at = max(at, change_ms)
+        state, reason = str(change.new or HealthState.UNKNOWN.value), change.reason
+    if end > at:
+        pieces.append(HealthPiece(at, end, state, reason))
+    return pieces
+
+
+# --- time for people -------------------------------------------------------------------------------------
+
+
+def local_zone() -> dt.tzinfo:
+    """The zone the operator reads: $TZ, else /etc/localtime's name, else the current UTC offset.
+
+    A named zone (not a fixed offset) keeps the axis right across a
+    daylight-saving change inside the window.
+    """
+    names = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        target = os.readlink("/etc/localtime")
+        names.append(target.split("zoneinfo/", 1)[-1])
+    except OSError:
+        pass
+    for name in names:
+        if name:
+            try:
+                return zoneinfo.ZoneInfo(name)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+                continue
+    return dt.datetime.now().astimezone().tzinfo or dt.UTC
+
+
+def zone_label(zone: dt.tzinfo, at_ms: int) -> str:
+    """``Europe/Berlin (CET, UTC+01:00)``, or ``UTC``."""
+    when = from_millis(at_ms).astimezone(zone)
+    offset = when.strftime("%z")
+    offset = f"UTC{offset[:3]}:{offset[3:]}" if offset else "UTC"
+    key = getattr(zone, "key", None)
+    abbreviation = when.tzname() or offset
+    if key in ("UTC", "Etc/UTC") or (key is None and offset in ("UTC+00:00", "UTC")):
+        return "UTC"
+    return f"{key} ({abbreviation}, {offset})" if key else f"{abbreviation} ({offset})"
+
+
+def _clock(ms: int, zone: dt.tzinfo | None, date: bool = False) -> str:
+    when = from_millis(ms).astimezone(zone or local_zone())
+    text = when.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
+    return f"{text}.{when.microsecond // 1000:03d}"
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _duration(ms: float) -> str:
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+# --- drawing ---------------------------------------------------------------------------------------------
+
+
+def require_plot() -> None:
+    """Raise ``PlotUnavailable`` (saying what to install) unless matplotlib can be imported."""
+    _matplotlib()
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+        import matplotlib.dates
+        import matplotlib.figure
+    except ImportError as exc:
+        raise PlotUnavailable() from exc
+    return matplotlib
+
+
+def _lane_px(lanes: int) -> int:
+    return max(10, min(44, 900 // max(lanes, 1)))
+
+
+@dataclasses.dataclass
+class _Drawn:
+    """A figure and what the SVG and HTML outputs need to know about its artists."""
+
+    figure: Any
+    titles: dict[str, str]  # gid -> text for a <title>
+    lane_rows: list[tuple[float, float]]  # each lane's top and bottom in figure pixels from the top
+    plot_x: tuple[float, float]  # the axes' left and right in figure pixels
+
+
+def draw(timeline: Timeline, *, title: str | None = None) -> Any:
+    """The matplotlib Figure of a timeline (see ``render`` for a file)."""
+    return _draw(timeline, title=title).figure
+
+
+def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
+    mpl = _matplotlib()
+    from matplotlib.collections import LineCollection, PolyCollection
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch, Rectangle
+
+    zone = local_zone()
+    lanes = timeline.lanes
+    n = max(len(lanes), 1)
+    lane_px = _lane_px(n)
+    height_px = HEADER_PX + FOOTER_PX + n * lane_px
+    width_px = timeline.width
+    figure = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
+    left = LABEL_PX / width_px
+    right = 1 - RIGHT_PX / width_px
+    bottom = FOOTER_PX / height_px
+    top = 1 - HEADER_PX / height_px
+    ax = figure.add_axes((left, bottom, right - left, top - bottom))
+    epoch = mpl.dates.date2num(dt.datetime(1970, 1, 1, tzinfo=dt.UTC))
+
+    def x(ms: float) -> float:
+        return epoch + ms / 86_400_000
+
+    min_w = timeline.pixel_ms / 86_400_000  # a pixel in axis units
+    titles: dict[str, str] = {}
+    font = 9 if lane_px >= 16 else max(4, lane_px - 4)
+
+    # Lane geometry in axis units: lane i is centred on y = i, top lane first.
+    span_lo, span_hi = -0.28, 0.18
+    band_lo, band_hi = 0.22, 0.40
+    tick_lo, tick_hi = -0.46, -0.30
+    markers_lines = []
+    for i, lane in enumerate(lanes):
+        gid = f"lane-{i}"
+        boxes, colours = [], []
+        for span in lane.spans:
+            x0, x1 = x(span.start), x(span.end)
+            x1 = max(x1, x0 + min_w)
+            boxes.append([(x0, i + span_lo), (x1, i + span_lo), (x1, i + span_hi), (x0, i + span_hi)])
+            colours.append(SPAN_COLOURS.get(span.state, "#737373"))
+        spans = PolyCollection(boxes, facecolors=colours, edgecolors="none", linewidths=0, gid=gid)
+        ax.add_collection(spans)
+        titles[gid] = (
+            f"{lane.name}: {sum(s.segments for s in lane.spans)} segment(s), "
+            f"{_size(sum(s.size_bytes for s in lane.spans))}, {_duration(lane.recorded_ms)} recorded, "
+            f"{len(lane.holes)} hole(s)"
+        )
+        bands, band_colours = [], []
+        for piece in lane.health:
+            x0, x1 = x(piece.start), max(x(piece.end), x(piece.start) + min_w)
+            bands.append([(x0, i + band_lo), (x1, i + band_lo), (x1, i + band_hi), (x0, i + band_hi)])
+            band_colours.append(HEALTH_COLOURS.get(piece.health, "#e0e0e0"))
+        if bands:
+            ax.add_collection(
+                PolyCollection(bands, facecolors=band_colours, edgecolors="none", gid=f"health-{i}")
+            )
+        for k, hole in enumerate(lane.holes):
+            gid = f"hole-{i}-{k}"
+            x0 = x(hole.start)
+            w = max(x(hole.end) - x0, min_w)
+            ax.add_patch(
+                Rectangle(
+                    (x0, i + span_lo),
+                    w,
+                    span_hi - span_lo,
+                    facecolor="white",
+                    edgecolor=HOLE_COLOURS[hole.reason],
+                    hatch="////",
+                    linewidth=0.6,
+                    gid=gid,
+                )
+            )
+            titles[gid] = (
+                f"{lane.name}: hole {_clock(hole.start, zone)} - {_clock(hole.end, zone)} "
+                f"({_duration(hole.end - hole.start)}): {hole.detail}"
+            )
+        if lane.ticks:
+            segments = [[(x(t.at), i + tick_lo), (x(t.at), i + tick_hi)] for t in lane.ticks]
+            ax.add_collection(
+                LineCollection(
+                    segments,
+                    colors=[SEVERITY_COLOURS.get(t.severity, "#737373") for t in lane.ticks],
+                    linewidths=1.2,
+                    gid=f"ticks-{i}",
+                )
+            )
+    for k, marker in enumerate(timeline.markers):
+        gid = f"marker-{k}"
+        colour = {"crash": "#e31a1c", "restart": "#1f78b4", "shutdown": "#33a02c"}[marker.kind]
+        ax.axvline(x(marker.at), color=colour, linestyle="--", linewidth=1.0, gid=gid)
+        titles[gid] = marker.message
+        markers_lines.append(marker)
+
+    ax.set_xlim(x(timeline.since), x(timeline.until))
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels([lane.name for lane in lanes], fontsize=font)
+    ax.tick_params(axis="y", length=0)
+    for i in range(len(lanes)):
+        if i % 2:
+            ax.axhspan(i - 0.5, i + 0.5, color="#f4f4f4", zorder=0, linewidth=0)
+    locator = mpl.dates.AutoDateLocator(tz=zone, minticks=4, maxticks=12)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mpl.dates.ConciseDateFormatter(locator, tz=zone))
+    ax.tick_params(axis="x", labeltop=True, top=True, labelsize=8)
+    ax.grid(axis="x", color="#d9d9d9", linewidth=0.5)
+    ax.set_axisbelow(True)
+    zone_text = zone_label(zone, timeline.until)
+    ax.set_xlabel(f"local time, {zone_text}", fontsize=9)
+    heading = title or (
+        f"Recording timeline, {len(lanes)} stream(s), "
+        f"{_clock(timeline.since, zone, date=True)[:19]} to {_clock(timeline.until, zone, date=True)[:19]}"
+    )
+    figure.suptitle(heading, x=left, y=1 - 12 / height_px, ha="left", va="top", fontsize=11)
+    for side in ("right", "left"):
+        ax.spines[side].set_visible(False)
+
+    used_spans = {s.state for lane in lanes for s in lane.spans} | {"complete", "interrupted", "failed"}
+    used_holes = {h.reason for lane in lanes for h in lane.holes}
+    handles = [
+        Patch(facecolor=SPAN_COLOURS[s], label=f"segment {s}") for s in SPAN_COLOURS if s in used_spans
+    ]
+    handles += [
+        Patch(facecolor="white", edgecolor=HOLE_COLOURS[r], hatch="////", label=f"hole: {r}")
+        for r in HOLE_REASONS
+        if r in used_holes or r in ("down", "unhealthy")
+    ]
+    handles += [Patch(facecolor=HEALTH_COLOURS[h], label=f"health {h}") for h in HEALTH_COLOURS]
+    from matplotlib.lines import Line2D
+
+    handles += [
+        Line2D([], [], color=SEVERITY_COLOURS[s], label=f"event {s}") for s in ("info", "warning", "error")
+    ]
+    kinds = {m.kind for m in markers_lines}
+    marker_labels = {"crash": "restart after a crash", "restart": "recorder start", "shutdown": "clean stop"}
+    handles += [
+        Line2D(
+            [],
+            [],
+            color={"crash": "#e31a1c", "restart": "#1f78b4", "shutdown": "#33a02c"}[k],
+            linestyle="--",
+            label=marker_labels[k],
+        )
+        for k in ("crash", "restart", "shutdown")
+        if k in kinds
+    ]
+    legend = figure.legend(
+        handles=handles,
+        loc="lower left",
+        bbox_to_anchor=(left, 4 / height_px),
+        ncol=min(6, len(handles)),
+        fontsize=8,
+        frameon=False,
+    )
+    legend.set_gid("legend")
+
+    # Where the lanes are, for the HTML hover: figure pixels from the top.
+    lane_rows = []
+    for i in range(len(lanes)):
+        y_top = ax.transData.transform((0, i - 0.5))[1]
+        y_bottom = ax.transData.transform((0, i + 0.5))[1]
+        lane_rows.append((height_px - y_top, height_px - y_bottom))
+    x_left = ax.transData.transform((x(timeline.since), 0))[0]
+    x_right = ax.transData.transform((x(timeline.until), 0))[0]
+    return _Drawn(figure, titles, lane_rows, (x_left, x_right))
+
+
+# --- files -------------------------------------------------------------------------------------------
+
+
+def render(
+    streams: Iterable[Stream | int | str] | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    format: str | None = None,
+    width: int = DEFAULT_WIDTH,
+    tolerance: dt.timedelta = history.DEFAULT_TOLERANCE,
+    now: dt.datetime | None = None,
+    fit: bool = False,
+    title: str | None = None,
+    timeline: Timeline | None = None,
+) -> Any:
+    """Draw the timeline of ``streams`` over [since, until); return the Figure, or write ``out``.
+
+    The format comes from ``format`` or ``out``'s suffix: ``svg`` (each
+    lane, hole and marker a group whose ``<title>`` says what it is),
+    ``png``, ``pdf``, or ``html`` (the SVG in one self-contained page that
+    works offline, with hover details: segment paths, sizes, times, the
+    reason of a hole). Pass a ``timeline`` from ``collect()`` to draw it
+    again without reading the database. Returns the Path written.
+    """
+    fmt = _format(out, format) if out is not None or format is not None else None
+    _matplotlib()  # say what to install before reading anything
+    if timeline is None:
+        timeline = collect(streams, since, until, width=width, tolerance=tolerance, now=now, fit=fit)
+    drawn = _draw(timeline, title=title)
+    if out is None and fmt is None:
+        return drawn.figure
+    data = _encode(drawn, timeline, fmt)
+    if out is None:
+        return data
+    path = Path(out)
+    path.write_bytes(data)
+    return path
+
+
+def to_bytes(timeline: Timeline, format: str, *, title: str | None = None) -> bytes:
+    """The picture of a collected timeline as the bytes of ``format`` (svg, png, pdf, html)."""
+    return _encode(_draw(timeline, title=title), timeline, _format(None, format))
+
+
+def _format(out: Any, format: str | None) -> str:
+    fmt = format
+    if fmt is None:
+        suffix = Path(out).suffix.lower().lstrip(".")
+        fmt = "html" if suffix == "htm" else suffix
+    if fmt not in FORMATS:
+        field, value = ("format", format) if format is not None else ("out", str(out))
+        raise ValidationError(
+            field, value, f"expected a file ending in {', '.join('.' + f for f in FORMATS)}"
+        )
+    return fmt
+
+
+def _encode(drawn: _Drawn, timeline: Timeline, fmt: str) -> bytes:
+    if fmt == "png":
+        buffer = io.BytesIO()
+        drawn.figure.savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
+    if fmt == "pdf":
+        buffer = io.BytesIO()
+        drawn.figure.savefig(buffer, format="pdf")
+        return buffer.getvalue()
+    svg = _svg(drawn)
+    if fmt == "svg":
+        return svg.encode("utf-8")
+    return _html(drawn, timeline, svg).encode("utf-8")
+
+
+_SVG = "http://www.w3.org/2000/svg"
+
+
+def _svg(drawn: _Drawn) -> str:
+    """The figure as SVG with a ``<title>`` in each group matplotlib named after an artist's gid."""
+    buffer = io.StringIO()
+    drawn.figure.savefig(buffer, format="svg", metadata={"Date": None})
+    ElementTree.register_namespace("", _SVG)
+    ElementTree.register_namespace("xlink", "http://www.w3.org/1999/xlink")
+    root = ElementTree.fromstring(buffer.getvalue().split("?>", 1)[-1])
+    for group in root.iter(f"{{{_SVG}}}g"):
+        text = drawn.titles.get(group.get("id", ""))
+        if text is not None:
+            element = ElementTree.Element(f"{{{_SVG}}}title")
+            element.text = text
+            group.insert(0, element)
+    return ElementTree.tostring(root, encoding="unicode")
+
+
+def _html(drawn: _Drawn, timeline: Timeline, svg: str) -> str:
+    zone = local_zone()
+    width_px = drawn.figure.get_figwidth() * DPI
+    height_px = drawn.figure.get_figheight() * DPI
+    data = {
+        "since": timeline.since,
+        "until": timeline.until,
+        "zone": getattr(zone, "key", None),
+        "zoneLabel": zone_label(zone, timeline.until),
+        "width": width_px,
+        "height": height_px,
+        "plotX": list(drawn.plot_x),
+        "pixelMs": timeline.pixel_ms,
+        "lanes": [
+            {
+                "name": lane.name,
+                "rows": list(drawn.lane_rows[i]),
+                "spans": [
+                    [s.start, s.end, s.state, s.segments, s.size_bytes, s.first_path, s.last_path]
+                    for s in lane.spans
+                ],
+                "holes": [[h.start, h.end, h.reason, h.detail] for h in lane.holes],
+                "health": [[p.start, p.end, p.health, p.reason] for p in lane.health],
+                "ticks": [[t.at, t.type, t.severity, t.message, t.count] for t in lane.ticks],
+            }
+            for i, lane in enumerate(timeline.lanes)
+        ],
+        "markers": [[m.at, m.kind, m.message] for m in timeline.markers],
+    }
+    # </script> inside the JSON must not end the script element.
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    heading = html.escape(f"Recording timeline ({len(timeline.lanes)} streams)")
+    return _HTML.replace("__TITLE__", heading).replace("__SVG__", svg).replace("__DATA__", payload)
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<style>
+body{margin:0;font:13px system-ui,sans-serif;background:#fff}
+#figure{position:relative;display:inline-block}
+#figure svg{display:block;width:100%;height:auto}
+#tip{position:fixed;display:none;max-width:520px;padding:6px 8px;background:#222;color:#fff;
+ border-radius:4px;font-size:12px;line-height:1.4;pointer-events:none;white-space:pre-wrap;z-index:10}
+</style></head>
+<body><div id="figure">__SVG__</div><div id="tip" role="tooltip"></div>
+<script id="timeline-data" type="application/json">__DATA__</script>
+<script>
+"use strict";
+(function () {
+  const data = JSON.parse(document.getElementById("timeline-data").textContent);
+  const svg = document.querySelector("#figure svg");
+  const tip = document.getElementById("tip");
+  let fmt;
+  try {
+    fmt = new Intl.DateTimeFormat("en-CA", {timeZone: data.zone || undefined, year: "numeric",
+      month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+      fractionalSecondDigits: 3, hour12: false});
+  } catch (e) {
+    fmt = new Intl.DateTimeFormat("en-CA", {hour12: false, year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit"});
+  }
+  const time = (ms) => fmt.format(new Date(ms)).replace(",", "");
+  const size = (b) => {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (b >= 1024 && i < units.length - 1) { b /= 1024; i++; }
+    return (i ? b.toFixed(1) : b.toFixed(0)) + " " + units[i];
+  };
+  const length = (ms) => {
+    const s = ms / 1000;
+    if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+    if (s < 86400) return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
+    return Math.floor(s / 86400) + " d " + Math.round((s % 86400) / 3600) + " h";
+  };
+  function describe(lane, ms, slack) {
+    const lines = [];
+    for (const h of lane.holes) {
+      if (ms >= h[0] - slack && ms <= h[1] + slack) {
+        lines.push("HOLE " + time(h[0]) + " \\u2013 " + time(h[1]) + " (" + length(h[1] - h[0]) + ")");
+        lines.push("why: " + h[3]);
+      }
+    }
+    for (const s of lane.spans) {
+      if (lines.length < 8 && ms >= s[0] - slack && ms <= s[1] + slack) {
+        lines.push((s[3] > 1 ? s[3] + " segments " : "segment ") + s[2] + ", " + size(s[4]));
+        lines.push(time(s[0]) + " \\u2013 " + time(s[1]) + " (" + length(s[1] - s[0]) + ")");
+        lines.push(s[3] > 1 ? s[5] + " \\u2026 " + s[6] : s[5]);
+      }
+    }
+    for (const t of lane.ticks) {
+      if (Math.abs(ms - t[0]) <= Math.max(slack, 2 * data.pixelMs) && lines.length < 14) {
+        lines.push("event " + time(t[0]) + " " + t[2] + " " + t[1] + ": " + t[3] +
+          (t[4] > 1 ? " (+" + (t[4] - 1) + " more)" : ""));
+      }
+    }
+    for (const p of lane.health) {
+      if (ms >= p[0] && ms < p[1]) { lines.push("health " + p[2] + (p[3] ? " (" + p[3] + ")" : "")); break; }
+    }
+    return lines;
+  }
+  function show(event) {
+    const box = svg.getBoundingClientRect();
+    const fx = (event.clientX - box.left) * data.width / box.width;
+    const fy = (event.clientY - box.top) * data.height / box.height;
+    const [x0, x1] = data.plotX;
+    if (fx < x0 - 2 || fx > x1 + 2) { tip.style.display = "none"; return; }
+    const ms = data.since + (fx - x0) / (x1 - x0) * (data.until - data.since);
+    const slack = 2 * data.pixelMs * data.width / box.width;
+    let lane = null;
+    for (const l of data.lanes) { if (fy >= l.rows[0] && fy < l.rows[1]) { lane = l; break; } }
+    if (!lane) { tip.style.display = "none"; return; }
+    const lines = describe(lane, ms, slack);
+    for (const m of data.markers) {
+      if (Math.abs(m[0] - ms) <= slack) lines.push(m[2]);
+    }
+    tip.textContent = lane.name + "  " + time(ms) + " " + data.zoneLabel + "\\n" +
+      (lines.length ? lines.join("\\n") : "not in the window of this stream");
+    tip.style.display = "block";
+    const left = Math.min(event.clientX + 14, window.innerWidth - tip.offsetWidth - 4);
+    const top = Math.min(event.clientY + 14, window.innerHeight - tip.offsetHeight - 4);
+    tip.style.left = Math.max(0, left) + "px";
+    tip.style.top = Math.max(0, top) + "px";
+  }
+  svg.addEventListener("mousemove", show);
+  svg.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+})();
+</script></body></html>
+"""
+
+
+# --- storage per day ------------------------------------------------------------------------------------
+
+
+_STACKS = {"volume": "storage", "stream": "stream", "state": "state"}
+MAX_STACKED = 12  # more groups than this: the largest, and "others"
+
+
+def usage_chart(
+    *,
+    stack: str = "volume",
+    since: dt.date | None = None,
+    until: dt.date | None = None,
+    out: str | os.PathLike[str] | None = None,
+    format: str | None = None,
+    width: int = 1200,
+) -> Any:
+    """Storage per UTC day as stacked bars (by volume, stream or state), from ``history.storage_usage``.
+
+    Returns the Figure, or writes ``out`` (svg, png, pdf, html) and returns its Path.
+    """
+    if stack not in _STACKS:
+        raise ValidationError("stack", stack, f"expected one of {', '.join(_STACKS)}")
+    fmt = _format(out, format) if out is not None or format is not None else None
+    mpl = _matplotlib()
+    from matplotlib.figure import Figure
+
+    key = _STACKS[stack]
+    rows = history.storage_usage(("day", key), since=since, until=until)
+
+    def label(row: history.UsageRow) -> str:
+        if key == "storage":
+            return row.storage or "(no volume)"
+        if key == "stream":
+            return row.stream or "?"
+        return str(row.state)
+
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[label(row)] = totals.get(label(row), 0) + row.size_bytes
+    groups = sorted(totals, key=lambda g: -totals[g])
+    shown = groups[:MAX_STACKED] if len(groups) <= MAX_STACKED else groups[: MAX_STACKED - 1]
+    days = sorted({row.day for row in rows if row.day is not None})
+    per: dict[str, dict[dt.date, int]] = {}
+    for row in rows:
+        group = label(row) if label(row) in shown else "others"
+        per.setdefault(group, {}).setdefault(row.day, 0)
+        per[group][row.day] += row.size_bytes
+    order = [g for g in shown if g in per] + (["others"] if "others" in per else [])
+    peak = max((sum(per[g].get(d, 0) for g in order) for d in days), default=0)
+    unit, scale = "B", 1
+    for name, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if peak >= factor:
+            unit, scale = name, factor
+            break
+    figure = Figure(figsize=(width / DPI, 5.5), dpi=DPI)
+    ax = figure.add_axes((0.08, 0.2, 0.7, 0.7))
+    xs = list(range(len(days)))  # one slot per day that has segments, labelled with its date
+    base = [0.0] * len(days)
+    titles: dict[str, str] = {}
+    palette = mpl.colormaps["tab20"].colors
+    for n, group in enumerate(order):
+        heights = [per[group].get(d, 0) / scale for d in days]
+        colour = SPAN_COLOURS.get(group) if key == "state" else palette[n % len(palette)]
+        bars = ax.bar(xs, heights, bottom=base, width=0.8, color=colour, label=group)
+        for k, (bar, day) in enumerate(zip(bars, days, strict=True)):
+            if per[group].get(day):
+                bar.set_gid(f"usage-{n}-{k}")
+                titles[f"usage-{n}-{k}"] = f"{day.isoformat()} {group}: {_size(per[group][day])}"
+        base = [b + h for b, h in zip(base, heights, strict=True)]
+    every = max(1, len(days) // 15)
+    ax.set_xticks(xs[::every], [d.isoformat() for d in days][::every], rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, max(len(days), 1) - 0.4)
+    ax.set_ylabel(f"size ({unit})")
+    ax.set_xlabel("UTC day the segments started")
+    ax.set_title(f"Storage per day, by {stack}", loc="left")
+    if not days:
+        ax.text(0.5, 0.5, "no recordings", transform=ax.transAxes, ha="center")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title=stack)
+    ax.grid(axis="y", color="#d9d9d9", linewidth=0.5)
+    ax.set_axisbelow(True)
+    if out is None and fmt is None:
+        return figure
+    drawn = _Drawn(figure, titles, [], (0.0, 0.0))
+    if fmt == "svg":
+        data = _svg(drawn).encode("utf-8")
+    elif fmt == "html":
+        # The bars' <title>s are the browser's own hover text.
+        data = (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Storage per day</title>'
+            f"</head><body>{_svg(drawn)}</body></html>"
+        ).encode()
+    else:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=DPI)
+        data = buffer.getvalue()
+    if out is None:
+        return data
+    path = Path(out)
+    path.write_bytes(data)
+    return path

@@ -41,7 +41,7 @@ import time
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from xml.etree import ElementTree
 
 from . import history
@@ -100,6 +100,9 @@ SEVERITY_COLOURS = {
     "error": "#e31a1c",
     "critical": "#000000",
 }
+MARKER_COLOURS = {"crash": "#e31a1c", "restart": "#1f78b4", "shutdown": "#33a02c"}
+MARKER_LABELS = {"crash": "restart after a crash", "restart": "recorder start", "shutdown": "clean stop"}
+MAX_MARKER_LABELS = 12
 _SEVERITY_RANK = {severity.value: rank for rank, severity in enumerate(Severity)}
 _NOT_COVERING = {SegmentState.FAILED.value, SegmentState.MISSING.value, SegmentState.DELETING.value}
 _BAD_HEALTH = {HealthState.UNHEALTHY.value, HealthState.FAILED.value}
@@ -417,7 +420,7 @@ def _fit(streams: list[Stream], since_ms: int, until_ms: int) -> tuple[int, int]
             .select(Recording.started_at, Recording.ended_at, Recording.checkpoint_at)
             .tuples()
         )
-        for started, ended, checkpoint in rows:
+        for started, ended, checkpoint in _tuples(rows):
             lows.append(to_millis(started))
             highs.append(to_millis(ended or checkpoint or started))
         page = history.events(
@@ -474,6 +477,11 @@ def _marker(event: SystemEvent, zone: dt.tzinfo) -> Marker:
     return Marker(event.at, "restart", f"{when} recorder started")
 
 
+def _tuples(query: Any) -> Iterable[tuple[Any, ...]]:
+    """Rows of a ``.tuples()`` query, typed as what they are (peewee's stubs say models)."""
+    return cast(Iterable[tuple[Any, ...]], query)
+
+
 def _display_state(state: str, archived: bool, ended: Any) -> str:
     if ended is None:
         return "open"
@@ -492,14 +500,15 @@ def _lane(
     system: list[SystemEvent],
     zone: dt.tzinfo,
 ) -> Lane:
-    # Before a stream was registered (or after it was removed) is not a hole.
-    start = max(since_ms, to_millis(stream.created_at)) if stream.created_at else since_ms
+    # Before a stream was registered (or after it was removed) is not a
+    # hole; segments dated earlier than the registration (imported, backfilled)
+    # still start the lane.
+    start = since_ms
     end = min(until_ms, to_millis(stream.removed_at)) if stream.removed_at else until_ms
     if end <= start:
         return Lane(stream.id, stream.name, since_ms, since_ms, (), (), (), (), 0)
-    since, until = from_millis(start), from_millis(end)
     segments = []
-    query = history.recordings(stream, since, until).select(
+    query = history.recordings(stream, from_millis(start), from_millis(end)).select(
         Recording.segment_index,
         Recording.started_at,
         Recording.ended_at,
@@ -509,7 +518,7 @@ def _lane(
         Recording.size_bytes,
         Recording.path,
     )
-    for index, started, ended, checkpoint, state, archived, size, path in query.tuples():
+    for index, started, ended, checkpoint, state, archived, size, path in _tuples(query.tuples()):
         seg_start = to_millis(started)
         if ended is not None:
             seg_end = to_millis(ended)
@@ -518,7 +527,11 @@ def _lane(
         segments.append(
             Segment(index, seg_start, seg_end, _display_state(state, archived, ended), size or 0, path)
         )
-    # Segments numbered around the window, dated elsewhere, tell of a clock step.
+    created = to_millis(stream.created_at) if stream.created_at else start
+    start = max(start, min([created] + [seg.start for seg in segments]))
+    if end <= start:
+        return Lane(stream.id, stream.name, end, end, (), (), (), (), 0)
+    since, until = from_millis(start), from_millis(end)
     spans = merge_spans([s for s in segments if s.end > start and s.start < end], pixel_ms)
     cover = history.coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms))
     health = _health(stream, start, end)
@@ -598,7 +611,7 @@ def _neighbours(stream: Stream, segments: list[Segment]) -> list[Segment]:
         .tuples()
     )
     found = []
-    for index, started, ended, state, archived, size, path in rows:
+    for index, started, ended, state, archived, size, path in _tuples(rows):
         seg_start = to_millis(started)
         seg_end = to_millis(ended) if ended is not None else seg_start
         found.append(
@@ -819,10 +832,28 @@ def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
             )
     for k, marker in enumerate(timeline.markers):
         gid = f"marker-{k}"
-        colour = {"crash": "#e31a1c", "restart": "#1f78b4", "shutdown": "#33a02c"}[marker.kind]
+        colour = MARKER_COLOURS[marker.kind]
         ax.axvline(x(marker.at), color=colour, linestyle="--", linewidth=1.0, gid=gid)
         titles[gid] = marker.message
         markers_lines.append(marker)
+    # Name a few markers above the lanes, stepping labels that would overlap.
+    if 0 < len(timeline.markers) <= MAX_MARKER_LABELS:
+        plot_px = width_px - LABEL_PX - RIGHT_PX
+        last_px: dict[int, float] = {}
+        for marker in sorted(timeline.markers, key=lambda m: m.at):
+            px = (marker.at - timeline.since) / (timeline.until - timeline.since) * plot_px
+            row = next((r for r in range(3) if px - last_px.get(r, -1e9) > 170), 0)
+            last_px[row] = px
+            ax.annotate(
+                MARKER_LABELS[marker.kind],
+                xy=(x(marker.at), 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 24 + 10 * row),
+                textcoords="offset points",
+                fontsize=7,
+                color=MARKER_COLOURS[marker.kind],
+                annotation_clip=False,
+            )
 
     ax.set_xlim(x(timeline.since), x(timeline.until))
     ax.set_ylim(n - 0.5, -0.5)
@@ -850,7 +881,7 @@ def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
 
     used_spans = {s.state for lane in lanes for s in lane.spans} | {"complete", "interrupted", "failed"}
     used_holes = {h.reason for lane in lanes for h in lane.holes}
-    handles = [
+    handles: list[Any] = [
         Patch(facecolor=SPAN_COLOURS[s], label=f"segment {s}") for s in SPAN_COLOURS if s in used_spans
     ]
     handles += [
@@ -865,14 +896,13 @@ def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
         Line2D([], [], color=SEVERITY_COLOURS[s], label=f"event {s}") for s in ("info", "warning", "error")
     ]
     kinds = {m.kind for m in markers_lines}
-    marker_labels = {"crash": "restart after a crash", "restart": "recorder start", "shutdown": "clean stop"}
     handles += [
         Line2D(
             [],
             [],
-            color={"crash": "#e31a1c", "restart": "#1f78b4", "shutdown": "#33a02c"}[k],
+            color=MARKER_COLOURS[k],
             linestyle="--",
-            label=marker_labels[k],
+            label=MARKER_LABELS[k],
         )
         for k in ("crash", "restart", "shutdown")
         if k in kinds
@@ -929,7 +959,7 @@ def render(
     if timeline is None:
         timeline = collect(streams, since, until, width=width, tolerance=tolerance, now=now, fit=fit)
     drawn = _draw(timeline, title=title)
-    if out is None and fmt is None:
+    if fmt is None:
         return drawn.figure
     data = _encode(drawn, timeline, fmt)
     if out is None:
@@ -982,6 +1012,8 @@ def _svg(drawn: _Drawn) -> str:
     ElementTree.register_namespace("", _SVG)
     ElementTree.register_namespace("xlink", "http://www.w3.org/1999/xlink")
     root = ElementTree.fromstring(buffer.getvalue().split("?>", 1)[-1])
+    for metadata in root.findall(f"{{{_SVG}}}metadata"):  # RDF that names outside addresses
+        root.remove(metadata)
     for group in root.iter(f"{{{_SVG}}}g"):
         text = drawn.titles.get(group.get("id", ""))
         if text is not None:
@@ -1166,6 +1198,8 @@ def usage_chart(
     days = sorted({row.day for row in rows if row.day is not None})
     per: dict[str, dict[dt.date, int]] = {}
     for row in rows:
+        if row.day is None:
+            continue
         group = label(row) if label(row) in shown else "others"
         per.setdefault(group, {}).setdefault(row.day, 0)
         per[group][row.day] += row.size_bytes

@@ -756,7 +756,7 @@ def usage(
 
 
 @cli.command(name="timeline")
-@click.argument("streams", nargs=-1, metavar="[STREAM]...")
+@click.argument("streams", nargs=-1, metavar="[STREAMS]...")
 @window_options(since_default="-24h")
 @click.option(
     "--out",
@@ -794,7 +794,7 @@ def timeline_command(
     title: str | None,
     as_json: bool,
 ) -> None:
-    """Draw one lane per STREAM (default: every stream): recorded spans, holes and why, health, events.
+    """Draw one lane per stream of STREAMS (default: every stream): spans, holes and why, health, events.
 
     Segments are coloured by state (complete, open, interrupted, failed,
     archived...); a hole is hatched in the colour of its reason (down,

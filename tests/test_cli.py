@@ -346,6 +346,7 @@ def test_every_command_and_option_has_help():
         "backup",
         "integrity",
         "demo",
+        "timeline",
     }
     assert set(cli.commands) == expected
     runner = CliRunner()

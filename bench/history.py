@@ -51,6 +51,8 @@ from dataset import T0, T0_MS, metrics_db, recordings_db
 from stream_state import MetricSeries, Stream, open_database
 from stream_state import history as h
 from stream_state.database import sqlite_pragmas
+from stream_state.history.segments import _overlap_sql
+from stream_state.models import Recording
 from stream_state.timeutil import from_millis
 
 HOUR = dt.timedelta(hours=1)
@@ -170,7 +172,7 @@ def index_search(stream: Stream, since: dt.datetime, until: dt.datetime) -> list
     """The two-branch index search that recordings() wraps, without the table rows around it."""
     db = Stream._meta.database
     s, u = int(since.timestamp() * 1000), int(until.timestamp() * 1000)
-    sql = h._overlap_sql(db.obj, '"id"', '"id"')
+    sql = _overlap_sql(db.obj, '"id"', '"id"')
     return db.execute_sql(sql, (stream.id, u, s, stream.id, s, stream.id, u)).fetchall()
 
 
@@ -212,7 +214,7 @@ def recording_rows(n_cases: int, seed: int) -> tuple[list[Row], dict]:
             1.0,
             lambda c: list(
                 h.recordings(*c)
-                .select(h.Recording.started_at, h.Recording.ended_at, h.Recording.size_bytes)
+                .select(Recording.started_at, Recording.ended_at, Recording.size_bytes)
                 .tuples()
             ),
             hour_cases,

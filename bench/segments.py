@@ -59,7 +59,7 @@ import peewee as pw
 
 from stream_state import Stream, open_database
 from stream_state.database import sqlite_pragmas
-from stream_state.models.hotpath import _spelled
+from stream_state.models.statements import spelled
 
 GOAL_RATIO = 0.3
 SQLITE_CYCLES = 5000
@@ -75,7 +75,7 @@ class Statements:
     """The statements of a cycle, in the order they run, as the API spells them.
 
     The package writes its per-segment SQL once per backend
-    (``stream_state.models.hotpath``); the baseline runs that very text, and
+    (``stream_state.models.statements``); the baseline runs that very text, and
     ``check_same_sql`` proves the API still issues exactly it.
     """
 
@@ -85,8 +85,8 @@ class Statements:
 
     @classmethod
     def for_backend(cls, placeholder: str) -> Statements:
-        spelled = _spelled(placeholder)
-        return cls(spelled.claim_index, spelled.insert_recording, spelled.complete_open)
+        text = spelled(placeholder)
+        return cls(text.claim_index, text.insert_recording, text.complete_open)
 
     def in_order(self) -> list[str]:
         return [self.claim, self.insert, self.complete]

@@ -29,10 +29,10 @@ import peewee as pw
 
 from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
-from .history import ROLLUP_SETTLE, refresh_rollups
 from .models import Event, MetricSample, MetricSeries, SystemState, database_proxy
 from .models.base import check_database_file
 from .retention import RetentionPolicy, apply_retention, checkpoint_passive
+from .rollups import ROLLUP_SETTLE, refresh_rollups
 from .states import EventType, Severity
 from .timeutil import from_millis, now_millis, to_millis
 

@@ -20,6 +20,10 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 MIN_MILLIS = 0
 MAX_MILLIS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
 
 def now_millis() -> int:
     """The current time in UTC epoch milliseconds."""

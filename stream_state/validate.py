@@ -7,6 +7,7 @@ was.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import math
 import re
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ValidationError
+from .timeutil import MAX_MILLIS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -220,3 +222,17 @@ def require_stream_id(field: str, stream: Any, *, allow_none: bool = True) -> in
     if not 0 < stream <= MAX_STREAM_ID:
         raise ValidationError(field, stream, f"a stream id is between 1 and {MAX_STREAM_ID}")
     return stream
+
+
+def require_duration_ms(field: str, value: Any, *, positive: bool) -> int:
+    """A ``timedelta`` of whole milliseconds (positive, or at least not negative), in milliseconds."""
+    if not isinstance(value, dt.timedelta):
+        raise ValidationError(field, value, "expected a datetime.timedelta")
+    if value % dt.timedelta(milliseconds=1):
+        raise ValidationError(field, value, "must be a whole number of milliseconds")
+    millis = value // dt.timedelta(milliseconds=1)
+    if millis < 0 or (positive and millis == 0):
+        raise ValidationError(field, value, "must be positive" if positive else "must not be negative")
+    if millis > MAX_MILLIS:
+        raise ValidationError(field, value, "too long")
+    return millis

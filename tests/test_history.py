@@ -37,6 +37,7 @@ from stream_state import (
 )
 from stream_state import history as h
 from stream_state.database import migrate_to_head, rollback_one
+from stream_state.models import rollups as rollup_models
 from stream_state.timeutil import from_millis, to_millis
 
 from .factories import StreamFactory
@@ -883,7 +884,7 @@ def test_late_writes_racing_a_refresh_are_never_lost(db, monkeypatch):
     world.write("load", None, [T0_MS])
     series_id = MetricSeries.get(MetricSeries.name == "load").id
     h.refresh_rollups(until=T0 + MINUTE)
-    read_watermark = h._read_watermark
+    read_watermark = rollup_models.read_watermark
 
     errors: list[BaseException] = []
     writing = [0]  # the batch the writer is in
@@ -896,7 +897,7 @@ def test_late_writes_racing_a_refresh_are_never_lost(db, monkeypatch):
             time.sleep(0.01)
         return found
 
-    monkeypatch.setattr(h, "_read_watermark", slow_read)
+    monkeypatch.setattr(rollup_models, "read_watermark", slow_read)
 
     def writer() -> None:
         rng = random.Random(55)

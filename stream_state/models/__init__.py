@@ -4,19 +4,34 @@ from .base import BaseModel, database_proxy
 from .event import Event
 from .metric import MetricSample, MetricSeries
 from .recording import Recording
+from .rollups import MetricRollup, MetricRollupStale
 from .stream import Stream
 from .system import SystemState
+from .usage import RecordingUsage
 
-# In dependency order: create in this order, drop in reverse.
-MODELS = (Stream, Recording, Event, MetricSeries, MetricSample, SystemState)
+# Every table, in dependency order: create in this order, drop in reverse.
+MODELS = (
+    Stream,
+    Recording,
+    RecordingUsage,
+    Event,
+    MetricSeries,
+    MetricSample,
+    MetricRollup,
+    MetricRollupStale,
+    SystemState,
+)
 
 __all__ = [
     "MODELS",
     "BaseModel",
     "Event",
+    "MetricRollup",
+    "MetricRollupStale",
     "MetricSample",
     "MetricSeries",
     "Recording",
+    "RecordingUsage",
     "Stream",
     "SystemState",
     "database_proxy",

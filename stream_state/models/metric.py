@@ -29,7 +29,7 @@ from ..errors import DatabaseUnavailable, NotFound, StorageFull, StreamStateErro
 from ..fields import TimestampField
 from ..timeutil import from_millis, now_millis, to_millis, utc_now
 from ..validate import require_count, require_number, require_stream_id, require_text
-from .base import BaseModel
+from .base import BaseModel, WithoutRowidOnSqlite
 from .stream import Stream
 
 log = logging.getLogger(__name__)
@@ -324,6 +324,20 @@ class MetricSeries(BaseModel):
         return self.key
 
     @classmethod
+    def existing_id(cls, series: Any, field: str = "series") -> int:
+        """The id of a saved ``MetricSeries`` or of an existing series id; ``NotFound`` otherwise."""
+        if isinstance(series, MetricSeries):
+            if series.id is None:
+                raise ValidationError(field, series, "the series has not been saved")
+            return series.id
+        if isinstance(series, bool) or not isinstance(series, int):
+            raise ValidationError(field, series, "expected a MetricSeries or a series id")
+        require_count(field, series)
+        if not cls.select().where(cls.id == series).exists():
+            raise NotFound("metric series", series)
+        return series
+
+    @classmethod
     def matching(cls, name: str, stream: StreamArg = None, labels: LabelsArg = None) -> pw.ModelSelect:
         """Series called ``name`` that carry at least ``labels`` (a subset match).
 
@@ -420,7 +434,7 @@ class MetricSeries(BaseModel):
 
 class MetricSample(BaseModel):
     # Keyed by (series, ts): one value per series and millisecond. On SQLite a
-    # WITHOUT ROWID table (set by the migration): after VACUUM about 23 bytes a
+    # WITHOUT ROWID table: after VACUUM about 23 bytes a
     # sample when values have a fraction (an 8-byte REAL) and about 17 when
     # they are integral (SQLite stores those as small integers).
     series = pw.ForeignKeyField(MetricSeries, backref="samples", on_delete="CASCADE", index=False)
@@ -430,6 +444,7 @@ class MetricSample(BaseModel):
     class Meta:
         table_name = "metric_sample"
         primary_key = pw.CompositeKey("series", "ts")
+        model_metadata_class = WithoutRowidOnSqlite
 
     @classmethod
     def record(
@@ -508,9 +523,10 @@ class MetricSample(BaseModel):
                 # Samples written behind the rollup watermark (late, or
                 # replacing old values) mark their hours for re-aggregation,
                 # in the same transaction, so rollups never go stale silently.
-                from ..history import note_late_samples
+                # Imported here: the rollup models refer to MetricSeries.
+                from .rollups import MetricRollupStale
 
-                note_late_samples(
+                MetricRollupStale.note_late_samples(
                     (series_ids[i], min(specs[i].samples[0::2]), max(specs[i].samples[0::2]))
                     for i in range(len(specs))
                 )

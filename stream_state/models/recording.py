@@ -20,7 +20,7 @@ from ..timeutil import from_millis, to_millis, utc_now
 from ..transitions import check_segment_transition
 from ..validate import optional_text, require_count, require_json_object, require_text
 from .base import BaseModel, locked
-from .hotpath import segment_statements
+from .statements import segment_statements
 from .stream import Stream
 
 log = logging.getLogger(__name__)

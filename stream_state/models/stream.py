@@ -25,7 +25,7 @@ from ..validate import (
     require_uri,
 )
 from .base import BaseModel, check_database_file, locked
-from .hotpath import json_param, segment_statements
+from .statements import json_param, segment_statements
 
 if TYPE_CHECKING:
     from .recording import Recording

@@ -1,0 +1,248 @@
+"""Segments in a time range: which ones (``recordings``, ``latest_segments``) and what they
+cover (``coverage``, ``gaps``).
+
+Time-range queries over segments use a lower bound on the start:
+``started_at >= since - longest``, where ``longest`` is the longest completed
+segment of the stream, read from the partial index ``recording_long`` (the
+database keeps it exact, whatever writes the rows). Open segments have no
+length yet, so they come from their own small partial index in a second
+branch of the query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import peewee as pw
+
+from ..models import Recording, Stream
+from ..models.base import current_database
+from ..models.recording import LONG_SEGMENT_MS
+from ..states import SegmentState
+from ..timeutil import from_millis, now_millis, to_millis
+from ..validate import require_duration_ms
+from ._args import resolve_stream, stream_ids, window
+
+# LONG_SEGMENT_MS: segments longer than this are in the partial index
+# recording_long; the bound of a time-range query is this or the longest of
+# them. The literal is part of the index definition (migration 003).
+
+# recording_long; the bound of a time-range query is this or the longest of
+# them. The literal is part of the index definition (migration 003).
+
+# States whose file holds footage: these count as recorded time (an
+# archiving segment's file is still there while it is copied). Failed,
+# deleting and missing segments are holes.
+COVERING_STATES = (
+    SegmentState.RECORDING,
+    SegmentState.COMPLETE,
+    SegmentState.INTERRUPTED,
+    SegmentState.ARCHIVING,
+    SegmentState.RECOVERED,
+)
+DEFAULT_TOLERANCE = dt.timedelta(seconds=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Gap:
+    """A hole in the recording: nothing with footage covers [start, end)."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+    @property
+    def duration(self) -> dt.timedelta:
+        return self.end - self.start
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Coverage:
+    """How much of [since, until) a stream has on disk, and the gaps in it."""
+
+    stream_id: int
+    since: dt.datetime
+    until: dt.datetime
+    recorded: dt.timedelta  # the union of the segments' time inside the window
+    gaps: tuple[Gap, ...]  # holes at least as long as the tolerance, in order
+    tolerance: dt.timedelta
+
+    @property
+    def window(self) -> dt.timedelta:
+        return self.until - self.since
+
+    @property
+    def share(self) -> float:
+        """Recorded share of the window, 0.0 to 1.0 (holes below the tolerance count as missing)."""
+        return self.recorded / self.window
+
+    @property
+    def missing(self) -> dt.timedelta:
+        """Total length of the reported gaps."""
+        return sum((gap.duration for gap in self.gaps), dt.timedelta())
+
+
+def _bound_sql(p: str) -> str:
+    """The longest completed segment of stream ``p`` (at least LONG_SEGMENT_MS), from recording_long.
+
+    The WHERE repeats the partial index's own condition, so both backends
+    can prove the index applies; MAX over its (stream, length) order is one
+    index probe.
+    """
+    return (
+        f'(SELECT COALESCE(MAX("ended_at" - "started_at"), {LONG_SEGMENT_MS}) FROM "recording" '
+        f'WHERE "stream_id" = {p} AND ("ended_at" - "started_at") > {LONG_SEGMENT_MS})'
+    )
+
+
+def _overlap_sql(db: pw.Database, closed_columns: str, open_columns: str, extra_closed: str = "") -> str:
+    """The two branches of "segments of a stream overlapping [since, until)".
+
+    Parameters, in order: stream, until, since, stream (bound), since,
+    [extra_closed's], stream, until.
+
+    Closed segments: started_at in [since - longest, until) on the index
+    (stream_id, started_at, ended_at, state), which also answers
+    ``ended_at > since`` without reading the table. Open segments (ended_at
+    NULL, no length to bound) come from the partial index recording_open.
+    SQLite would rather walk the wider covering index over all of the
+    stream's rows to find those, so it is told which index to use.
+    """
+    p = db.param
+    open_index = ' INDEXED BY "recording_open"' if isinstance(db, pw.SqliteDatabase) else ""
+    return (
+        f'SELECT {closed_columns} FROM "recording" WHERE "stream_id" = {p} AND "started_at" < {p} '
+        f'AND "started_at" >= {p} - {_bound_sql(p)} AND "ended_at" > {p}{extra_closed} '
+        f'UNION ALL SELECT {open_columns} FROM "recording"{open_index} '
+        f'WHERE "stream_id" = {p} AND "ended_at" IS NULL AND "started_at" < {p}'
+    )
+
+
+def recordings(stream: Stream | int | str, since: dt.datetime, until: dt.datetime) -> pw.ModelSelect:
+    """Segments of ``stream`` overlapping [since, until), open ones included, in recording order.
+
+    A segment overlaps when it starts before ``until`` and ends after
+    ``since``; an open segment (still being written) overlaps when it
+    started before ``until``. The result is a query: add ``.where()``,
+    ``.limit()``, ``.count()``, ``.tuples()``... Whatever the state: filter
+    with ``.where(Recording.state == ...)``.
+    """
+    stream_id = resolve_stream(stream).id
+    since_ms, until_ms = window(since, until)
+    db = current_database()
+    found = pw.SQL(
+        _overlap_sql(db, '"id"', '"id"'),
+        (stream_id, until_ms, since_ms, stream_id, since_ms, stream_id, until_ms),
+    )
+    return (
+        Recording.select()
+        .where(Recording.id.in_(pw.EnclosedNodeList([found])))
+        .order_by(Recording.started_at, Recording.id)
+    )
+
+
+def latest_segments(streams: Iterable[Stream | int | str] | None = None) -> pw.ModelSelect:
+    """The latest segment (highest segment index) of every stream, or of ``streams``, by stream id.
+
+    One index probe per stream on (stream_id, segment_index). Streams without
+    segments are absent; removed streams are included (their history stays).
+    """
+    ids = stream_ids(streams)
+    last = Recording.alias("last_segment")
+    latest_id = (
+        last.select(last.id).where(last.stream == Stream.id).order_by(last.segment_index.desc()).limit(1)
+    )
+    owners = Stream.select(latest_id)
+    if ids is not None:
+        owners = owners.where(Stream.id.in_(ids))
+    return Recording.select().where(Recording.id.in_(owners)).order_by(Recording.stream)
+
+
+def coverage(
+    stream: Stream | int | str,
+    since: dt.datetime,
+    until: dt.datetime,
+    tolerance: dt.timedelta = DEFAULT_TOLERANCE,
+    now: dt.datetime | None = None,
+) -> Coverage:
+    """What share of [since, until) ``stream`` has on disk, and the gaps.
+
+    Segments in ``COVERING_STATES`` count; failed, deleting and missing ones
+    are holes. An open segment covers up to ``now`` (default: the current
+    time) or its last checkpoint, whichever is later. A hole shorter than
+    ``tolerance`` is not reported as a gap (a segmenter leaves a few
+    milliseconds between files), but it is not recorded time either.
+    Reads (start, end) of the window's segments from indexes only: about
+    8,600 index entries for 24 hours of 10-second segments.
+    """
+    stream_id = resolve_stream(stream).id
+    since_ms, until_ms = window(since, until)
+    tolerance_ms = require_duration_ms("tolerance", tolerance, positive=False)
+    now_ms = now_millis() if now is None else to_millis(now, "now")
+    db = current_database()
+    p = db.param
+    states = ", ".join(f"'{state.value}'" for state in COVERING_STATES if state != SegmentState.RECORDING)
+    greatest = "MAX" if isinstance(db, pw.SqliteDatabase) else "GREATEST"
+    sql = (
+        _overlap_sql(
+            db,
+            '"started_at", "ended_at"',
+            # An open segment covers up to now or its last checkpoint.
+            f'"started_at", {greatest}(COALESCE("checkpoint_at", 0), {p})',
+            extra_closed=f' AND "state" IN ({states})',
+        )
+        + " ORDER BY 1"
+    )
+    # In the order the placeholders appear in the text.
+    params = (stream_id, until_ms, since_ms, stream_id, since_ms, now_ms, stream_id, until_ms)
+    rows = db.execute_sql(sql, params).fetchall()
+    recorded, holes = _sweep(rows, since_ms, until_ms)
+    gaps = tuple(
+        Gap(from_millis(start), from_millis(end)) for start, end in holes if end - start >= tolerance_ms
+    )
+    return Coverage(
+        stream_id=stream_id,
+        since=from_millis(since_ms),
+        until=from_millis(until_ms),
+        recorded=dt.timedelta(milliseconds=recorded),
+        gaps=gaps,
+        tolerance=dt.timedelta(milliseconds=tolerance_ms),
+    )
+
+
+def gaps(
+    stream: Stream | int | str,
+    since: dt.datetime,
+    until: dt.datetime,
+    tolerance: dt.timedelta = DEFAULT_TOLERANCE,
+    now: dt.datetime | None = None,
+) -> list[Gap]:
+    """The holes of at least ``tolerance`` in ``stream``'s recording between two times (see ``coverage``)."""
+    return list(coverage(stream, since, until, tolerance=tolerance, now=now).gaps)
+
+
+def _sweep(
+    rows: Sequence[tuple[int, int]], since_ms: int, until_ms: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """Recorded ms and holes of [since, until) given (start, end) intervals sorted by start.
+
+    Intervals may overlap (a segmenter opens the next file before it closes
+    the last): the covered end only ever moves forward.
+    """
+    covered_to = since_ms
+    recorded = 0
+    holes: list[tuple[int, int]] = []
+    for start, end in rows:
+        if end > until_ms:
+            end = until_ms
+        if end <= covered_to or end <= start:
+            continue
+        if start > covered_to:
+            holes.append((covered_to, start))
+            covered_to = start
+        recorded += end - covered_to
+        covered_to = end
+    if covered_to < until_ms:
+        holes.append((covered_to, until_ms))
+    return recorded, holes

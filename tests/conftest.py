@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ import pytest
 
 from stream_state import open_database
 from stream_state.database import connect_database
+
+pytest_plugins = ["pytester"]  # tests/test_conftest.py runs pytest on this file
 
 PG_URL_ENV = "STREAM_STATE_TEST_PG_URL"
 BACKENDS = ("sqlite", "postgres")
@@ -113,16 +115,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 _OUTCOMES: dict[tuple[str, str], int] = {}
+# Whether a test's call passed, for fixtures that check figures at teardown
+# (the property tests' accepted calls) and have nothing to add to a failure.
+CALL_PASSED = pytest.StashKey[bool]()
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # Count each backend's results so CI's output shows the PostgreSQL half ran.
-    if report.when != "call" and not (report.when == "setup" and report.outcome == "skipped"):
-        return
-    for name in BACKENDS:
-        if f"[{name}" in report.nodeid or f"-{name}]" in report.nodeid or f"-{name}-" in report.nodeid:
-            key = (name, report.outcome)
-            _OUTCOMES[key] = _OUTCOMES.get(key, 0) + 1
+def backend_of(item: pytest.Item) -> str | None:
+    """The value of the ``backend`` fixture a test ran with (``db`` depends on it), or None."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("backend") if callspec is not None else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_PASSED] = report.passed
+    # Count each backend's results so CI's output shows the PostgreSQL half ran:
+    # by the fixture's value, not by the test id, in which "postgres" may be any word.
+    name = backend_of(item)
+    # As pytest's own summary does: the call's outcome, plus an error for a
+    # failed setup or teardown, plus a skip in setup (no PostgreSQL URL).
+    counted = report.when == "call" or not report.passed
+    if name is not None and counted:
+        outcome = "error" if report.when != "call" and report.failed else report.outcome
+        _OUTCOMES[(name, outcome)] = _OUTCOMES.get((name, outcome), 0) + 1
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -33,18 +33,42 @@ class StreamFactory(PeeweeFactory):
     config = factory.LazyFunction(lambda: {"fps": 15, "codec": "h264"})
 
 
-class RecordingFactory(PeeweeFactory):
+class RecordingFactory(factory.Factory):
+    """A segment made the way the manager makes one: ``stream.begin_segment``, then completed or failed.
+
+    Its index is the one the stream hands out, so the stream's
+    ``next_segment_index`` always moves past it (an index is never reused);
+    a ``segment_index`` cannot be chosen.
+    """
+
     class Meta:
         model = Recording
 
     stream = factory.SubFactory(StreamFactory)
-    segment_index = factory.Sequence(lambda n: n)
-    path = factory.LazyAttribute(lambda o: f"/recordings/{o.stream.name}/{o.segment_index:08d}.mp4")
+    path = factory.LazyAttributeSequence(lambda o, n: f"/recordings/{o.stream.name}/{n:08d}.mp4")
     storage = "main"
-    started_at = factory.LazyAttribute(lambda o: T0 + dt.timedelta(seconds=60 * o.segment_index))
+    started_at = factory.Sequence(lambda n: T0 + dt.timedelta(seconds=60 * n))
     ended_at = factory.LazyAttribute(lambda o: o.started_at + dt.timedelta(seconds=60))
     size_bytes = 1_000_000
     state = SegmentState.COMPLETE
+    archived = False
+    metadata = None
+
+    @classmethod
+    def _create(cls, model_class, *args, stream, state, ended_at, size_bytes, archived, **begin):
+        if args or "segment_index" in begin:
+            raise TypeError("RecordingFactory: the segment index comes from the stream (begin_segment)")
+        segment = stream.begin_segment(**begin)
+        if state == SegmentState.COMPLETE:
+            segment.complete_segment(ended_at=ended_at, size_bytes=size_bytes)
+        elif state == SegmentState.FAILED:
+            segment.fail("made failed by RecordingFactory", at=ended_at)
+        elif state != SegmentState.RECORDING:
+            raise ValueError(f"RecordingFactory makes recording, complete or failed segments, not {state!r}")
+        if archived:
+            # The flag alone (archive() also moves the file, which test data may not have).
+            model_class.update(archived=True).where(model_class.id == segment.id).execute()
+        return model_class.get_by_id(segment.id)
 
 
 class EventFactory(PeeweeFactory):

@@ -131,7 +131,6 @@ def site(db, tmp_path):
         name="cam-1",
         uri=f"rtsp://admin:{SECRET}@10.0.0.1/stream1",
         config={"password": SECRET, "backup_uri": f"rtsp://admin:{SECRET}@10.0.0.2/s"},
-        next_segment_index=4,
     )
     cam2 = StreamFactory(name="cam-2", uri=f"rtsp://viewer:{SECRET}@10.0.0.3/live?token={SECRET}")
     # cam-1: minutes 0-2 and 4-6, so 2..4 is a hole; the last file is missing on disk.
@@ -139,7 +138,6 @@ def site(db, tmp_path):
         path = media / "cam-1" / f"cam-1-{index:05d}.ts"
         RecordingFactory(
             stream=cam1,
-            segment_index=index,
             path=str(path),
             storage="disk0",
             started_at=T0 + minute * MINUTE,

@@ -1,22 +1,24 @@
 """stream_state: the memory of a multi-stream video recorder.
 
-Import what you need from here; importing opens nothing. Start with
-``open_database()``.
+The top level holds what a stream manager uses every day: the models and
+their states, ``open_database``, the ``Restorer`` it asks after a restart,
+the ``Maintenance`` it runs every minute (with its policies), and the errors
+it may catch. Importing opens nothing. Start with ``open_database()``.
+
+Everything else is imported from its own module:
+
+- ``stream_state.history``: read-only questions about the past (recordings,
+  gaps, storage used, events, health, metrics)
+- ``stream_state.database``: migrations and schema versions
+  (``migrate_to_head``, ``schema_version``, ``pending_migrations``...)
+- ``stream_state.maintenance``, ``stream_state.retention``: each job alone
+  (``purge_events``, ``vacuum``, ``backup``, ``apply_retention``...)
+- ``stream_state.check``: rows against the files on disk (``check``, ``mark_root``)
+- ``stream_state.rollups``: the summaries history reads (``refresh_rollups``)
+- ``stream_state.aio``: the same package for asyncio
 """
 
-from . import history
-from .check import CheckReport, check, mark_root
-from .database import (
-    applied_migrations,
-    backup_sqlite,
-    code_schema_version,
-    connect_database,
-    migrate_to_head,
-    open_database,
-    pending_migrations,
-    rollback_one,
-    schema_version,
-)
+from .database import connect_database, open_database
 from .errors import (
     AlreadyExists,
     DatabaseUnavailable,
@@ -29,47 +31,11 @@ from .errors import (
     StreamStateError,
     ValidationError,
 )
-from .history import (
-    Bucket,
-    Coverage,
-    EventPage,
-    Gap,
-    HealthTransition,
-    RollupReport,
-    SeriesBuckets,
-    StreamHealth,
-    UsageRow,
-    coverage,
-    current_health,
-    events,
-    gaps,
-    health_transitions,
-    latest_segments,
-    metric_buckets,
-    metric_buckets_matching,
-    metric_samples,
-    recordings,
-    refresh_rollups,
-    segment_counts,
-    storage_usage,
-)
-from .maintenance import (
-    BackupNotSupported,
-    Maintenance,
-    UpkeepPolicy,
-    backup,
-    checkpoint_wal,
-    incremental_vacuum,
-    integrity_check,
-    optimize,
-    purge_events,
-    purge_samples,
-    vacuum,
-)
+from .maintenance import BackupNotSupported, Maintenance, UpkeepPolicy
 from .models import MODELS, Event, MetricSample, MetricSeries, Recording, Stream
-from .models.metric import Sample, series_key
+from .models.metric import Sample
 from .restore import RestoredState, Restorer, StreamSnapshot
-from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention
+from .retention import RetentionPolicy, RetentionRule, VolumeFloor
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
 
 __version__ = "0.1.0"
@@ -78,16 +44,10 @@ __all__ = [
     "MODELS",
     "AlreadyExists",
     "BackupNotSupported",
-    "Bucket",
-    "CheckReport",
-    "Coverage",
     "DatabaseUnavailable",
     "Event",
-    "EventPage",
     "EventType",
-    "Gap",
     "HealthState",
-    "HealthTransition",
     "InvalidTransition",
     "Maintenance",
     "MetricSample",
@@ -99,57 +59,20 @@ __all__ = [
     "Restorer",
     "RetentionPolicy",
     "RetentionRule",
-    "RollupReport",
     "Sample",
     "SchemaMismatch",
     "SegmentState",
-    "SeriesBuckets",
     "Severity",
     "StorageFull",
     "Stream",
-    "StreamHealth",
     "StreamRemoved",
     "StreamSnapshot",
     "StreamStateError",
     "StreamStatus",
     "UpkeepPolicy",
-    "UsageRow",
     "ValidationError",
     "VolumeFloor",
     "__version__",
-    "applied_migrations",
-    "apply_retention",
-    "backup",
-    "backup_sqlite",
-    "check",
-    "checkpoint_wal",
-    "code_schema_version",
     "connect_database",
-    "coverage",
-    "current_health",
-    "events",
-    "gaps",
-    "health_transitions",
-    "history",
-    "incremental_vacuum",
-    "integrity_check",
-    "latest_segments",
-    "mark_root",
-    "metric_buckets",
-    "metric_buckets_matching",
-    "metric_samples",
-    "migrate_to_head",
     "open_database",
-    "optimize",
-    "pending_migrations",
-    "purge_events",
-    "purge_samples",
-    "recordings",
-    "refresh_rollups",
-    "rollback_one",
-    "schema_version",
-    "segment_counts",
-    "series_key",
-    "storage_usage",
-    "vacuum",
 ]

@@ -3,7 +3,7 @@
 Each command opens the database (``--db URL``, else ``$STREAM_STATE_DATABASE_URL``,
 else ``./stream_state.db``), calls one library function and prints the result:
 an aligned table for people, JSON with ``--json`` for scripts. Formatting and
-the parsing of times, durations and sizes live in ``stream_state.output``.
+the parsing of times, durations and sizes live in ``stream_state.cli_output``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,18 @@ from playhouse.pool import PooledDatabase
 from . import __version__, history
 from .check import DEFAULT_MAX_SHARE
 from .check import check as check_storage
+from .cli_output import (
+    Progress,
+    format_desired,
+    format_duration,
+    format_size,
+    format_table,
+    format_time,
+    parse_duration,
+    parse_size,
+    parse_time,
+    to_json,
+)
 from .database import (
     URL_ENV,
     applied_migrations,
@@ -45,18 +57,6 @@ from .errors import DatabaseUnavailable, StreamStateError
 from .maintenance import backup, incremental_vacuum, integrity_check, vacuum
 from .maintenance import purge as purge_old
 from .models import Event, MetricSeries, Recording, Stream, database_proxy
-from .output import (
-    Progress,
-    format_desired,
-    format_duration,
-    format_size,
-    format_table,
-    format_time,
-    parse_duration,
-    parse_size,
-    parse_time,
-    to_json,
-)
 from .redact import redact_data, redact_text, redact_uri
 from .restore import Restorer
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention

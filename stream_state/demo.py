@@ -37,10 +37,10 @@ from typing import IO, Any
 import click
 
 from . import history
+from .cli_output import format_desired, format_duration, format_size, format_table, format_time, zone_name
 from .database import open_database
 from .errors import StreamStateError
 from .models import Event, MetricSample, MetricSeries, Recording, Stream, database_proxy
-from .output import format_desired, format_duration, format_size, format_table, format_time, zone_name
 from .redact import redact_text
 from .restore import Restorer
 from .states import HealthState, StreamStatus

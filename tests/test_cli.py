@@ -25,8 +25,7 @@ from click.testing import CliRunner
 from stream_state import Event, MetricSample, Recording, SegmentState, Severity, Stream
 from stream_state import cli as cli_module
 from stream_state.cli import cli
-from stream_state.models import database_proxy
-from stream_state.output import (
+from stream_state.cli_output import (
     Progress,
     format_duration,
     format_size,
@@ -37,6 +36,7 @@ from stream_state.output import (
     parse_time,
     to_json,
 )
+from stream_state.models import database_proxy
 
 from .factories import RecordingFactory, StreamFactory
 

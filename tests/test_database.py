@@ -21,9 +21,8 @@ from stream_state import (
     Stream,
     ValidationError,
     open_database,
-    schema_version,
 )
-from stream_state.database import code_schema_version, migrations_dir, rollback_one
+from stream_state.database import code_schema_version, migrations_dir, rollback_one, schema_version
 
 from .factories import StreamFactory
 

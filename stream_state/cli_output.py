@@ -1,4 +1,6 @@
-"""How the command line reads and shows things: times, durations, sizes, tables, JSON, progress.
+"""How the command line (and its demo) reads and shows things: times, durations, sizes, tables, JSON.
+
+Named for the CLI: the library itself never prints or parses what a person types.
 
 Pure functions (plus one small progress helper), so they are tested without a
 terminal or a database. People get local times with the zone shown and

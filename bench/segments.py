@@ -10,9 +10,10 @@ One *cycle* is what the stream manager does for every segment file it writes:
    the stream's next segment index (``UPDATE stream ... RETURNING``) and
    inserts the recording row (``INSERT ... RETURNING id``);
 2. ``recording.complete_segment(ended_at=..., size_bytes=...)``: one
-   ``UPDATE ... WHERE id = ? AND ended_at IS NULL`` that only an open segment
-   matches (no metadata to merge, so no read first). ``size_bytes`` is given,
-   so no file is stat()ed.
+   ``UPDATE ... SET state = ?, ... WHERE id = ? AND state = ?``, the
+   compare-and-set of the segment-state gate (``models/gate.py``), which only
+   an open segment matches (no metadata to merge, so no read first).
+   ``size_bytes`` is given, so no file is stat()ed.
 
 The baseline runs, in the same process and on the same database, the very
 statements the API issues, with the same transaction boundaries, through the
@@ -59,7 +60,9 @@ import peewee as pw
 
 from stream_state import Stream, open_database
 from stream_state.database import sqlite_pragmas
+from stream_state.models import Recording, gate
 from stream_state.models.statements import spelled
+from stream_state.states import SegmentState
 
 GOAL_RATIO = 0.3
 SQLITE_CYCLES = 5000
@@ -68,6 +71,7 @@ SEGMENT = dt.timedelta(seconds=10)
 SIZE_BYTES = 4_000_000
 T0 = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+COMPLETE, RECORDING = SegmentState.COMPLETE.value, SegmentState.RECORDING.value
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,8 @@ class Statements:
     """The statements of a cycle, in the order they run, as the API spells them.
 
     The package writes its per-segment SQL once per backend
-    (``stream_state.models.statements``); the baseline runs that very text, and
+    (``stream_state.models.statements`` and the gate's cached compare-and-set,
+    ``stream_state.models.gate``); the baseline runs that very text, and
     ``check_same_sql`` proves the API still issues exactly it.
     """
 
@@ -86,7 +91,8 @@ class Statements:
     @classmethod
     def for_backend(cls, placeholder: str) -> Statements:
         text = spelled(placeholder)
-        return cls(text.claim_index, text.insert_recording, text.complete_open)
+        complete = gate._spelled(Recording, placeholder, '""', False, ("ended_at", "size_bytes"), 1, 1)
+        return cls(text.claim_index, text.insert_recording, complete)
 
     def in_order(self) -> list[str]:
         return [self.claim, self.insert, self.complete]
@@ -203,11 +209,11 @@ def raw_sqlite_runner(conn: sqlite3.Connection, sql: Statements) -> Callable[[Se
             execute("BEGIN IMMEDIATE")
             (next_index,) = execute(sql.claim, (stream_id,)).fetchone()
             (recording_id,) = execute(
-                sql.insert, (stream_id, path, None, next_index - 1, started, 0, None)
+                sql.insert, (stream_id, path, None, next_index - 1, started, 0, None, None)
             ).fetchone()
             execute("COMMIT")
             # One statement in autocommit, as the API closes an open segment.
-            if execute(sql.complete, (ended, SIZE_BYTES, recording_id)).rowcount != 1:
+            if execute(sql.complete, (COMPLETE, ended, SIZE_BYTES, recording_id, RECORDING)).rowcount != 1:
                 raise RuntimeError(f"recording {recording_id} was not open")
 
     return run
@@ -223,10 +229,10 @@ def raw_psycopg2_runner(conn: Any, sql: Statements) -> Callable[[Sequence[RawJob
             # as peewee sends its own BEGIN.
             execute(sql.claim, (stream_id,))
             (next_index,) = fetchone()
-            execute(sql.insert, (stream_id, path, None, next_index - 1, started, False, None))
+            execute(sql.insert, (stream_id, path, None, next_index - 1, started, False, None, None))
             (recording_id,) = fetchone()
             commit()
-            execute(sql.complete, (ended, SIZE_BYTES, recording_id))
+            execute(sql.complete, (COMPLETE, ended, SIZE_BYTES, recording_id, RECORDING))
             if cursor.rowcount != 1:
                 raise RuntimeError(f"recording {recording_id} was not open")
             commit()

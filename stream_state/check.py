@@ -315,16 +315,17 @@ def _adopt(path: str, stream_id: int, size: int, mtime_ms: int) -> None:
             .returning(Stream.next_segment_index)
             .execute()
         )
+        # invariants 2, 3: a fresh index from the stream's counter, as begin_segment takes one
         index = next(iter(claimed)).next_segment_index - 1
         # When the file started is unknown; its mtime is when it ended.
-        Recording.create(
+        Recording.create_segment(
+            SegmentState.RECOVERED,
             stream=stream_id,
             path=path,
             segment_index=index,
             started_at=mtime_ms,
             ended_at=mtime_ms,
             size_bytes=size,
-            state=SegmentState.RECOVERED,
             metadata={"recovered_by": "check", "started_at_unknown": True},
         )
 
@@ -356,7 +357,7 @@ def _handle_missing(missing, rows, cutoff_ms, mark, drop, max_share, force, refu
             elif ended_ms > cutoff_ms:
                 action = "too young"
             elif drop:
-                Recording.delete().where(Recording.id == row["id"]).execute()
+                _drop(row["id"], SegmentState(row["state"]))
                 action = "dropped"
             elif row["state"] != SegmentState.MISSING:
                 _set_state(row["id"], SegmentState(row["state"]), SegmentState.MISSING)
@@ -368,9 +369,14 @@ def _handle_missing(missing, rows, cutoff_ms, mark, drop, max_share, force, refu
 
 
 def _set_state(recording_id: int, old: SegmentState, new: SegmentState) -> None:
-    Recording.update(state=new).where(
-        (Recording.id == recording_id) & (Recording.state == old.value)
-    ).execute()
+    Recording.transition(recording_id, old, new)
+
+
+def _drop(recording_id: int, old: SegmentState) -> None:
+    """Forget a row whose file is gone: through ``deleting``, like every removal (invariant 6)."""
+    with database_proxy.atomic():
+        if Recording.transition(recording_id, old, SegmentState.DELETING):
+            Recording.finish_delete(recording_id)
 
 
 def _record(report: CheckReport, now_ms: int) -> None:

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ import peewee as pw
 
 from .models import Event, Recording, Stream, SystemState, database_proxy
 from .models.base import check_database_file
+from .models.gate import Transition
 from .models.recording import finish_archive, undo_archive, unlink_quietly
 from .probe import Playability, Probe, probe
 from .redact import redact_uri
@@ -458,9 +460,7 @@ class Restorer:
                     source,
                 )
                 if not dry_run:
-                    Recording.update(state=SegmentState.MISSING).where(
-                        (Recording.id == row["id"]) & (Recording.state == SegmentState.ARCHIVING.value)
-                    ).execute()
+                    Recording.transition(row["id"], SegmentState.ARCHIVING, SegmentState.MISSING)
             repairs.append(
                 Repair(
                     recording_id=row["id"],
@@ -480,61 +480,39 @@ class Restorer:
     def _commit_repairs(self, repairs: list[Repair], now_ms: int, kind: str) -> None:
         if not repairs:
             return
+        # One transaction; each change goes through the gate with its event
+        # (invariant 11). A row someone else settled in the meantime is
+        # refused by the gate's compare-and-set and gets no event.
         with self.db.atomic():
-            events = []
+            applied = []
             for repair in repairs:
                 if repair.applied:
-                    done = 1
-                    message = f"archive move of {repair.path}: {repair.evidence}"
+                    # Archive moves were already settled through the gate
+                    # while their files were looked at; only the events remain.
+                    applied.append(_repair_event(repair, kind, now_ms))
                 elif repair.new_state is None:
-                    done = (
-                        Recording.delete()
-                        .where(
-                            (Recording.id == repair.recording_id)
-                            & (Recording.state == SegmentState.DELETING.value)
-                        )
-                        .execute()
+                    # invariants 6, 7: the file is gone; the deleting row goes too
+                    Recording.finish_delete(
+                        repair.recording_id,
+                        event=_events_of(repair, kind, now_ms),
                     )
-                    message = f"finished deleting {repair.path}"
                 else:
-                    done = (
-                        Recording.update(
-                            state=repair.new_state,
-                            ended_at=to_millis(repair.ended_at),
-                            size_bytes=repair.size_bytes,
-                            **({} if repair.finalized is None else {"finalized": repair.finalized}),
-                        )
-                        .where((Recording.id == repair.recording_id) & Recording.ended_at.is_null())
-                        .execute()
+                    # invariants 5, 7: an open row is settled from what the disk shows
+                    values: dict[str, Any] = {
+                        "ended_at": to_millis(repair.ended_at),
+                        "size_bytes": repair.size_bytes,
+                    }
+                    if repair.finalized is not None:
+                        values["finalized"] = repair.finalized
+                    Recording.transition(
+                        repair.recording_id,
+                        repair.old_state,
+                        repair.new_state,
+                        values=values,
+                        event=_events_of(repair, kind, now_ms),
                     )
-                    message = (
-                        f"segment {repair.path}: {repair.old_state} -> {repair.new_state} ({repair.evidence})"
-                    )
-                if not done:
-                    continue  # someone else settled it in the meantime
-                events.append(
-                    Event.build(
-                        kind,
-                        stream=repair.stream_id,
-                        severity=Severity.WARNING
-                        if repair.new_state != SegmentState.COMPLETE
-                        else Severity.INFO,
-                        message=message,
-                        data={
-                            "recording_id": repair.recording_id,
-                            "stream": repair.stream,
-                            "path": repair.path,
-                            "old_state": str(repair.old_state),
-                            "new_state": str(repair.new_state) if repair.new_state else "deleted",
-                            "size_bytes": repair.size_bytes,
-                            "evidence": repair.evidence,
-                            "finalized": repair.finalized,
-                        },
-                        at=from_millis(now_ms),
-                    )
-                )
-            if events:
-                Event.bulk_create(events, batch_size=200)
+            if applied:
+                Event.bulk_create(applied, batch_size=200)
 
     def _write_lifecycle(self, value: dict[str, Any], *, event: tuple, now_ms: int) -> None:
         kind, severity, message, data = event
@@ -606,6 +584,37 @@ class Restorer:
                 ended,
             ) in rows
         )
+
+
+def _events_of(repair: Repair, kind: str, now_ms: int) -> Callable[[Transition], list[Event]]:
+    """The event of one repair, for the gate to write with the change."""
+    return lambda _moved: [_repair_event(repair, kind, now_ms)]
+
+
+def _repair_event(repair: Repair, kind: str, now_ms: int) -> Event:
+    if repair.applied:
+        message = f"archive move of {repair.path}: {repair.evidence}"
+    elif repair.new_state is None:
+        message = f"finished deleting {repair.path}"
+    else:
+        message = f"segment {repair.path}: {repair.old_state} -> {repair.new_state} ({repair.evidence})"
+    return Event.build(
+        kind,
+        stream=repair.stream_id,
+        severity=Severity.WARNING if repair.new_state != SegmentState.COMPLETE else Severity.INFO,
+        message=message,
+        data={
+            "recording_id": repair.recording_id,
+            "stream": repair.stream,
+            "path": repair.path,
+            "old_state": str(repair.old_state),
+            "new_state": str(repair.new_state) if repair.new_state else "deleted",
+            "size_bytes": repair.size_bytes,
+            "evidence": repair.evidence,
+            "finalized": repair.finalized,
+        },
+        at=from_millis(now_ms),
+    )
 
 
 def _enum_or_text(enum_class: type, value: str) -> Any:

@@ -392,9 +392,7 @@ def delete_recordings(
             break
         with db.atomic():
             if unlinked:
-                Recording.delete().where(
-                    Recording.id.in_(unlinked) & (Recording.state == SegmentState.DELETING.value)
-                ).execute()
+                Recording.finish_delete(unlinked)
             rows = []
             if batch:
                 rows = list(
@@ -403,9 +401,13 @@ def delete_recordings(
                     .tuples()
                 )
                 if rows:
-                    Recording.update(state=SegmentState.DELETING).where(
-                        Recording.id.in_([rec_id for rec_id, _ in rows])
-                    ).execute()
+                    # invariant 6: rows say "deleting" (committed) before their files go
+                    marked = set(
+                        Recording.transition(
+                            [rec_id for rec_id, _ in rows], DELETABLE_STATES, SegmentState.DELETING
+                        ).changed
+                    )
+                    rows = [(rec_id, path) for rec_id, path in rows if rec_id in marked]
         unlinked = []
         for rec_id, path in rows:
             try:

@@ -43,6 +43,14 @@ SEGMENT_TRANSITIONS: dict[SegmentState, frozenset[SegmentState]] = {
     SegmentState.DELETING: frozenset(),
 }
 
+# The states a row is born in: ``recording`` (begin_segment: the row before
+# its file) and ``recovered`` (check adopting a file that had no row).
+SEGMENT_INITIAL = frozenset({SegmentState.RECORDING, SegmentState.RECOVERED})
+
+# A row is removed only from ``deleting``, so a crash between the row's
+# change and the file's unlink always leaves a row that says so (invariant 6).
+SEGMENT_REMOVABLE = frozenset({SegmentState.DELETING})
+
 # Health is an observation, so any state may follow any other; what matters
 # is how loudly a change is reported.
 HEALTH_SEVERITY: dict[HealthState, Severity] = {
@@ -73,6 +81,12 @@ def check_segment_transition(current: SegmentState, requested: SegmentState) -> 
     """Raise ``InvalidTransition`` unless a segment may move from ``current`` to ``requested``."""
     if requested not in SEGMENT_TRANSITIONS.get(current, frozenset()):
         raise InvalidTransition("segment", current, requested)
+
+
+def check_segment_removal(current: SegmentState) -> None:
+    """Raise ``InvalidTransition`` unless a segment's row may be removed from ``current``."""
+    if current not in SEGMENT_REMOVABLE:
+        raise InvalidTransition("segment", current, "removed", "only a deleting row is removed")
 
 
 def health_severity(state: HealthState) -> Severity:

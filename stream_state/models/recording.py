@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import peewee as pw
@@ -19,8 +20,9 @@ from ..states import EventType, SegmentState, Severity
 from ..timeutil import from_millis, to_millis, utc_now
 from ..transitions import check_segment_transition
 from ..validate import optional_text, require_count, require_json_object, require_text
+from . import gate
 from .base import BaseModel, locked
-from .statements import segment_statements
+from .gate import EventsFor, Guard, Transition
 from .stream import Stream
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,52 @@ class Recording(BaseModel):
     def for_stream(cls, stream: Stream | int) -> pw.ModelSelect:
         """A stream's segments in recording order."""
         return cls.select().where(cls.stream == stream).order_by(cls.stream, cls.started_at, cls.id)
+
+    # --- the gate: every change of a segment's state goes through here --------------------
+
+    @classmethod
+    def transition(
+        cls,
+        ids: int | Iterable[int],
+        from_: SegmentState | str | Iterable[SegmentState | str],
+        to: SegmentState | str,
+        *,
+        values: Mapping[str, Any] | None = None,
+        event: EventsFor | None = None,
+        guard: Guard | None = None,
+        strict: bool = False,
+    ) -> Transition:
+        """Move the rows ``ids`` that are in a ``from_`` state to ``to``, as one compare-and-set.
+
+        The transition map must allow every ``from_ -> to`` (else
+        ``InvalidTransition``, nothing written). ``values`` sets other
+        columns in the same UPDATE; ``event(transition)`` returns unsaved
+        events, written in the same transaction when a row changed;
+        ``guard`` adds a condition to the statement (the owner check of
+        sessions). Rows in another state are left alone and reported in
+        ``refused``; ``strict`` raises for them instead (invariant 10).
+        """
+        return gate.change(cls, ids, from_, to, values=values, event=event, guard=guard, strict=strict)
+
+    @classmethod
+    def finish_delete(
+        cls,
+        ids: int | Iterable[int],
+        *,
+        event: EventsFor | None = None,
+        guard: Guard | None = None,
+        strict: bool = False,
+    ) -> Transition:
+        """Remove the rows ``ids`` that are ``deleting`` (their files are gone): the last step of a delete.
+
+        A row is only ever removed from ``deleting`` (invariant 6).
+        """
+        return gate.change(cls, ids, SegmentState.DELETING, None, event=event, guard=guard, strict=strict)
+
+    @classmethod
+    def create_segment(cls, state: SegmentState, **columns: Any) -> Recording:
+        """Insert a row that starts in ``state`` (``recovered`` for an adopted file)."""
+        return gate.create(cls, state, **columns)  # type: ignore[return-value]
 
     # --- the life of a segment ------------------------------------------------------------
 
@@ -175,18 +223,14 @@ class Recording(BaseModel):
         db = self._meta.database
         if metadata is None:
             # The common case, an open segment closed without new metadata:
-            # one statement, which only an open row matches.
-            closed = db.execute_sql(
-                segment_statements(db).complete_open,
-                (
-                    ended_ms,
-                    size_bytes,
-                    media_ms,
-                    frame_count,
-                    None if finalized is None else cls.finalized.db_value(finalized),
-                    self.id,
-                ),
-            ).rowcount
+            # one statement, which only an open row matches (invariants 5, 8);
+            # media values not given keep what the row has.
+            closed = cls.transition(
+                self.id,
+                SegmentState.RECORDING,
+                SegmentState.COMPLETE,
+                values={"ended_at": ended_ms, "size_bytes": size_bytes, **media},
+            )
             if closed:
                 self.state = SegmentState.COMPLETE
                 self.ended_at = from_millis(ended_ms)
@@ -197,28 +241,27 @@ class Recording(BaseModel):
             fresh = locked(cls.select().where(cls.id == self.id)).first()
             if fresh is None:
                 raise NotFound("recording", self.path)
-            if fresh.state != SegmentState.RECORDING:
-                if (
-                    fresh.state == SegmentState.COMPLETE
-                    and fresh.ended_at == from_millis(ended_ms)
-                    and fresh.size_bytes == size_bytes
-                    and all(
-                        fresh.__data__.get(key) == (from_millis(value) if key == "media_ended_at" else value)
-                        for key, value in media.items()
-                    )
-                    and (metadata is None or {**(fresh.metadata or {}), **metadata} == (fresh.metadata or {}))
-                ):
-                    self.__data__.update(fresh.__data__)
-                    return self
-                check_segment_transition(fresh.state, SegmentState.COMPLETE)
+            if (
+                fresh.state == SegmentState.COMPLETE
+                and fresh.ended_at == from_millis(ended_ms)
+                and fresh.size_bytes == size_bytes
+                and all(
+                    fresh.__data__.get(key) == (from_millis(value) if key == "media_ended_at" else value)
+                    for key, value in media.items()
+                )
+                and (metadata is None or {**(fresh.metadata or {}), **metadata} == (fresh.metadata or {}))
+            ):
+                # completing again with the same values is harmless
+                self.__data__.update(fresh.__data__)
+                return self
             merged = {**(fresh.metadata or {}), **metadata} if metadata else fresh.metadata
-            cls.update(
-                state=SegmentState.COMPLETE,
-                ended_at=ended_ms,
-                size_bytes=size_bytes,
-                metadata=merged,
-                **media,
-            ).where(cls.id == self.id).execute()
+            cls.transition(
+                self.id,
+                fresh.state,
+                SegmentState.COMPLETE,
+                values={"ended_at": ended_ms, "size_bytes": size_bytes, "metadata": merged, **media},
+                strict=True,
+            )
         self.state = SegmentState.COMPLETE
         self.ended_at = from_millis(ended_ms)
         self.size_bytes = size_bytes
@@ -251,18 +294,28 @@ class Recording(BaseModel):
             if fresh.state == SegmentState.FAILED:
                 self.__data__.update(fresh.__data__)
                 return self
-            check_segment_transition(fresh.state, SegmentState.FAILED)
             size = self._size_on_disk(default=fresh.size_bytes)
-            cls.update(state=SegmentState.FAILED, ended_at=when_ms, size_bytes=size).where(
-                cls.id == self.id
-            ).execute()
-            Event.record(
-                EventType.SEGMENT_FAILED,
-                fresh.stream_id,
-                severity=Severity.ERROR,
-                message=f"segment {self.path} failed: {reason}",
-                data={"recording_id": self.id, "path": self.path, "reason": reason, "size_bytes": size},
-                at=from_millis(when_ms),
+            cls.transition(
+                self.id,
+                fresh.state,
+                SegmentState.FAILED,
+                values={"ended_at": when_ms, "size_bytes": size},
+                event=lambda _moved: [
+                    Event.build(
+                        EventType.SEGMENT_FAILED,
+                        fresh.stream_id,
+                        severity=Severity.ERROR,
+                        message=f"segment {self.path} failed: {reason}",
+                        data={
+                            "recording_id": self.id,
+                            "path": self.path,
+                            "reason": reason,
+                            "size_bytes": size,
+                        },
+                        at=from_millis(when_ms),
+                    )
+                ],
+                strict=True,
             )
         self.state = SegmentState.FAILED
         self.ended_at = from_millis(when_ms)
@@ -285,11 +338,11 @@ class Recording(BaseModel):
             if fresh is None:
                 return 0
             if fresh.state != SegmentState.DELETING:
-                check_segment_transition(fresh.state, SegmentState.DELETING)
-                cls.update(state=SegmentState.DELETING).where(cls.id == self.id).execute()
+                # invariant 6: the row says "deleting" (committed) before the file goes
+                cls.transition(self.id, fresh.state, SegmentState.DELETING, strict=True)
         self.state = SegmentState.DELETING
         freed = unlink_quietly(self.path)
-        cls.delete().where((cls.id == self.id) & (cls.state == SegmentState.DELETING.value)).execute()
+        cls.finish_delete(self.id)
         log.info("deleted segment %s (%d bytes)", self.path, freed)
         return freed
 
@@ -329,9 +382,14 @@ class Recording(BaseModel):
             if os.path.exists(dest) or cls.select().where(cls.path == dest).exists():
                 raise AlreadyExists("recording", "path", dest)
             plan = {"from": fresh.path, "to": dest, "previous_state": str(fresh.state), "storage": storage}
-            cls.update(
-                state=SegmentState.ARCHIVING, metadata={**(fresh.metadata or {}), "archive": plan}
-            ).where(cls.id == self.id).execute()
+            # invariant 9: the row names both paths before the file moves
+            cls.transition(
+                self.id,
+                fresh.state,
+                SegmentState.ARCHIVING,
+                values={"metadata": {**(fresh.metadata or {}), "archive": plan}},
+                strict=True,
+            )
         try:
             move_file(fresh.path, dest)
         except OSError as exc:
@@ -452,13 +510,17 @@ def finish_archive(recording_id: int, plan: dict[str, Any]) -> None:
     """Point the row at the archived copy and leave the ``archiving`` state."""
     row = Recording.get_by_id(recording_id)
     metadata = {k: v for k, v in (row.metadata or {}).items() if k != "archive"}
-    Recording.update(
-        path=plan["to"],
-        storage=plan.get("storage") or row.storage,
-        archived=True,
-        state=SegmentState(plan["previous_state"]),
-        metadata=metadata or None,
-    ).where((Recording.id == recording_id) & (Recording.state == SegmentState.ARCHIVING.value)).execute()
+    Recording.transition(
+        recording_id,
+        SegmentState.ARCHIVING,
+        SegmentState(plan["previous_state"]),
+        values={
+            "path": plan["to"],
+            "storage": plan.get("storage") or row.storage,
+            "archived": True,
+            "metadata": metadata or None,
+        },
+    )
 
 
 def undo_archive(recording_id: int, plan: dict[str, Any]) -> None:
@@ -467,9 +529,12 @@ def undo_archive(recording_id: int, plan: dict[str, Any]) -> None:
         os.unlink(plan["to"] + ".part")
     row = Recording.get_by_id(recording_id)
     metadata = {k: v for k, v in (row.metadata or {}).items() if k != "archive"}
-    Recording.update(state=SegmentState(plan["previous_state"]), metadata=metadata or None).where(
-        (Recording.id == recording_id) & (Recording.state == SegmentState.ARCHIVING.value)
-    ).execute()
+    Recording.transition(
+        recording_id,
+        SegmentState.ARCHIVING,
+        SegmentState(plan["previous_state"]),
+        values={"metadata": metadata or None},
+    )
 
 
 def unlink_quietly(path: str) -> int:

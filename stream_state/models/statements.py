@@ -1,7 +1,8 @@
 """The per-segment statements, written once per backend instead of built per call.
 
 ``begin_segment`` and ``complete_segment`` run for every segment file of
-every stream. Building their SQL with peewee's query builder costs about a
+every stream (the UPDATE that closes a segment is the segment-state gate's,
+spelled the same way in models/gate.py). Building their SQL with peewee's query builder costs about a
 millisecond of Python per cycle, several times what SQLite needs to execute
 them, so their text is written here once per placeholder style and run with
 ``execute_sql``. Table and column names come from the models' ``_meta``, so a
@@ -25,7 +26,6 @@ from ..states import SegmentState
 class SegmentStatements:
     claim_index: str
     insert_recording: str
-    complete_open: str
 
 
 @lru_cache(maxsize=8)
@@ -62,17 +62,7 @@ def spelled(param: str) -> SegmentStatements:
             "media_started_at",
         )
     )
-    recording_id, ended_at, size_bytes, state = (
-        col(Recording, "id"),
-        col(Recording, "ended_at"),
-        col(Recording, "size_bytes"),
-        col(Recording, "state"),
-    )
-    media_ended_at, frame_count, finalized = (
-        col(Recording, "media_ended_at"),
-        col(Recording, "frame_count"),
-        col(Recording, "finalized"),
-    )
+    recording_id = col(Recording, "id")
     return SegmentStatements(
         # Takes the next index and refuses a removed stream in one statement.
         claim_index=(
@@ -83,13 +73,6 @@ def spelled(param: str) -> SegmentStatements:
             f"INSERT INTO {recording} ({inserted}) "
             f"VALUES ({p}, {p}, {p}, {p}, {p}, 0, '{SegmentState.RECORDING.value}', {p}, {p}, {p}) "
             f"RETURNING {recording_id}"
-        ),
-        # Only an open segment matches; zero rows means "look closer".
-        complete_open=(
-            f"UPDATE {recording} SET {state} = '{SegmentState.COMPLETE.value}', {ended_at} = {p}, "
-            f"{size_bytes} = {p}, {media_ended_at} = COALESCE({p}, {media_ended_at}), "
-            f"{frame_count} = COALESCE({p}, {frame_count}), {finalized} = COALESCE({p}, {finalized}) "
-            f"WHERE {recording_id} = {p} AND {ended_at} IS NULL"
         ),
     )
 

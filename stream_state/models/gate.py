@@ -1,0 +1,263 @@
+"""The one gate every change of a segment's state passes through.
+
+A segment's row moves between states (``recording`` -> ``complete``,
+``complete`` -> ``deleting`` -> removed, ...) only here. Each move is a
+compare-and-set: one ``UPDATE ... SET state = to WHERE id IN (...) AND state
+IN (from...)`` (or ``DELETE`` for the end of a ``deleting`` row), after the
+transition map (``transitions.SEGMENT_TRANSITIONS``) allowed every
+``from -> to`` pair. A row another process moved in the meantime simply does
+not match; the result says which ids changed and which were refused, and
+``strict=True`` turns a refusal into the error that explains it. The events
+that go with a change are written in the same transaction, only for rows
+that really changed.
+
+Extra conditions drop in as a ``Guard``: a SQL fragment ANDed into the same
+statement (so the check and the write cannot be separated by another
+writer) plus the error to raise for rows it refused. The sessions issue's
+ownership check (owner session + fencing epoch) is meant to be one.
+
+The statements are spelled once per shape (backend placeholder, target
+state, columns set, number of ids) from the model's ``_meta`` and cached, not
+built by peewee per call: ``complete_segment`` runs through here for every
+segment file of every stream (bench/segments.py measures it).
+``tests/test_gate.py`` fails if any module writes a segment's state
+anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol, cast
+
+import peewee as pw
+
+from ..errors import InvalidTransition, NotFound, StreamStateError, ValidationError
+from ..states import SegmentState
+from ..transitions import SEGMENT_INITIAL, check_segment_removal, check_segment_transition
+from .statements import json_param
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What one pass through the gate did.
+
+    ``to`` is None when the rows were removed (the end of a ``deleting`` row).
+    """
+
+    from_: tuple[SegmentState, ...]
+    to: SegmentState | None
+    requested: tuple[int, ...]
+    changed: tuple[int, ...]
+
+    @property
+    def refused(self) -> tuple[int, ...]:
+        """The ids asked for that did not change (not in a ``from_`` state, gone, or refused by a guard)."""
+        changed = set(self.changed)
+        return tuple(i for i in self.requested if i not in changed)
+
+    def __bool__(self) -> bool:
+        return bool(self.changed)
+
+
+class Guard(Protocol):
+    """An extra condition a row must meet for the gate to change it.
+
+    ``key`` names the fragment's shape; ``where(db)`` returns a SQL fragment
+    over the recording table in ``db``'s placeholder style and its
+    parameters (ANDed into the gate's statement); ``why_refused(ids)`` says
+    why rows that exist and were in a ``from_`` state were still refused
+    (None when the guard did not refuse them).
+    """
+
+    key: Hashable
+
+    def where(self, db: pw.Database) -> tuple[str, Sequence[Any]]: ...
+
+    def why_refused(self, ids: Sequence[int]) -> StreamStateError | None: ...
+
+
+EventsFor = Callable[[Transition], Iterable[pw.Model]]
+
+
+def _ids(ids: int | Iterable[int]) -> tuple[int, ...]:
+    if isinstance(ids, int) and not isinstance(ids, bool):
+        return (ids,)
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise ValidationError("ids", ids, "expected a recording id or an iterable of ids")
+    given = list(ids)
+    for value in given:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValidationError("ids", value, "expected integer recording ids")
+    return tuple(dict.fromkeys(given))  # in order, once each
+
+
+def _states(states: SegmentState | str | Iterable[SegmentState | str]) -> tuple[SegmentState, ...]:
+    if isinstance(states, str):
+        states = (states,)
+    try:
+        found = tuple(dict.fromkeys(SegmentState(s) for s in states))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("from_", states, f"expected segment states ({exc})") from exc
+    if not found:
+        raise ValidationError("from_", states, "give at least one state to move from")
+    return found
+
+
+def _pk(model: type[pw.Model]) -> pw.Field:
+    return cast(pw.Field, model._meta.primary_key)
+
+
+def _quote(db: pw.Database, name: str) -> str:
+    return name.join(db.quote)
+
+
+@lru_cache(maxsize=256)
+def _spelled(
+    model: type[pw.Model],
+    param: str,
+    quote: str,
+    removing: bool,
+    columns: tuple[str, ...],
+    n_ids: int,
+    n_from: int,
+) -> str:
+    """The statement of one shape: ids and states as parameters, the guard appended by the caller."""
+    meta = model._meta
+
+    def q(name: str) -> str:
+        return name.join(quote)
+
+    table = q(meta.table_name)
+    id_column = q(_pk(model).column_name)
+    state_column = q(meta.fields["state"].column_name)
+    ids = f"{id_column} = {param}" if n_ids == 1 else f"{id_column} IN ({', '.join([param] * n_ids)})"
+    states = (
+        f"{state_column} = {param}" if n_from == 1 else f"{state_column} IN ({', '.join([param] * n_from)})"
+    )
+    if removing:
+        return f"DELETE FROM {table} WHERE {ids} AND {states}"
+    sets = ", ".join(f"{q(meta.fields[c].column_name)} = {param}" for c in ("state", *columns))
+    return f"UPDATE {table} SET {sets} WHERE {ids} AND {states}"
+
+
+def statement(
+    model: type[pw.Model],
+    db: pw.Database,
+    to: SegmentState | None,
+    columns: Sequence[str] = (),
+    n_ids: int = 1,
+    n_from: int = 1,
+) -> str:
+    """The SQL text the gate runs for one shape of change (the benchmark's baseline runs it too)."""
+    return _spelled(model, db.param, db.quote, to is None, tuple(columns), n_ids, n_from)
+
+
+def change(
+    model: type[pw.Model],
+    ids: int | Iterable[int],
+    from_: SegmentState | str | Iterable[SegmentState | str],
+    to: SegmentState | str | None,
+    *,
+    values: Mapping[str, Any] | None = None,
+    event: EventsFor | None = None,
+    guard: Guard | None = None,
+    strict: bool = False,
+) -> Transition:
+    """Move the rows ``ids`` that are in a ``from_`` state to ``to`` (None: remove them).
+
+    ``values`` sets other columns in the same statement (by field name).
+    ``event(transition)`` returns unsaved events to write, in the same
+    transaction, when at least one row changed. With ``strict`` a row that
+    did not change raises (``NotFound``, ``InvalidTransition`` naming its
+    current state, or the guard's error) and nothing is written.
+    """
+    froms = _states(from_)
+    target = None if to is None else SegmentState(to)
+    for state in froms:
+        if target is None:
+            check_segment_removal(state)
+        else:
+            check_segment_transition(state, target)
+    wanted = _ids(ids)
+    if not wanted:
+        return Transition(froms, target, (), ())
+    meta = model._meta
+    db = meta.database
+    columns = tuple(values) if values else ()
+    if "state" in columns:
+        raise ValidationError("values", "state", "the state is the gate's to set: pass it as `to`")
+    sql = _spelled(model, db.param, db.quote, target is None, columns, len(wanted), len(froms))
+    params: list[Any] = []
+    if target is not None:
+        params.append(target.value)
+        for name in columns:
+            field = meta.fields[name]
+            value = values[name]  # type: ignore[index]
+            params.append(
+                json_param(db, field, value) if isinstance(field, pw.JSONField) else field.db_value(value)
+            )
+    params += wanted
+    params += [state.value for state in froms]
+    if guard is not None:
+        fragment, extra = guard.where(db)
+        sql = f"{sql} AND ({fragment})"
+        params += extra
+    if event is None and not strict:
+        return Transition(froms, target, wanted, _run(db, sql, params, wanted, model))
+    with db.atomic():
+        result = Transition(froms, target, wanted, _run(db, sql, params, wanted, model))
+        if strict and result.refused:
+            raise _why_refused(model, result, guard)  # leaves the transaction: nothing stays written
+        if result.changed and event is not None:
+            events = list(event(result))
+            if events:
+                type(events[0]).bulk_create(events, batch_size=200)
+    return result
+
+
+def _run(
+    db: pw.Database, sql: str, params: list[Any], wanted: tuple[int, ...], model: type[pw.Model]
+) -> tuple[int, ...]:
+    if len(wanted) == 1:
+        # One row: the row count says it all, and the statement stays the
+        # plain UPDATE the hot path has always run.
+        return wanted if db.execute_sql(sql, params).rowcount else ()
+    returning = f"{sql} RETURNING {_quote(db, _pk(model).column_name)}"
+    changed = {row[0] for row in db.execute_sql(returning, params).fetchall()}
+    return tuple(i for i in wanted if i in changed)
+
+
+def _why_refused(model: type[pw.Model], result: Transition, guard: Guard | None) -> StreamStateError:
+    refused = result.refused
+    pk = _pk(model)
+    state_field = model._meta.fields["state"]
+    rows = cast(Iterable[tuple[int, Any]], model.select(pk, state_field).where(pk.in_(refused)).tuples())
+    current = dict(rows)
+    for rec_id in refused:
+        if rec_id not in current:
+            return NotFound("recording", rec_id)
+    wrong = [i for i in refused if current[i] not in result.from_]
+    if not wrong and guard is not None:
+        reason = guard.why_refused(refused)
+        if reason is not None:
+            return reason
+    rec_id = (wrong or refused)[0]
+    requested = "removed" if result.to is None else result.to
+    expected = ", ".join(result.from_)
+    return InvalidTransition("segment", current[rec_id], requested, f"recording {rec_id} is not {expected}")
+
+
+def create(model: type[pw.Model], state: SegmentState, **columns: Any) -> pw.Model:
+    """Insert a segment's row in one of the states a row may start in (``SEGMENT_INITIAL``).
+
+    ``begin_segment`` inserts its ``recording`` rows with its own prepared
+    statement (models/statements.py); every other new row comes through here.
+    """
+    state = SegmentState(state)
+    if state not in SEGMENT_INITIAL:
+        raise InvalidTransition(
+            "segment", "new", state, f"a row starts as one of {', '.join(SEGMENT_INITIAL)}"
+        )
+    return model.create(state=state, **columns)

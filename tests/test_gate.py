@@ -221,8 +221,12 @@ _WRITERS = {
     "get_or_create",
     "set_by_id",
 }
-_UPDATE_SQL = re.compile(r'\bUPDATE\s+"?recording"?\s+SET\b.*?"?\bstate"?\s*=', re.I | re.S)
-_INSERT_SQL = re.compile(r'\bINSERT\s+INTO\s+"?recording"?\s*\((?P<columns>[^)]*)\)(?P<rest>.*)', re.I | re.S)
+# The recording table and its state column, spelled out or interpolated in
+# an f-string from something named after them ({recording}, {col(Recording, "state")}).
+_TABLE = r'(?:"?recording"?(?!\w)|\{[^{}]*\brecording\b[^{}]*\})'
+_STATE = r'(?:"?\bstate\b"?|\{[^{}]*\bstate\b[^{}]*\})'
+_UPDATE_SQL = re.compile(rf"\bUPDATE\s+{_TABLE}\s+SET\b.*?{_STATE}\s*=", re.I | re.S)
+_INSERT_SQL = re.compile(rf"\bINSERT\s+INTO\s+{_TABLE}\s*\((?P<columns>[^)]*)\)(?P<rest>.*)", re.I | re.S)
 # Only the gate's own module writes a state; the hot-path INSERT of
 # begin_segment may spell the one birth state of a new segment.
 _GATE = PACKAGE / "models" / "gate.py"
@@ -240,9 +244,9 @@ def _sql_writes_state(text: str) -> bool:
     if _UPDATE_SQL.search(text):
         return True
     insert = _INSERT_SQL.search(text)
-    if insert and re.search(r'"?\bstate\b"?', insert.group("columns")):
+    if insert and re.search(_STATE, insert.group("columns"), re.I):
         # the birth of an open segment spells its one allowed state
-        return "'recording'" not in insert.group("rest")
+        return not re.search(r"'(recording|\{[^{}]*RECORDING[^{}]*\})'", insert.group("rest"))
     return False
 
 
@@ -270,8 +274,11 @@ def state_writes(source: str, filename: str) -> list[str]:
             elif name == "save" and (filename, functions.get(node)) not in _SAVE_ALLOWED:
                 found.append(f"{where} save() writes whatever is dirty, the state included")
         elif isinstance(node, ast.JoinedStr):
-            # an f-string is read whole, its placeholders as {}
-            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            # an f-string is read whole, each placeholder as {its expression}
+            text = "".join(
+                v.value if isinstance(v, ast.Constant) else "{" + ast.unparse(v.value) + "}"  # type: ignore[attr-defined]
+                for v in node.values
+            )
             in_fstrings.update(id(v) for v in node.values)
             if _sql_writes_state(text):
                 found.append(f"{where} SQL writes the state: {text[:60]!r}")
@@ -309,6 +316,9 @@ def test_no_module_writes_a_segment_state_outside_the_gate():
         'db.execute_sql(\'UPDATE "recording" SET "ended_at" = ?, "state" = ? WHERE id = ?\')',
         "db.execute_sql(f'UPDATE recording SET state = {p} WHERE id = {p}')",
         "db.execute_sql('INSERT INTO recording (path, state) VALUES (?, ?)')",
+        'sql = f"UPDATE {recording} SET {state} = {p}, {ended_at} = {p} WHERE {recording_id} = {p}"',
+        "sql = f'UPDATE {Recording._meta.table_name} SET {col(Recording, \"state\")} = {p}'",
+        "sql = f'INSERT INTO {recording} ({state}, {path}) VALUES ({p}, {p})'",
     ],
 )
 def test_the_scan_catches_each_way_of_writing_a_state(snippet):
@@ -321,6 +331,8 @@ def test_the_scan_lets_other_tables_and_the_birth_of_a_segment_pass():
         "Stream.update(status='running').execute()",
         'db.execute_sql(\'INSERT INTO "recording" ("path", "state") VALUES (?, \\\'recording\\\')\')',
         "SegmentSnapshot(state=SegmentState.RECORDING)",
+        'sql = f"UPDATE {stream} SET {next_index} = {next_index} + 1 WHERE {stream_id} = {p}"',
+        "sql = f\"INSERT INTO {recording} ({inserted}) VALUES ({p}, 0, '{SegmentState.RECORDING.value}')\"",
     ]
     for snippet in harmless:
         assert state_writes(snippet, "snippet.py") == [], snippet

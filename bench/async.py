@@ -219,7 +219,7 @@ async def sync_metrics(batches: list[list[tuple]]) -> None:
 
 async def async_metrics(batches: list[list[tuple]]) -> None:
     for batch in batches:
-        await aio.record_metrics(batch)
+        await aio.record_many(batch)
 
 
 async def gather(works: list[Callable[[], Awaitable[None]]]) -> None:

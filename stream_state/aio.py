@@ -11,7 +11,7 @@ same package, awaitable::
     cam = await aio.register("cam-1", "rtsp://user:pass@10.0.0.1/stream1", recording=True)
     segment = await aio.begin_segment(cam, "/rec/cam-1/00000000.mp4")
     await aio.complete_segment(segment, size_bytes=1_234_567)
-    await aio.record_metrics([("fps", 15.0, cam)])
+    await aio.record_many([("fps", 15.0, cam)])
     await aio.close_database_async()
 
 Nothing here re-implements a rule. Each coroutine runs the very same
@@ -70,6 +70,7 @@ import inspect
 import logging
 import os
 import shlex
+import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -103,6 +104,8 @@ from .database import (  # noqa: E402  (after the dependency check, on purpose)
 )
 from .models import Event, MetricSample, Recording, Stream, database_proxy  # noqa: E402
 from .models.metric import Sample  # noqa: E402
+from .probe import Probe  # noqa: E402
+from .probe import probe as default_probe  # noqa: E402
 from .restore import RestoredState, Restorer, ShutdownReport  # noqa: E402
 from .states import HealthState, Severity, StreamStatus  # noqa: E402
 
@@ -118,26 +121,27 @@ __all__ = [
     "AsyncStateDatabase",
     "AsyncSupportMissing",
     "MissingGreenletBridge",
+    "archive",
     "atomic",
     "begin_segment",
+    "by_name",
     "checkpoint",
     "close_database_async",
     "complete_segment",
     "count",
     "current_database",
-    "delete_segment",
-    "fail_segment",
+    "delete_file",
+    "fail",
     "fetch",
     "first",
-    "get_stream",
     "open_database_async",
     "read",
     "record_event",
     "record_health",
+    "record_many",
     "record_metric",
-    "record_metrics",
     "register",
-    "remove_stream",
+    "remove",
     "restore",
     "run",
     "set_desired",
@@ -800,6 +804,15 @@ def atomic() -> contextlib.AbstractAsyncContextManager[None]:
     return current_database().aatomic()
 
 
+# --- the verbs: one per model method, under the method's own name ---------------------------
+#
+# ``aio.fail(segment, ...)`` is ``segment.fail(...)``, ``aio.by_name(name)`` is
+# ``Stream.by_name(name)``: same name, same parameters (after the object the
+# method belongs to), same result. Only ``Event.record`` and
+# ``MetricSample.record`` share a name; here they are ``record_event`` and
+# ``record_metric``. tests/test_aio.py checks the parity both ways.
+
+
 # --- streams -------------------------------------------------------------------------------
 
 
@@ -808,7 +821,7 @@ async def register(name: str, uri: str, config: dict[str, Any] | None = None, **
     return await run(Stream.register, name, uri, config, **desired)
 
 
-async def get_stream(name: str) -> Stream:
+async def by_name(name: str) -> Stream:
     """``Stream.by_name``: the live stream called ``name``; ``NotFound`` if there is none."""
     return await read(Stream.by_name, name)
 
@@ -841,7 +854,7 @@ async def record_health(
     return await run(stream.record_health, state, reason, data, at)
 
 
-async def remove_stream(stream: Stream) -> bool:
+async def remove(stream: Stream) -> bool:
     """``stream.remove``: soft-delete; False if it was already removed."""
     return await run(stream.remove)
 
@@ -898,14 +911,21 @@ async def complete_segment(
     )
 
 
-async def fail_segment(segment: Recording, reason: str, at: dt.datetime | None = None) -> Recording:
+async def fail(segment: Recording, reason: str, at: dt.datetime | None = None) -> Recording:
     """``segment.fail``: give up on an open segment, with a ``segment_failed`` event."""
     return await run(segment.fail, reason, at)
 
 
-async def delete_segment(segment: Recording) -> int:
+async def delete_file(segment: Recording) -> int:
     """``segment.delete_file``: crash-safe delete of the file and its row; the bytes freed."""
     return await run(segment.delete_file)
+
+
+async def archive(
+    segment: Recording, dest_root: str | os.PathLike[str] | None = None, storage: str | None = None
+) -> Recording:
+    """``segment.archive``: move a complete segment's file under ``dest_root`` and flag it archived."""
+    return await run(segment.archive, dest_root, storage)
 
 
 # --- events and metrics -----------------------------------------------------------------------
@@ -930,11 +950,11 @@ async def record_metric(
     labels: Mapping[str, str | int] | None = None,
     at: dt.datetime | None = None,
 ) -> MetricSample:
-    """``MetricSample.record``: one sample. Prefer ``record_metrics`` for a tick's worth."""
+    """``MetricSample.record``: one sample. Prefer ``record_many`` for a tick's worth."""
     return await run(MetricSample.record, name, value, stream, labels, at)
 
 
-async def record_metrics(samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
+async def record_many(samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
     """``MetricSample.record_many``: many samples in one transaction; how many were written."""
     return await run(MetricSample.record_many, samples)
 
@@ -943,12 +963,41 @@ async def record_metrics(samples: Iterable[Sample | Mapping[str, Any] | Sequence
 
 
 async def restore(
-    now: dt.datetime | None = None, *, dry_run: bool = False, session: str | None = None
+    now: dt.datetime | None = None,
+    *,
+    dry_run: bool = False,
+    session: str | None = None,
+    probe: Probe | None = default_probe,
 ) -> RestoredState:
-    """``Restorer().restore()``: repair what the last run left half done; what to bring back."""
-    return await run(lambda: Restorer(session=session).restore(now, dry_run=dry_run))
+    """``Restorer(session=, probe=).restore()``: repair what the last run left half done."""
+    return await run(lambda: Restorer(session=session, probe=probe).restore(now, dry_run=dry_run))
 
 
-async def shutdown(now: dt.datetime | None = None, *, session: str | None = None) -> ShutdownReport:
-    """``Restorer().shutdown()``: record a clean stop, closing any segment left open."""
-    return await run(lambda: Restorer(session=session).shutdown(now))
+async def shutdown(
+    now: dt.datetime | None = None, *, session: str | None = None, probe: Probe | None = default_probe
+) -> ShutdownReport:
+    """``Restorer(session=, probe=).shutdown()``: record a clean stop, closing any segment left open."""
+    return await run(lambda: Restorer(session=session, probe=probe).shutdown(now))
+
+
+# --- the names of before (issue 12): deprecated, for code written against them ------------------
+
+_RENAMED = {
+    "get_stream": "by_name",
+    "remove_stream": "remove",
+    "fail_segment": "fail",
+    "delete_segment": "delete_file",
+    "record_metrics": "record_many",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        new = _RENAMED[name]
+        warnings.warn(
+            f"stream_state.aio.{name} is now aio.{new}, the name of the model method it runs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import inspect
 import os
 import stat
 import subprocess
@@ -208,20 +209,20 @@ class SyncFace:
     """The synchronous API under aio's names, so one script drives both faces."""
 
     register = _sync(Stream.register)
-    get_stream = _sync(Stream.by_name)
+    by_name = _sync(Stream.by_name)
     update_config = _sync(lambda s, *a: s.update_config(*a))
     set_desired = _sync(lambda s, *a, **k: s.set_desired(*a, **k))
     set_status = _sync(lambda s, *a, **k: s.set_status(*a, **k))
     record_health = _sync(lambda s, *a, **k: s.record_health(*a, **k))
-    remove_stream = _sync(lambda s: s.remove())
+    remove = _sync(lambda s: s.remove())
     begin_segment = _sync(lambda s, *a, **k: s.begin_segment(*a, **k))
     checkpoint = _sync(lambda r, *a, **k: r.checkpoint(*a, **k))
     complete_segment = _sync(lambda r, *a, **k: r.complete_segment(*a, **k))
-    fail_segment = _sync(lambda r, *a, **k: r.fail(*a, **k))
-    delete_segment = _sync(lambda r: r.delete_file())
+    fail = _sync(lambda r, *a, **k: r.fail(*a, **k))
+    delete_file = _sync(lambda r: r.delete_file())
     record_event = _sync(Event.record)
     record_metric = _sync(MetricSample.record)
-    record_metrics = _sync(MetricSample.record_many)
+    record_many = _sync(MetricSample.record_many)
     restore = _sync(
         lambda now=None, *, dry_run=False, session=None: Restorer(session=session).restore(
             now, dry_run=dry_run
@@ -265,24 +266,24 @@ async def manager_script(face: Any, tmp_path: Path, tag: str) -> list[str]:
     await refused(face.checkpoint(second, -1))
     await face.complete_segment(second, ended_at=at(30), size_bytes=3000, metadata={"frames": 450})
     third = await face.begin_segment(cam, files / "2.mp4", started_at=at(30))
-    await face.fail_segment(third, "encoder crashed", at=at(31))
+    await face.fail(third, "encoder crashed", at=at(31))
     (files / "0.mp4").write_bytes(b"x" * 2000)
-    assert await face.delete_segment(first) == 2000
+    assert await face.delete_file(first) == 2000
     await face.record_event("note", cam, message=f"reconnect to {URI}", data={"n": 1}, at=at(32))
     await refused(face.record_event("note", 999, at=at(32)))
     await face.record_metric("fps", 14.5, cam, {"encoder": "hw"}, at(33))
     batch = [("fps", 15.0, cam, {"encoder": "hw"}, at(34)), ("bitrate_kbps", 800.0, cam, None, at(34))]
-    assert await face.record_metrics(batch) == 2
-    await refused(face.record_metrics([("fps", float("nan"), cam)]))
-    await refused(face.record_metrics([("fps", 1.0, 999, None, at(35))]))
+    assert await face.record_many(batch) == 2
+    await refused(face.record_many([("fps", float("nan"), cam)]))
+    await refused(face.record_many([("fps", 1.0, 999, None, at(35))]))
     open_at_crash = await face.begin_segment(cam, files / "3.mp4", started_at=at(40))
     (files / "3.mp4").write_bytes(b"x" * 500)
     os.utime(files / "3.mp4", (at(45).timestamp(), at(45).timestamp()))
     state = await face.restore(at(60), session="second")  # as after a crash
     assert [r.recording_id for r in state.repairs] == [open_at_crash.id]
     assert state.stream("cam-1").next_segment_index == 4
-    await refused(face.get_stream("cam-404"))
-    assert await face.remove_stream(other) is True
+    await refused(face.by_name("cam-404"))
+    assert await face.remove(other) is True
     await refused(face.begin_segment(other, files / "x.mp4"))
     report = await face.shutdown(at(70), session="second")
     assert report.closed == ()
@@ -382,9 +383,9 @@ def test_returned_objects_need_no_bridge_and_queries_run_through_fetch(backend):
         joined = await aio.first(Recording.select(Recording, Stream).join(Stream))
         assert joined.stream.name == "cam-1"
         assert await aio.count(Event.select()) == 2
-        assert (await aio.get_stream("cam-1")).id == cam.id
+        assert (await aio.by_name("cam-1")).id == cam.id
         with pytest.raises(NotFound):
-            await aio.get_stream("nope")
+            await aio.by_name("nope")
 
     run_async(backend, body)
 
@@ -405,7 +406,7 @@ def test_atomic_makes_several_calls_one_transaction(backend):
             with pytest.raises(AlreadyExists):
                 await aio.begin_segment(cam, "/rec/b.mp4", started_at=T0)  # a savepoint rolls back
             async with aio.atomic():
-                await aio.record_metrics([("fps", 15.0, cam, None, T0)])
+                await aio.record_many([("fps", 15.0, cam, None, T0)])
             await aio.complete_segment(segment, ended_at=at(10), size_bytes=5)
         assert await aio.count(Recording.select().where(Recording.state == "complete")) == 1
         assert await aio.count(MetricSample.select()) == 1
@@ -441,7 +442,7 @@ async def drive(stream: Stream, tmp_path: Path, segments: int = SEGMENTS) -> Non
             "labels": {"encoder": "hw"},
             "at": when,
         }
-        await aio.record_metrics(
+        await aio.record_many(
             [fps, {"name": "bitrate_kbps", "value": float(i), "stream": stream, "at": when}]
         )
         await aio.record_event("tick", stream, data={"i": i}, at=when)
@@ -561,7 +562,7 @@ def test_a_lost_postgres_connection_is_database_unavailable_then_recovers(backen
                 terminate(pid)
                 await aio.record_health(cam, "healthy")
         assert await aio.record_health(cam, "healthy") is True, "the next call reconnects by itself"
-        assert (await aio.get_stream("cam-1")).health == "healthy"
+        assert (await aio.by_name("cam-1")).health == "healthy"
 
     run_async(backend, body)
 
@@ -602,3 +603,114 @@ def test_maintenance_runs_through_the_bridge_with_sqlite_scripts(backend):
         assert (await aio.read(maintenance.integrity_check)).ok
 
     run_async(backend, body)
+
+
+# --- the verbs are the model methods' names -------------------------------------------------------
+
+# aio verb -> the method it runs. Instance methods take the object first.
+VERBS: dict[str, Any] = {
+    "register": Stream.register,
+    "by_name": Stream.by_name,
+    "update_config": Stream.update_config,
+    "set_desired": Stream.set_desired,
+    "set_status": Stream.set_status,
+    "record_health": Stream.record_health,
+    "remove": Stream.remove,
+    "begin_segment": Stream.begin_segment,
+    "checkpoint": Recording.checkpoint,
+    "complete_segment": Recording.complete_segment,
+    "fail": Recording.fail,
+    "delete_file": Recording.delete_file,
+    "archive": Recording.archive,
+    "record_event": Event.record,  # Event.record and MetricSample.record share a name
+    "record_metric": MetricSample.record,
+    "record_many": MetricSample.record_many,
+    "restore": Restorer.restore,
+    "shutdown": Restorer.shutdown,
+}
+SHARED_NAMES = {"record_event", "record_metric"}
+# Methods without a verb of their own: query factories (``aio.fetch(Recording.for_stream(cam))``)
+# and batch jobs (``aio.run(Recording.archive_completed, ...)``).
+NO_VERB = {
+    Stream.active,
+    Recording.open_segments,
+    Recording.for_stream,
+    Recording.archive_completed,
+    Event.build,
+    MetricSample.for_series,
+    MetricSeries.matching,
+    MetricSeries.existing_id,
+}
+BRIDGE = {
+    "open_database_async",
+    "close_database_async",
+    "current_database",
+    "run",
+    "read",
+    "fetch",
+    "first",
+    "count",
+    "atomic",
+}
+
+
+def _methods(cls: type) -> dict[str, Any]:
+    return {
+        name: getattr(cls, name)
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and (inspect.isfunction(member) or isinstance(member, classmethod))
+    }
+
+
+def _parameters(fn: Any, *, drop_first: bool) -> list[tuple[str, Any, Any]]:
+    params = list(inspect.signature(fn).parameters.values())
+    return [(p.name, p.kind, p.default) for p in params[1 if drop_first else 0 :]]
+
+
+def test_every_aio_function_is_a_verb_or_part_of_the_bridge():
+    functions = {name for name in aio.__all__ if inspect.isfunction(getattr(aio, name))}
+    assert functions == set(VERBS) | BRIDGE
+    assert all(inspect.iscoroutinefunction(getattr(aio, name)) for name in VERBS)
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_an_aio_verb_has_its_methods_name_and_parameters(verb):
+    method = VERBS[verb]
+    owner = method.__qualname__.split(".")[0]
+    if verb in SHARED_NAMES:
+        assert verb == f"{method.__name__}_{ {'Event': 'event', 'MetricSample': 'metric'}[owner] }"
+    else:
+        assert verb == method.__name__
+    is_instance_method = inspect.isfunction(method)  # a classmethod comes bound to its class
+    expected = _parameters(method, drop_first=is_instance_method and owner != "Restorer")
+    if owner == "Restorer":
+        # Restorer's own keyword arguments (not the database: aio has one) come along.
+        expected = expected[1:]  # self
+        expected += [p for p in _parameters(Restorer.__init__, drop_first=True) if p[0] != "db"]
+    got = _parameters(getattr(aio, verb), drop_first=is_instance_method and owner != "Restorer")
+    assert got == expected
+
+
+def test_every_model_method_has_an_aio_verb_or_is_left_to_the_bridge():
+    methods = {
+        f"{cls.__name__}.{name}": fn
+        for cls in (Stream, Recording, Event, MetricSample, MetricSeries, Restorer)
+        for name, fn in _methods(cls).items()
+    }
+    covered = set(VERBS.values()) | NO_VERB
+    missing = sorted(name for name, fn in methods.items() if fn not in covered)
+    assert missing == [], "add an aio verb of the same name (or list it in NO_VERB): " + ", ".join(missing)
+
+
+def test_the_names_of_before_still_work_and_warn():
+    for old, new in {
+        "get_stream": "by_name",
+        "remove_stream": "remove",
+        "fail_segment": "fail",
+        "delete_segment": "delete_file",
+        "record_metrics": "record_many",
+    }.items():
+        with pytest.warns(DeprecationWarning, match=f"aio.{new}"):
+            assert getattr(aio, old) is getattr(aio, new)
+    with pytest.raises(AttributeError):
+        aio.no_such_verb  # noqa: B018

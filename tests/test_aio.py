@@ -629,9 +629,13 @@ VERBS: dict[str, Any] = {
     "shutdown": Restorer.shutdown,
 }
 SHARED_NAMES = {"record_event", "record_metric"}
-# Methods without a verb of their own: query factories (``aio.fetch(Recording.for_stream(cam))``)
-# and batch jobs (``aio.run(Recording.archive_completed, ...)``).
+# Methods without a verb of their own: query factories (``aio.fetch(Recording.for_stream(cam))``),
+# batch jobs (``aio.run(Recording.archive_completed, ...)``) and the segment-state gate that the
+# services (restore, check, retention) go through, which a manager does not call.
 NO_VERB = {
+    Recording.transition,
+    Recording.finish_delete,
+    Recording.create_segment,
     Stream.active,
     Recording.open_segments,
     Recording.for_stream,

@@ -57,7 +57,7 @@ UPSERT = (
     'INSERT INTO "metric_sample" ("series_id", "ts", "value") VALUES ({p}, {p}, {p}) '
     'ON CONFLICT ("series_id", "ts") DO UPDATE SET "value" = excluded."value"'
 )
-PG_PAGE_SIZE = 1000  # the page size record_many uses with psycopg2 (metric._PG_PAGE_SIZE)
+PG_PAGE_SIZE = 1000  # the page size record_many uses with psycopg2 (backends.PG_PAGE_SIZE)
 
 Row = tuple[int, int, float]
 

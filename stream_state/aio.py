@@ -78,7 +78,7 @@ from urllib.parse import quote
 
 import peewee as pw
 
-from .errors import DatabaseUnavailable, StorageFull, StreamStateError, ValidationError
+from .errors import DatabaseUnavailable, StreamStateError, ValidationError
 
 ASYNC_EXTRA_HINT = "pip install 'stream_state[async]'"
 
@@ -95,13 +95,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         f"stream_state.aio needs greenlet ({exc}); install the async extra: {ASYNC_EXTRA_HINT}"
     ) from exc
 
-from .database import (  # noqa: E402  (after the dependency check, on purpose)
+from .backends import (  # noqa: E402  (after the dependency check, on purpose)
+    PostgresDialect,
+    SqliteDialect,
     StreamStatePostgresDatabase,
     StreamStateSqliteDatabase,
     _TranslatesDriverErrors,
-    connect_database,
-    ensure_schema,
 )
+from .database import connect_database, ensure_schema  # noqa: E402
 from .models import Event, MetricSample, Recording, Stream, database_proxy  # noqa: E402
 from .models.metric import Sample  # noqa: E402
 from .probe import Probe  # noqa: E402
@@ -381,7 +382,7 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
                 await self._release_if_idle()
 
 
-class AsyncSqliteStateDatabase(AsyncStateDatabase, pwasyncio.AsyncSqliteDatabase):
+class AsyncSqliteStateDatabase(AsyncStateDatabase, SqliteDialect, pwasyncio.AsyncSqliteDatabase):
     """aiosqlite with the package's pragmas, IMMEDIATE write transactions and errors.
 
     Opens the existing file read-write without creating it (``open_database_async``
@@ -395,11 +396,6 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, pwasyncio.AsyncSqliteDatabase
         super().__init__(database, **kwargs)
         self.display_url = str(database)
         self._setup_state()
-
-    # The same file checks and error translation as the synchronous database.
-    _file_identity = StreamStateSqliteDatabase._file_identity
-    verify_file = StreamStateSqliteDatabase.verify_file
-    translate_error = StreamStateSqliteDatabase.translate_error
 
     async def _create_pool_async(self) -> Any:
         if pwasyncio.aiosqlite is None:
@@ -421,7 +417,7 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, pwasyncio.AsyncSqliteDatabase
             raise
 
 
-class AsyncPostgresStateDatabase(AsyncStateDatabase, pwasyncio.AsyncPostgresqlDatabase):
+class AsyncPostgresStateDatabase(AsyncStateDatabase, PostgresDialect, pwasyncio.AsyncPostgresqlDatabase):
     """asyncpg with the package's errors and peewee's plain SQL transactions.
 
     pwasyncio runs PostgreSQL transactions as asyncpg transaction objects,
@@ -459,18 +455,10 @@ class AsyncPostgresStateDatabase(AsyncStateDatabase, pwasyncio.AsyncPostgresqlDa
             raise AsyncSupportMissing(f"PostgreSQL from asyncio needs asyncpg; install {ASYNC_EXTRA_HINT}")
         return await super()._create_pool_async()
 
-    def translate_error(self, exc: BaseException) -> StreamStateError | None:
-        original = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
-        if getattr(original, "sqlstate", None) == "53100":  # disk_full
-            return StorageFull(f"PostgreSQL at {self.display_url} is out of disk space: {original}")
+    def _connection_lost(self) -> bool:
+        # aconnect() replaces a stale connection, so the next call recovers by itself.
         conn = self._state.conn
-        if isinstance(exc, (pw.OperationalError, pw.InterfaceError)) and conn is not None and conn.stale():
-            # aconnect() replaces a stale connection, so the next call recovers by itself.
-            return DatabaseUnavailable(
-                f"lost the connection to {self.display_url} ({str(original).strip()}); "
-                "the next call reconnects when the server is back"
-            )
-        return None
+        return conn is not None and conn.stale()
 
 
 _JSON_NODES: tuple[type, ...] = (pwasyncio.Json,)

@@ -19,13 +19,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 import peewee as pw
 from playhouse.pool import PooledDatabase
 
 from . import __version__, history
+from .backends import dialect, url_backend
 from .check import DEFAULT_MAX_SHARE
 from .check import check as check_storage
 from .cli_output import (
@@ -291,8 +291,7 @@ def _display_url(url: str | None) -> str:
 def _existing_sqlite(url: str | None) -> None:
     """Refuse to create an empty SQLite file as a side effect of a read-only command."""
     resolved = resolve_url(url)
-    scheme = urlsplit(resolved).scheme.lower() if "://" in resolved else "sqlite"
-    if scheme in ("sqlite", "sqlite+pool"):
+    if url_backend(resolved) == "sqlite":
         path = sqlite_path(resolved)
         if not path.exists():
             raise DatabaseUnavailable(
@@ -412,7 +411,7 @@ def migrate(status: bool, rollback: bool, yes: bool, as_json: bool) -> None:
             name = schema_version(db)
             if name is not None and not yes:
                 click.confirm(f"Roll back {name}? Its tables and columns are dropped", abort=True)
-            if isinstance(db, pw.SqliteDatabase) and name is not None:
+            if dialect(db).is_sqlite and name is not None:
                 backup_path = backup_sqlite(db, label=f"pre-rollback-{name}")
             done = [rollback_one(db)]
     finally:
@@ -1436,7 +1435,7 @@ def vacuum_command(full: bool, as_json: bool) -> None:
     """Give free space back to the filesystem (SQLite; PostgreSQL's autovacuum does this itself)."""
     with _database() as db, _progress("vacuuming", as_json) as progress:
         progress.busy()
-        postgres = isinstance(db, pw.PostgresqlDatabase)
+        postgres = not dialect(db).is_sqlite
         if full:
             result = {"full": True, "bytes_freed": vacuum()}
         else:

@@ -16,22 +16,26 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee as pw
 from peewee_migrate import Router
-from playhouse.pool import PooledPostgresqlDatabase
 
+from .backends import (
+    StreamStatePostgresDatabase,
+    StreamStateSqliteDatabase,
+    current_database,
+    database_proxy,
+    dialect,
+    url_backend,
+)
 from .errors import (
     DatabaseUnavailable,
     MigrationError,
     SchemaMismatch,
-    StorageFull,
-    StreamStateError,
     ValidationError,
 )
-from .models.base import database_proxy
 from .redact import redact_data, redact_text, redact_uri
 
 log = logging.getLogger(__name__)
@@ -41,8 +45,6 @@ DEFAULT_URL = "sqlite:///stream_state.db"
 MIGRATE_TABLE = "migratehistory"  # peewee-migrate's default, so `pw_migrate` agrees
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgres+pool", "postgresql+pool"}
-_SQLITE_SCHEMES = {"sqlite", "sqlite+pool"}
 
 
 def migrations_dir() -> Path:
@@ -76,205 +78,6 @@ def sqlite_pragmas(synchronous: str = "NORMAL") -> list[tuple[str, Any]]:
         # not leave a huge file behind forever.
         ("journal_size_limit", 64 * 1024 * 1024),
     ]
-
-
-# SQLite's words for a full disk or a database that hit max_page_count.
-_SQLITE_FULL = ("database or disk is full",)
-# ... and for a database that cannot be used at all right now.
-_SQLITE_UNAVAILABLE = (
-    "disk i/o error",
-    "attempt to write a readonly database",
-    "unable to open database file",
-    "database disk image is malformed",
-    "file is not a database",
-    "database is locked",
-    "no such table",
-)
-_SQLITE_CORRUPT = ("database disk image is malformed", "file is not a database")
-
-
-class _TranslatesDriverErrors:
-    """Turn the driver's "cannot work right now" errors into the package's own.
-
-    Integrity errors and programming errors pass through unchanged (the
-    domain methods turn those into precise errors themselves); a full disk
-    becomes ``StorageFull`` and a lost, read-only or damaged database
-    ``DatabaseUnavailable``, each with a message that says what to do.
-    """
-
-    def execute_sql(self, sql: str, params: Any = None) -> Any:
-        try:
-            return super().execute_sql(sql, params)  # type: ignore[misc]
-        except pw.PeeweeException as exc:
-            self._raise_translated(exc)
-
-    def begin(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().begin(*args, **kwargs)  # type: ignore[misc]
-        except pw.PeeweeException as exc:
-            self._raise_translated(exc)
-
-    def commit(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().commit(*args, **kwargs)  # type: ignore[misc]
-        except pw.PeeweeException as exc:
-            self._raise_translated(exc)
-
-    def rollback(self, *args: Any, **kwargs: Any) -> None:
-        if self.is_closed():  # type: ignore[attr-defined]
-            # The connection died (and the server rolled back with it); the
-            # error that killed it is the one the caller must see.
-            return
-        try:
-            super().rollback(*args, **kwargs)  # type: ignore[misc]
-        except pw.PeeweeException as exc:
-            if "no transaction is active" in str(exc):
-                # SQLite already rolled back on its own (it does on a full
-                # disk): the goal is reached, and the error that caused it is
-                # the one the caller must see.
-                return
-            self._raise_translated(exc)
-
-    def _raise_translated(self, exc: pw.PeeweeException) -> NoReturn:
-        translated = self.translate_error(exc)
-        if translated is None:
-            raise exc
-        raise translated from exc
-
-    def translate_error(self, exc: BaseException) -> StreamStateError | None:
-        raise NotImplementedError
-
-    def verify_file(self) -> None:
-        """Raise ``DatabaseUnavailable`` if the database file vanished or was replaced (SQLite only)."""
-
-
-class StreamStateSqliteDatabase(_TranslatesDriverErrors, pw.SqliteDatabase):
-    """SQLite with driver errors turned into the package's errors.
-
-    Connections open the file read-write without creating it: a database
-    file deleted under a running process must be an error, not a fresh empty
-    database that silently takes the next writes.
-    """
-
-    _identity: tuple[int, int] | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        self.verify_file()
-        self._refuse_read_only()
-        target = f"file:{quote(os.path.abspath(self.database))}?mode=rw"
-        try:
-            conn = sqlite3.connect(
-                target, uri=True, timeout=self._timeout, isolation_level=None, **self.connect_params
-            )
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseUnavailable(
-                f"cannot open SQLite database {self.database}: {exc}. If the file is damaged, "
-                "restore a backup or run `stream-state integrity`."
-            ) from exc
-        try:
-            self._add_conn_hooks(conn)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise DatabaseUnavailable(
-                f"cannot use SQLite database {self.database}: {exc}. If the file is damaged, "
-                "restore a backup or run `stream-state integrity`."
-            ) from exc
-        except BaseException:
-            conn.close()
-            raise
-        if self._identity is None:
-            self._identity = self._file_identity()
-        return conn
-
-    def _refuse_read_only(self) -> None:
-        # SQLite would open a read-only file read-only without a word, fail
-        # later, and (while another connection of this process holds the
-        # file's locks) keep the descriptor of every refused attempt open.
-        path = os.path.abspath(self.database)
-        for target, what in ((path, "file"), (os.path.dirname(path), "directory")):
-            if os.path.exists(target) and not os.access(target, os.W_OK):
-                raise DatabaseUnavailable(
-                    f"SQLite database {self.database} is read-only (its {what} {target} cannot be written, "
-                    "or its file system is mounted read-only); the data is intact: make it writable again"
-                )
-
-    def _file_identity(self) -> tuple[int, int] | None:
-        try:
-            info = os.stat(self.database)
-        except FileNotFoundError:
-            return None
-        return info.st_dev, info.st_ino
-
-    def verify_file(self) -> None:
-        if self._identity is None:
-            return
-        now = self._file_identity()
-        if now is None:
-            raise DatabaseUnavailable(
-                f"SQLite database {self.database} was deleted while in use; writes since then are lost "
-                "when the process exits. Stop the manager and restore a backup."
-            )
-        if now != self._identity:
-            raise DatabaseUnavailable(
-                f"SQLite database {self.database} was replaced by another file while in use; "
-                "restart the process to open the new one."
-            )
-
-    def translate_error(self, exc: BaseException) -> StreamStateError | None:
-        if isinstance(exc, (pw.IntegrityError, pw.ProgrammingError)):
-            return None
-        text = str(exc).lower()
-        if any(words in text for words in _SQLITE_FULL):
-            return StorageFull(
-                f"SQLite database {self.database} is full ({exc}); nothing of this write was kept. "
-                "Free disk space (or run retention and purge), then retry."
-            )
-        if any(words in text for words in _SQLITE_CORRUPT):
-            return DatabaseUnavailable(
-                f"SQLite database {self.database} is damaged ({exc}): restore a backup, or run "
-                "`stream-state integrity` to see what is wrong."
-            )
-        if any(words in text for words in _SQLITE_UNAVAILABLE):
-            return DatabaseUnavailable(f"SQLite database {self.database} cannot be used: {exc}")
-        return None
-
-
-class StreamStatePostgresDatabase(_TranslatesDriverErrors, PooledPostgresqlDatabase):
-    """Pooled PostgreSQL with driver errors turned into the package's errors."""
-
-    def __init__(self, *args: Any, display_url: str = "", **kwargs: Any):
-        self.display_url = display_url
-        super().__init__(*args, **kwargs)
-
-    def _connect(self) -> Any:
-        try:
-            return super()._connect()
-        except Exception as exc:  # psycopg2.OperationalError and friends
-            raise DatabaseUnavailable(f"cannot connect to {self.display_url}: {exc}".strip()) from exc
-
-    def translate_error(self, exc: BaseException) -> StreamStateError | None:
-        original = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
-        if getattr(original, "pgcode", None) == "53100":  # disk_full
-            return StorageFull(f"PostgreSQL at {self.display_url} is out of disk space: {original}")
-        if isinstance(exc, (pw.OperationalError, pw.InterfaceError)) and self._connection_lost():
-            return DatabaseUnavailable(
-                f"lost the connection to {self.display_url} ({str(original).strip()}); "
-                "the next call reconnects when the server is back"
-            )
-        return None
-
-    def _connection_lost(self) -> bool:
-        conn = self._state.conn
-        if conn is None or not getattr(conn, "closed", 0):
-            return False
-        # Drop the dead connection now so this thread's next call takes a
-        # fresh one from the pool instead of failing on it forever.
-        if not self.in_transaction():
-            try:
-                self.close()
-            except Exception:  # it is dead already
-                self._state.reset()
-        return True
 
 
 class _RedactSqlParameters(logging.Filter):
@@ -373,15 +176,11 @@ def connect_database(
     """
     url = resolve_url(url)
     _protect_sql_log()
-    scheme = urlsplit(url).scheme.lower() if "://" in url else "sqlite"
-    if scheme in _SQLITE_SCHEMES:
+    db: pw.Database
+    if url_backend(url) == "sqlite":
         db = _open_sqlite(url, synchronous=synchronous, busy_timeout=busy_timeout, **connect_params)
-    elif scheme in _POSTGRES_SCHEMES:
-        db = _open_postgres(url, max_connections=max_connections, **connect_params)
     else:
-        raise ValidationError(
-            "url", redact_uri(url), "unsupported scheme; use sqlite:///path.db or postgresql://host/dbname"
-        )
+        db = _open_postgres(url, max_connections=max_connections, **connect_params)
     db.connect(reuse_if_open=True)
     return db
 
@@ -505,7 +304,7 @@ def applied_migrations(db: pw.Database) -> list[str]:
 
 def schema_version(db: pw.Database | None = None) -> str | None:
     """The newest migration applied to ``db`` (default: the open database), or None."""
-    applied = applied_migrations(db or database_proxy.obj)
+    applied = applied_migrations(db or current_database())
     return applied[-1] if applied else None
 
 
@@ -533,9 +332,10 @@ def _migration_lock(db: pw.Database) -> Iterator[None]:
     A second process opening the same database at the same time waits here,
     then finds nothing left to do.
     """
-    with db.atomic():  # SQLite: BEGIN IMMEDIATE takes the write lock at once
-        if isinstance(db, pw.PostgresqlDatabase):
-            db.execute_sql("SELECT pg_advisory_xact_lock(hashtext('stream_state.migrate'))")
+    with db.atomic():
+        lock = dialect(db).migration_lock_sql
+        if lock is not None:
+            db.execute_sql(lock)
         yield
 
 
@@ -551,7 +351,7 @@ def ensure_schema(db: pw.Database, *, migrate: bool, backup_before_migrate: bool
             code_schema_version(),
             f"pending migrations: {', '.join(pending)}; open with migrate=True or run `stream-state migrate`",
         )
-    if backup_before_migrate and isinstance(db, pw.SqliteDatabase) and db.get_tables():
+    if backup_before_migrate and dialect(db).is_sqlite and db.get_tables():
         backup_path = backup_sqlite(db, label=f"pre-{pending[0]}")
         log.info("backed up %s to %s before migrating", db.database, backup_path)
     migrate_to_head(db)
@@ -589,7 +389,7 @@ def rollback_one(db: pw.Database) -> str:
 
 
 def backup_sqlite(
-    db: pw.SqliteDatabase, dest: str | os.PathLike[str] | None = None, *, label: str = "backup"
+    db: pw.Database, dest: str | os.PathLike[str] | None = None, *, label: str = "backup"
 ) -> Path:
     """Copy a live SQLite database with the online backup API.
 

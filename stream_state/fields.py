@@ -8,6 +8,7 @@ from typing import Any
 
 import peewee as pw
 
+from .backends import dialect
 from .timeutil import from_millis, to_millis
 from .validate import require_choice
 
@@ -63,8 +64,6 @@ class GrowingIdField(pw.BigAutoField):
 
     def ddl(self, ctx: Any) -> Any:
         node = super().ddl(ctx)
-        database = self.model._meta.database
-        database = getattr(database, "obj", database)  # through a DatabaseProxy
-        if isinstance(database, pw.SqliteDatabase):
+        if dialect(self.model._meta.database).needs_autoincrement:
             return pw.NodeList((node, pw.SQL("AUTOINCREMENT")))
         return node

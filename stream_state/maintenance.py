@@ -27,10 +27,10 @@ from typing import Any
 
 import peewee as pw
 
+from .backends import check_database_file, current_database, database_proxy, dialect
 from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
-from .models import Event, MetricSample, MetricSeries, SystemState, database_proxy
-from .models.base import check_database_file
+from .models import Event, MetricSample, MetricSeries, SystemState
 from .retention import RetentionPolicy, apply_retention, checkpoint_passive
 from .rollups import ROLLUP_SETTLE, refresh_rollups
 from .states import EventType, Severity
@@ -44,14 +44,6 @@ SCHEDULE_KEY = "maintenance_schedule"
 
 class BackupNotSupported(StreamStateError):
     """``backup()`` on PostgreSQL: the server's own tools do it properly."""
-
-
-def _db() -> pw.Database:
-    return database_proxy.obj
-
-
-def _is_sqlite() -> bool:
-    return isinstance(_db(), pw.SqliteDatabase)
 
 
 def _check_days(field: str, days: Any) -> float:
@@ -106,7 +98,7 @@ def purge_events(
             ]
             if not ids:
                 break
-            with _db().atomic():
+            with current_database().atomic():
                 deleted += Event.delete().where(Event.id.in_(ids)).execute()
             checkpoint_passive()
             batches += 1
@@ -150,7 +142,7 @@ def purge_samples(
                 .scalar()
             )
             upper = cutoff if bound is None else min(cutoff, _ms(bound) + 1)
-            with _db().atomic():
+            with current_database().atomic():
                 count = (
                     MetricSample.delete()
                     .where((MetricSample.series == series_id) & (MetricSample.ts < upper))
@@ -223,14 +215,14 @@ class VacuumReport:
 
 
 def _pragma(name: str) -> Any:
-    return _db().execute_sql(f"PRAGMA {name}").fetchone()[0]
+    return current_database().execute_sql(f"PRAGMA {name}").fetchone()[0]
 
 
 def incremental_vacuum(
     max_pages: int | None = None, *, pages_per_step: int = 1000, pause_seconds: float = 0.01
 ) -> VacuumReport:
     """Give free pages back to the filesystem, ``pages_per_step`` at a time (SQLite)."""
-    if not _is_sqlite():
+    if not dialect().is_sqlite:
         return VacuumReport(0, 0, 0, 0.0)
     page_size = _pragma("page_size")
     free_before = _pragma("freelist_count")
@@ -239,7 +231,7 @@ def incremental_vacuum(
     longest = 0.0
     # The pragma returns a row per page and stops after the first fetch when
     # run as a query; executescript runs it to completion.
-    raw = _db().connection()
+    raw = current_database().connection()
     while freed < target:
         step = min(pages_per_step, target - freed)
         started = time.perf_counter()
@@ -257,37 +249,37 @@ def incremental_vacuum(
 
 def vacuum() -> int:
     """A full VACUUM (SQLite; blocks writers while it runs). Returns bytes saved."""
-    if not _is_sqlite():
-        _db().execute_sql("VACUUM")
+    if not dialect().is_sqlite:
+        current_database().execute_sql("VACUUM")
         return 0
     before = _pragma("page_count") * _pragma("page_size")
-    _db().connection().executescript("VACUUM;")
+    current_database().connection().executescript("VACUUM;")
     return before - _pragma("page_count") * _pragma("page_size")
 
 
 def wal_size() -> int:
-    if not _is_sqlite():
+    if not dialect().is_sqlite:
         return 0
     try:
-        return os.path.getsize(_db().database + "-wal")
+        return os.path.getsize(current_database().database + "-wal")
     except OSError:
         return 0
 
 
 def checkpoint_wal(min_bytes: int = 0) -> bool:
     """Checkpoint and truncate the WAL when it is at least ``min_bytes``; True if it ran fully."""
-    if not _is_sqlite() or wal_size() < min_bytes:
+    if not dialect().is_sqlite or wal_size() < min_bytes:
         return False
-    busy, _log, _done = _db().execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    busy, _log, _done = current_database().execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     return busy == 0
 
 
 def optimize() -> None:
     """Refresh the planner's statistics (``PRAGMA optimize`` / ``ANALYZE``)."""
-    if _is_sqlite():
-        _db().execute_sql("PRAGMA optimize")
+    if dialect().is_sqlite:
+        current_database().execute_sql("PRAGMA optimize")
     else:
-        _db().execute_sql("ANALYZE")
+        current_database().execute_sql("ANALYZE")
 
 
 # --- backup and integrity ----------------------------------------------------------------------------
@@ -295,8 +287,8 @@ def optimize() -> None:
 
 def backup(dest: str | os.PathLike[str]) -> Path:
     """A consistent copy of a live SQLite database at ``dest`` (0600), taken while writers continue."""
-    db = _db()
-    if not isinstance(db, pw.SqliteDatabase):
+    db = current_database()
+    if not dialect(db).is_sqlite:
         raise BackupNotSupported(
             "backup() copies SQLite files; for PostgreSQL use `pg_dump -Fc DBNAME > backup.dump` "
             "(or continuous archiving with pg_basebackup) and restore with pg_restore"
@@ -317,8 +309,8 @@ def integrity_check() -> IntegrityReport:
     PostgreSQL enforces its constraints itself; there only orphaned rows the
     package could create are looked for.
     """
-    db = _db()
-    if isinstance(db, pw.SqliteDatabase):
+    db = current_database()
+    if dialect(db).is_sqlite:
         problems = tuple(
             row[0] for row in db.execute_sql("PRAGMA integrity_check").fetchall() if row[0] != "ok"
         )
@@ -382,7 +374,7 @@ class Maintenance:
 
     def run_due(self, now: dt.datetime | None = None) -> RunReport:
         now_ms = now_millis() if now is None else to_millis(now, "now")
-        check_database_file(_db())  # a deleted database file is reported every minute, loudly
+        check_database_file(current_database())  # a deleted database file is reported every minute, loudly
         report = RunReport()
         for job in self.JOBS:
             interval = self.policy.intervals.get(job)

@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 
 import peewee as pw
 
+from .backends import dialect
 from .errors import ValidationError
 from .models import Event, Recording, Stream, database_proxy
 from .models.recording import unlink_quietly
@@ -431,14 +432,7 @@ def checkpoint_passive() -> None:
     writes: otherwise the WAL passes the auto-checkpoint threshold on some
     writer's commit, and that writer waits for the whole checkpoint.
     """
-    db = database_proxy.obj
-    if isinstance(db, pw.SqliteDatabase):
-        try:
-            db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        except pw.OperationalError as exc:
-            # Only an optimisation: a statement still open on this connection
-            # (a caller iterating a query) makes SQLite refuse it for now.
-            log.debug("passive checkpoint skipped: %s", exc)
+    dialect().checkpoint_passive()
 
 
 def _record_run(report: RetentionReport, now_ms: int) -> None:

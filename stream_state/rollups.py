@@ -21,9 +21,9 @@ from collections.abc import Iterable
 
 import peewee as pw
 
+from .backends import current_database, dialect
 from .errors import ValidationError
 from .models import MetricSeries, SystemState
-from .models.base import current_database
 from .models.rollups import ROLLUP_WATERMARK_KEY, MetricRollupStale, read_watermark, watermark_value
 from .models.usage import USAGE_FILL_SQL, RecordingUsage
 from .timeutil import HOUR_MS, MINUTE_MS, from_millis, now_millis, to_millis
@@ -158,7 +158,7 @@ def invalidate_rollups(
 
 def _lock_watermark(db: pw.Database) -> int | None:
     """The watermark, locked until the transaction ends (SQLite: BEGIN IMMEDIATE already did)."""
-    if isinstance(db, pw.SqliteDatabase):
+    if dialect(db).is_sqlite:
         return read_watermark(db)
     p = db.param
     db.execute_sql(

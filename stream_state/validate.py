@@ -207,23 +207,6 @@ def _short(value: Any) -> str:
 MAX_STREAM_ID = 2**31 - 1
 
 
-def require_stream_id(field: str, stream: Any, *, allow_none: bool = True) -> int | None:
-    """A saved Stream or a stream id (a positive int in the column's range), as the id."""
-    from .models.stream import Stream
-
-    if stream is None and allow_none:
-        return None
-    if isinstance(stream, Stream):
-        if stream.id is None:
-            raise ValidationError(field, stream, "the stream has not been saved")
-        return stream.id
-    if isinstance(stream, bool) or not isinstance(stream, int):
-        raise ValidationError(field, stream, "expected a Stream, a stream id or None")
-    if not 0 < stream <= MAX_STREAM_ID:
-        raise ValidationError(field, stream, f"a stream id is between 1 and {MAX_STREAM_ID}")
-    return stream
-
-
 def require_duration_ms(field: str, value: Any, *, positive: bool) -> int:
     """A ``timedelta`` of whole milliseconds (positive, or at least not negative), in milliseconds."""
     if not isinstance(value, dt.timedelta):

@@ -15,9 +15,9 @@ from typing import Any
 
 import peewee as pw
 
+from ..backends import current_database
 from ..errors import ValidationError
 from ..models import MetricSample, MetricSeries, Stream
-from ..models.base import current_database
 from ..models.rollups import ROLLUP_WATERMARK_KEY, watermark_value
 from ..timeutil import HOUR_MS, MINUTE_MS, from_millis
 from ..validate import require_duration_ms

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 
 import peewee as pw
 
+from ..backends import current_database, dialect
 from ..models import Recording, Stream
-from ..models.base import current_database
 from ..models.recording import LONG_SEGMENT_MS
 from ..states import SegmentState
 from ..timeutil import from_millis, now_millis, to_millis
@@ -110,7 +110,7 @@ def _overlap_sql(db: pw.Database, closed_columns: str, open_columns: str, extra_
     stream's rows to find those, so it is told which index to use.
     """
     p = db.param
-    open_index = ' INDEXED BY "recording_open"' if isinstance(db, pw.SqliteDatabase) else ""
+    open_index = dialect(db).index_hint("recording_open")
     return (
         f'SELECT {closed_columns} FROM "recording" WHERE "stream_id" = {p} AND "started_at" < {p} '
         f'AND "started_at" >= {p} - {_bound_sql(p)} AND "ended_at" > {p}{extra_closed} '
@@ -183,7 +183,7 @@ def coverage(
     db = current_database()
     p = db.param
     states = ", ".join(f"'{state.value}'" for state in COVERING_STATES if state != SegmentState.RECORDING)
-    greatest = "MAX" if isinstance(db, pw.SqliteDatabase) else "GREATEST"
+    greatest = dialect(db).greatest
     sql = (
         _overlap_sql(
             db,

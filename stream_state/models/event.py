@@ -18,11 +18,10 @@ from ..validate import (
     optional_text,
     require_choice,
     require_json,
-    require_stream_id,
     require_text,
 )
 from .base import BaseModel
-from .stream import Stream
+from .stream import Stream, require_stream_id
 
 
 class Event(BaseModel):

@@ -28,9 +28,9 @@ import peewee as pw
 from ..errors import DatabaseUnavailable, NotFound, StorageFull, StreamStateError, ValidationError
 from ..fields import TimestampField
 from ..timeutil import from_millis, now_millis, to_millis, utc_now
-from ..validate import require_count, require_number, require_stream_id, require_text
-from .base import BaseModel, WithoutRowidOnSqlite
-from .stream import Stream
+from ..validate import require_count, require_number, require_text
+from .base import BaseModel, WithoutRowidOnSqlite, current_database, dialect
+from .stream import Stream, require_stream_id
 
 log = logging.getLogger(__name__)
 # executemany bypasses peewee's execute_sql, so it is logged on peewee's SQL
@@ -46,8 +46,6 @@ MAX_LABELS = 64
 # Bound parameters per statement stay far below SQLite's historical limit of
 # 999 (and PostgreSQL's 65535), whatever the SQLite build.
 _KEYS_PER_SELECT = 500
-# Rows per round trip when psycopg2 sends the sample statements (see _executemany).
-_PG_PAGE_SIZE = 1000
 
 LabelsArg = Mapping[str, str | int] | None
 StreamArg = Stream | int | None
@@ -249,23 +247,13 @@ def _prepare(items: Sequence[Any], single: bool) -> list[_SeriesSpec]:
 # --- database helpers -----------------------------------------------------------
 
 
-def _database(model: type[pw.Model]) -> pw.Database:
-    db = model._meta.database
-    if isinstance(db, pw.DatabaseProxy):
-        if db.obj is None:
-            raise DatabaseUnavailable("no database is open; call stream_state.open_database() first")
-        db = db.obj
-    return db
-
-
 def _wrap_database_error(db: pw.Database, exc: pw.PeeweeException, doing: str) -> StreamStateError:
     """Turn a driver error into the package's error with the same meaning.
 
     The database's own translation comes first, so these errors read like
     every other; the raw cursor that runs ``executemany`` bypasses it.
     """
-    translate = getattr(db, "translate_error", None)
-    translated = translate(exc) if translate is not None else None
+    translated = dialect(db).translate_error(exc)
     if translated is not None:
         return translated
     text = str(exc)
@@ -291,17 +279,7 @@ def _executemany(db: pw.Database, sql: str, rows: Iterable[Sequence[Any]], count
     if _sql_log.isEnabledFor(logging.DEBUG):
         _sql_log.debug((sql, (f"<executemany: {count} rows>",)))
     with pw.__exception_wrapper__:
-        cursor = db.cursor()
-        if isinstance(db, pw.PostgresqlDatabase):
-            try:
-                from psycopg2.extensions import cursor as psycopg2_cursor
-                from psycopg2.extras import execute_batch
-            except ImportError:  # another driver: its own executemany
-                psycopg2_cursor = None
-            if psycopg2_cursor is not None and isinstance(cursor, psycopg2_cursor):
-                execute_batch(cursor, sql, rows, page_size=_PG_PAGE_SIZE)
-                return
-        cursor.executemany(sql, rows)
+        dialect(db).executemany(db.cursor(), sql, rows)
 
 
 # --- models -----------------------------------------------------------------------
@@ -376,7 +354,7 @@ class MetricSeries(BaseModel):
         p = db.param
         # SQLite: json() stores the text as peewee's JSONField does;
         # PostgreSQL: a text literal is cast to the jsonb column on insert.
-        labels = f"json({p})" if isinstance(db, pw.SqliteDatabase) else p
+        labels = dialect(db).json_placeholder(p)
         columns = '"key", "name", "stream_id", "labels", "created_at"'
         # Another writer may create the same series between the SELECT above
         # and this INSERT (a concurrent PostgreSQL transaction): DO NOTHING
@@ -498,7 +476,7 @@ class MetricSample(BaseModel):
     @classmethod
     def _write(cls, specs: list[_SeriesSpec]) -> list[int]:
         """Resolve the series and write their samples in one transaction; return the series ids."""
-        db = _database(cls)
+        db = current_database()
         param = db.param
         table = cls._meta.table_name
         series, ts, value = (cls.series.column_name, cls.ts.column_name, cls.value.column_name)

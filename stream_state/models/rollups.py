@@ -16,7 +16,7 @@ from typing import Any
 import peewee as pw
 
 from ..timeutil import HOUR_MS
-from .base import BaseModel, WithoutRowidOnSqlite, current_database
+from .base import BaseModel, WithoutRowidOnSqlite, current_database, dialect
 from .metric import MetricSeries
 
 # The system_state key of the watermark: {"until": epoch ms} (rollups are
@@ -93,7 +93,7 @@ class MetricRollupStale(BaseModel):
 def read_watermark(db: pw.Database, share: bool = False) -> int | None:
     """The rollup watermark in epoch ms (None: never refreshed); ``share``: FOR SHARE on PostgreSQL."""
     p = db.param
-    lock = " FOR SHARE" if share and not isinstance(db, pw.SqliteDatabase) else ""
+    lock = dialect(db).share_lock if share else ""
     row = db.execute_sql(
         f'SELECT "value" FROM "system_state" WHERE "key" = {p}{lock}', (ROLLUP_WATERMARK_KEY,)
     ).fetchone()

@@ -13,7 +13,6 @@ write read back exactly like rows written by the ORM.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -80,17 +79,3 @@ def spelled(param: str) -> SegmentStatements:
 def segment_statements(db: pw.Database) -> SegmentStatements:
     """The statements in ``db``'s placeholder style (``?`` or ``%s``)."""
     return spelled(db.param)
-
-
-def json_param(db: pw.Database, field: pw.JSONField, value: object) -> object:
-    """A JSON value as a plain driver parameter.
-
-    The field's own ``db_value`` wraps it in ``json(?)`` on SQLite (an SQL
-    function, not a parameter); compact text is what that function stores.
-    PostgreSQL's wrapper is already a driver adapter (jsonb).
-    """
-    if value is None:
-        return None
-    if isinstance(getattr(db, "obj", db), pw.SqliteDatabase):  # through a DatabaseProxy
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return field.db_value(value)

@@ -16,6 +16,7 @@ from ..states import EventType, HealthState, SegmentState, Severity, StreamStatu
 from ..timeutil import from_millis, to_millis, utc_now
 from ..transitions import REPORTABLE_HEALTH, health_severity, status_change
 from ..validate import (
+    MAX_STREAM_ID,
     optional_text,
     require_bool,
     require_choice,
@@ -24,8 +25,8 @@ from ..validate import (
     require_text,
     require_uri,
 )
-from .base import BaseModel, check_database_file, locked
-from .statements import json_param, segment_statements
+from .base import BaseModel, check_database_file, dialect, locked
+from .statements import segment_statements
 
 if TYPE_CHECKING:
     from .recording import Recording
@@ -421,7 +422,7 @@ class Stream(BaseModel):
                         index,
                         started_ms,
                         Recording.archived.db_value(False),
-                        json_param(db, Recording.metadata, metadata),
+                        dialect(db).json_param(Recording.metadata, metadata),
                         media_ms,
                     ),
                 ).fetchone()
@@ -550,3 +551,18 @@ def _changed_keys(diff: dict[str, Any]) -> list[str]:
 Stream.add_index(
     Stream.index(Stream.name, unique=True, where=Stream.removed_at.is_null(), name="stream_name_live")
 )
+
+
+def require_stream_id(field: str, stream: Any, *, allow_none: bool = True) -> int | None:
+    """A saved Stream or a stream id (a positive int in the column's range), as the id."""
+    if stream is None and allow_none:
+        return None
+    if isinstance(stream, Stream):
+        if stream.id is None:
+            raise ValidationError(field, stream, "the stream has not been saved")
+        return stream.id
+    if isinstance(stream, bool) or not isinstance(stream, int):
+        raise ValidationError(field, stream, "expected a Stream, a stream id or None")
+    if not 0 < stream <= MAX_STREAM_ID:
+        raise ValidationError(field, stream, f"a stream id is between 1 and {MAX_STREAM_ID}")
+    return stream

@@ -36,7 +36,7 @@ import peewee as pw
 from ..errors import InvalidTransition, NotFound, StreamStateError, ValidationError
 from ..states import SegmentState
 from ..transitions import SEGMENT_INITIAL, check_segment_removal, check_segment_transition
-from .statements import json_param
+from .base import dialect
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,9 @@ def change(
             field = meta.fields[name]
             value = values[name]  # type: ignore[index]
             params.append(
-                json_param(db, field, value) if isinstance(field, pw.JSONField) else field.db_value(value)
+                dialect(db).json_param(field, value)
+                if isinstance(field, pw.JSONField)
+                else field.db_value(value)
             )
     params += wanted
     params += [state.value for state in froms]

@@ -30,7 +30,6 @@ from .check import DEFAULT_MAX_SHARE
 from .check import check as check_storage
 from .cli_output import (
     Progress,
-    format_desired,
     format_duration,
     format_size,
     format_table,
@@ -38,6 +37,7 @@ from .cli_output import (
     parse_duration,
     parse_size,
     parse_time,
+    restored_streams_table,
     to_json,
 )
 from .database import (
@@ -56,7 +56,7 @@ from .database import (
 from .errors import DatabaseUnavailable, StreamStateError
 from .maintenance import backup, incremental_vacuum, integrity_check, vacuum
 from .maintenance import purge as purge_old
-from .models import Event, MetricSeries, Recording, Stream, database_proxy
+from .models import Event, Recording, database_proxy
 from .redact import redact_data, redact_text, redact_uri
 from .restore import Restorer
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention
@@ -457,38 +457,9 @@ def migrate(status: bool, rollback: bool, yes: bool, as_json: bool) -> None:
 def streams(include_removed: bool, as_json: bool) -> None:
     """List streams: status, health, whether a segment is being written, last seen."""
     with _database():
-        query = Stream.select().order_by(Stream.name, Stream.id) if include_removed else Stream.active()
-        rows = list(query)
-        open_counts = dict(
-            Recording.select(Recording.stream, pw.fn.COUNT(Recording.id))
-            .where(Recording.ended_at.is_null())
-            .group_by(Recording.stream)
-            .tuples()
-        )
+        found = history.stream_overview(include_removed)
     if as_json:
-        _echo_json(
-            {
-                "streams": [
-                    {
-                        "id": s.id,
-                        "name": s.name,
-                        "uri": s.display_uri,
-                        "status": s.status,
-                        "health": s.health,
-                        "desired": format_desired(s.desired_enabled, s.desired_recording),
-                        "recording": bool(open_counts.get(s.id)),
-                        "open_segments": open_counts.get(s.id, 0),
-                        "last_seen_at": s.last_seen_at,
-                        "status_changed_at": s.status_changed_at,
-                        "health_changed_at": s.health_changed_at,
-                        "next_segment_index": s.next_segment_index,
-                        "config": redact_data(s.config or {}),
-                        "removed_at": s.removed_at,
-                    }
-                    for s in rows
-                ]
-            }
-        )
+        _echo_json({"streams": [s.as_dict() for s in found]})
         return
     _echo_table(
         ["name", "status", "health", "recording", "desired", "last seen", "uri"],
@@ -497,12 +468,12 @@ def streams(include_removed: bool, as_json: bool) -> None:
                 s.name + (" (removed)" if s.is_removed else ""),
                 s.status,
                 s.health,
-                "yes" if open_counts.get(s.id) else "no",
-                format_desired(s.desired_enabled, s.desired_recording),
+                "yes" if s.is_recording else "no",
+                s.desired,
                 format_time(s.last_seen_at),
                 s.display_uri,
             ]
-            for s in rows
+            for s in found
         ],
         empty="no streams",
     )
@@ -983,63 +954,28 @@ def metrics(
     _check_window(since, until)
     raw = bucket.total_seconds() <= 0
     with _database():
-        if raw:
-            stream = history.resolve_stream(stream_name).id if stream_name else None
-            series = list(MetricSeries.matching(name, stream, dict(labels)))
-            points = [
-                {"time": sample.ts, "series_id": s.id, "value": sample.value}
-                for s in series
-                for sample in history.metric_samples(s, since, until).limit(limit)
-            ]
-        else:
-            matched = history.metric_buckets_matching(
-                name, since, until, bucket, stream=stream_name, labels=dict(labels)
-            )
-            series = [m.series for m in matched]
-            points = [
-                {
-                    "time": b.start,
-                    "series_id": m.series.id,
-                    "count": b.count,
-                    "min": b.min,
-                    "avg": b.avg,
-                    "max": b.max,
-                    "last": b.last,
-                }
-                for m in matched
-                for b in m.buckets
-            ]
-        stream_names = dict(
-            Stream.select(Stream.id, Stream.name)
-            .where(Stream.id.in_([s.stream_id for s in series if s.stream_id is not None]))
-            .tuples()
+        found = history.metric_points(
+            name, since, until, None if raw else bucket, stream=stream_name, labels=dict(labels), limit=limit
         )
-    points = sorted(points, key=lambda p: (p["time"], p["series_id"]))[:limit]
-    info = {s.id: (stream_names.get(s.stream_id), redact_data(s.labels or {})) for s in series}
     if as_json:
-        _echo_json(
-            {
-                "name": name,
-                "since": since,
-                "until": until,
-                "bucket_seconds": bucket.total_seconds(),
-                "series": [{"id": i, "stream": st, "labels": lb} for i, (st, lb) in info.items()],
-                "points": points,
-            }
-        )
+        _echo_json(found.as_dict())
         return
-    if not series:
+    if not found.series:
         click.echo(f"no series named {name}" + (f" for {stream_name}" if stream_name else ""))
         return
 
-    def who(point: dict) -> list[str]:
-        stream, labels = info[point["series_id"]]
-        return [stream or "-", _labels_text(labels)]
+    def who(series_id: int) -> list[str]:
+        info = found.series_info(series_id)
+        return [info.stream or "-", _labels_text(redact_data(info.labels))]
 
     if raw:
         _echo_table(
             ["time", "stream", "labels", "value"],
-            [[format_time(p["time"], precise=True), *who(p), _number(p["value"])] for p in points],
+            [
+                [format_time(p.time, precise=True), *who(p.series_id), _number(p.value)]
+                for p in found.points
+                if isinstance(p, history.SamplePoint)
+            ],
             align="lllr",
             empty="no samples in the window",
         )
@@ -1047,9 +983,10 @@ def metrics(
     _echo_table(
         ["time", "stream", "labels", "n", "min", "avg", "max", "last"],
         [
-            [format_time(p["time"]), *who(p), p["count"]]
-            + [_number(p[k]) for k in ("min", "avg", "max", "last")]
-            for p in points
+            [format_time(p.time), *who(p.series_id), p.count]
+            + [_number(v) for v in (p.min, p.avg, p.max, p.last)]
+            for p in found.points
+            if isinstance(p, history.BucketPoint)
         ],
         align="lllrrrrr",
         empty="no samples in the window",
@@ -1088,65 +1025,11 @@ def restore(dry_run: bool, yes: bool, as_json: bool) -> None:
         )
     with _database() as db:
         state = Restorer(db).restore(dry_run=dry_run)
-    streams_json = [
-        {
-            "name": s.name,
-            "uri": s.display_uri,
-            "enabled": s.enabled,
-            "recording": s.recording,
-            "status": s.status,
-            "health": s.health,
-            "was_recording": s.was_recording,
-            "next_segment_index": s.next_segment_index,
-            "last_segment_path": s.last_segment_path,
-            "last_segment_ended_at": s.last_segment_ended_at,
-            "config": redact_data(s.config),
-        }
-        for s in state.streams
-    ]
-    repairs_json = [
-        {
-            "stream": r.stream,
-            "recording_id": r.recording_id,
-            "path": r.path,
-            "old_state": r.old_state,
-            "new_state": r.new_state if r.new_state is not None else "deleted",
-            "ended_at": r.ended_at,
-            "size_bytes": r.size_bytes,
-            "evidence": r.evidence,
-        }
-        for r in state.repairs
-    ]
     if as_json:
-        _echo_json(
-            {
-                "dry_run": dry_run,
-                "clean_shutdown": state.clean_shutdown,
-                "last_stop_at": state.last_stop_at,
-                "restored_at": state.restored_at,
-                "streams": streams_json,
-                "repairs": repairs_json,
-                "summary": state.summary,
-            }
-        )
+        _echo_json({"dry_run": dry_run, **state.as_dict()})
         return
     click.echo(f"last stop: {_stop_text(state.clean_shutdown, state.last_stop_at)}\n")
-    _echo_table(
-        ["stream", "uri", "desired", "was recording", "next index", "last segment"],
-        [
-            [
-                s.name,
-                s.display_uri,
-                format_desired(s.enabled, s.recording),
-                "yes" if s.was_recording else "no",
-                s.next_segment_index,
-                s.last_segment_path or "-",
-            ]
-            for s in state.streams
-        ],
-        align="llllr",
-        empty="no streams to restore",
-    )
+    click.echo(restored_streams_table(state.streams) if state.streams else "no streams to restore")
     click.echo()
     if not state.repairs:
         click.echo("nothing to repair")
@@ -1156,15 +1039,15 @@ def restore(dry_run: bool, yes: bool, as_json: bool) -> None:
             ["stream", "id", "path", "was", "now", "size", "evidence"],
             [
                 [
-                    r["stream"],
-                    r["recording_id"],
-                    r["path"],
-                    r["old_state"],
-                    r["new_state"],
-                    format_size(r["size_bytes"]),
-                    r["evidence"],
+                    r.stream,
+                    r.recording_id,
+                    r.path,
+                    r.old_state,
+                    r.new_state or "deleted",
+                    format_size(r.size_bytes),
+                    r.evidence,
                 ]
-                for r in repairs_json
+                for r in state.repairs
             ],
             align="lr   r",
         )

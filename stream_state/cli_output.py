@@ -20,9 +20,12 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from .restore import StreamSnapshot
 
 # --- reading ------------------------------------------------------------------------------
 
@@ -162,13 +165,6 @@ def format_duration(value: dt.timedelta | float | None) -> str:
     return f"{days} d {hours} h" if hours else f"{days} d"
 
 
-def format_desired(enabled: bool, recording: bool) -> str:
-    """A stream's desired state in one word: ``recording``, ``running`` or ``stopped``."""
-    if not enabled:
-        return "stopped"
-    return "recording" if recording else "running"
-
-
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
     """An aligned text table; ``align`` holds ``l`` or ``r`` per column (default: left)."""
     body = [["" if cell is None else str(cell) for cell in row] for row in rows]
@@ -186,6 +182,19 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: s
         return "  ".join(padded).rstrip()
 
     return "\n".join([line([h.upper() for h in headers]), *(line(row) for row in body)])
+
+
+def restored_streams_table(streams: Sequence[StreamSnapshot], *, last_segment: bool = True) -> str:
+    """The streams a restore brings back, as ``stream-state restore`` and the demo show them."""
+    headers = ["stream", "uri", "desired", "was recording", "next index", "health"]
+    if last_segment:
+        headers.append("last segment")
+    rows = [
+        [s.name, s.display_uri, s.desired, "yes" if s.was_recording else "no", s.next_segment_index, s.health]
+        + ([s.last_segment_path or "-"] if last_segment else [])
+        for s in streams
+    ]
+    return format_table(headers, rows, "llllr")
 
 
 def _json_default(value: Any) -> Any:

@@ -37,7 +37,14 @@ from typing import IO, Any
 import click
 
 from . import history
-from .cli_output import format_desired, format_duration, format_size, format_table, format_time, zone_name
+from .cli_output import (
+    format_duration,
+    format_size,
+    format_table,
+    format_time,
+    restored_streams_table,
+    zone_name,
+)
 from .database import open_database
 from .errors import StreamStateError
 from .models import Event, MetricSample, MetricSeries, Recording, Stream, database_proxy
@@ -313,21 +320,8 @@ def _report(workdir: Path, run: _Run, echo: Callable[[str], None]) -> None:
         kind = "a crash" if state.clean_shutdown is False else "a clean stop"
         echo(f"Restored after {kind}; last sign of life {format_time(state.last_stop_at, precise=True)}.")
         echo("Streams to bring back (the manager resumes each at its next index, so no file is overwritten):")
-        table(
-            ["stream", "uri", "desired", "was recording", "next index", "health"],
-            [
-                [
-                    s.name,
-                    s.display_uri,
-                    format_desired(s.enabled, s.recording),
-                    "yes" if s.was_recording else "no",
-                    s.next_segment_index,
-                    s.health,
-                ]
-                for s in state.streams
-            ],
-            align="llllr",
-        )
+        for line in restored_streams_table(state.streams, last_segment=False).splitlines():
+            echo(f"  {line}")
 
         echo("")
         echo(f"Repaired {len(state.repairs)} segment(s) left open by the crash, from what is on disk:")

@@ -25,8 +25,8 @@ from .models.base import check_database_file
 from .models.gate import Transition
 from .models.recording import finish_archive, undo_archive, unlink_quietly
 from .probe import Playability, Probe, probe
-from .redact import redact_uri
-from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
+from .redact import redact_data, redact_uri
+from .states import EventType, HealthState, SegmentState, Severity, StreamStatus, desired_state
 from .timeutil import from_millis, now_millis, to_millis
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,19 @@ class Repair:
     applied: bool = False  # already written to the row (archive moves); only its event is pending
     finalized: bool | None = None  # what the probe said of the file, when it could tell
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (``stream-state restore --json``); a removed row is ``"deleted"``."""
+        return {
+            "stream": self.stream,
+            "recording_id": self.recording_id,
+            "path": self.path,
+            "old_state": self.old_state,
+            "new_state": self.new_state if self.new_state is not None else "deleted",
+            "ended_at": self.ended_at,
+            "size_bytes": self.size_bytes,
+            "evidence": self.evidence,
+        }
+
 
 @dataclass(frozen=True)
 class StreamSnapshot:
@@ -97,6 +110,27 @@ class StreamSnapshot:
     @property
     def display_uri(self) -> str:
         return redact_uri(self.uri)
+
+    @property
+    def desired(self) -> str:
+        """``recording``, ``running`` or ``stopped``."""
+        return desired_state(self.enabled, self.recording)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON, credentials masked (``stream-state restore --json``)."""
+        return {
+            "name": self.name,
+            "uri": self.display_uri,
+            "enabled": self.enabled,
+            "recording": self.recording,
+            "status": self.status,
+            "health": self.health,
+            "was_recording": self.was_recording,
+            "next_segment_index": self.next_segment_index,
+            "last_segment_path": self.last_segment_path,
+            "last_segment_ended_at": self.last_segment_ended_at,
+            "config": redact_data(self.config),
+        }
 
 
 @dataclass(frozen=True)
@@ -124,6 +158,17 @@ class RestoredState:
             key = str(repair.new_state) if repair.new_state is not None else "deleted"
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON, credentials masked (``stream-state restore --json``)."""
+        return {
+            "clean_shutdown": self.clean_shutdown,
+            "last_stop_at": self.last_stop_at,
+            "restored_at": self.restored_at,
+            "streams": [s.as_dict() for s in self.streams],
+            "repairs": [r.as_dict() for r in self.repairs],
+            "summary": self.summary,
+        }
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,10 @@ class EventType(enum.StrEnum):
     CHECK_REPAIRED = "check_repaired"
     RETENTION_APPLIED = "retention_applied"
     PURGED = "purged"
+
+
+def desired_state(enabled: bool, recording: bool) -> str:
+    """A stream's desired state in one word: ``recording``, ``running`` or ``stopped``."""
+    if not enabled:
+        return "stopped"
+    return "recording" if recording else "running"

@@ -5,7 +5,8 @@ what happened, and how the metrics looked. One module per noun:
 - ``storage``: ``storage_usage``, ``segment_counts``
 - ``eventlog``: ``events``
 - ``health``: ``current_health``, ``health_transitions``
-- ``metrics``: ``metric_samples``, ``metric_buckets``, ``metric_buckets_matching``
+- ``metrics``: ``metric_samples``, ``metric_buckets``, ``metric_buckets_matching``, ``metric_points``
+- ``streams``: ``stream_overview`` (each stream now, with its open segments)
 
 (the modules are not named after a function they hold, so that
 ``stream_state.history.coverage`` is always the function).
@@ -50,9 +51,14 @@ from .metrics import (
     MAX_BUCKETS,
     ROLLUP_WIDTHS,
     Bucket,
+    BucketPoint,
+    MetricPoints,
+    SamplePoint,
     SeriesBuckets,
+    SeriesInfo,
     metric_buckets,
     metric_buckets_matching,
+    metric_points,
     metric_samples,
 )
 from .segments import (
@@ -66,6 +72,7 @@ from .segments import (
     recordings,
 )
 from .storage import UsageRow, segment_counts, storage_usage
+from .streams import StreamOverview, stream_overview
 
 # The tables history reads besides the domain models'.
 HISTORY_MODELS = (RecordingUsage, MetricRollup, MetricRollupStale)
@@ -86,16 +93,21 @@ __all__ = [
     "ROLLUP_WIDTHS",
     "USAGE_FILL_SQL",
     "Bucket",
+    "BucketPoint",
     "Coverage",
     "EventPage",
     "Gap",
     "HealthTransition",
+    "MetricPoints",
     "MetricRollup",
     "MetricRollupStale",
     "RecordingUsage",
     "RollupReport",
+    "SamplePoint",
     "SeriesBuckets",
+    "SeriesInfo",
     "StreamHealth",
+    "StreamOverview",
     "UsageRow",
     "coverage",
     "current_health",
@@ -106,6 +118,7 @@ __all__ = [
     "latest_segments",
     "metric_buckets",
     "metric_buckets_matching",
+    "metric_points",
     "metric_samples",
     "note_late_samples",
     "rebuild_usage",
@@ -114,4 +127,5 @@ __all__ = [
     "resolve_stream",
     "segment_counts",
     "storage_usage",
+    "stream_overview",
 ]

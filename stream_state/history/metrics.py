@@ -19,8 +19,9 @@ from ..backends import current_database
 from ..errors import ValidationError
 from ..models import MetricSample, MetricSeries, Stream
 from ..models.rollups import ROLLUP_WATERMARK_KEY, watermark_value
+from ..redact import redact_data
 from ..timeutil import HOUR_MS, MINUTE_MS, from_millis
-from ..validate import require_duration_ms
+from ..validate import require_count, require_duration_ms
 from ._args import resolve_stream, window
 
 # Rollup widths, coarsest first; a bucket width that is a multiple of one
@@ -110,6 +111,138 @@ def metric_buckets_matching(
     matched = list(MetricSeries.matching(name, stream=stream_id, labels=labels))
     by_series = _buckets([s.id for s in matched], since, until, step, source) if matched else {}
     return [SeriesBuckets(series=s, buckets=tuple(by_series.get(s.id, ()))) for s in matched]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SeriesInfo:
+    """Who a metric series belongs to: its stream's name (None: a system series) and labels."""
+
+    id: int
+    stream: str | None
+    labels: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "stream": self.stream, "labels": redact_data(self.labels)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SamplePoint:
+    """One raw sample of a series."""
+
+    time: dt.datetime
+    series_id: int
+    value: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "series_id": self.series_id, "value": self.value}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BucketPoint:
+    """One bucket of a series: count, min, avg, max and last of its samples."""
+
+    time: dt.datetime  # the bucket's start
+    series_id: int
+    count: int
+    min: float
+    avg: float
+    max: float
+    last: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "series_id": self.series_id,
+            "count": self.count,
+            "min": self.min,
+            "avg": self.avg,
+            "max": self.max,
+            "last": self.last,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetricPoints:
+    """A metric over a window, every matching series in one list of points by time.
+
+    ``step`` None: raw samples (``SamplePoint``); else buckets (``BucketPoint``).
+    """
+
+    name: str
+    since: dt.datetime
+    until: dt.datetime
+    step: dt.timedelta | None
+    series: tuple[SeriesInfo, ...]  # every matching series, with or without points
+    points: tuple[SamplePoint | BucketPoint, ...]  # by time, then series id; at most ``limit``
+
+    def series_info(self, series_id: int) -> SeriesInfo:
+        return next(s for s in self.series if s.id == series_id)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON, labels masked (``stream-state metrics --json``)."""
+        return {
+            "name": self.name,
+            "since": self.since,
+            "until": self.until,
+            "bucket_seconds": self.step.total_seconds() if self.step is not None else 0.0,
+            "series": [s.as_dict() for s in self.series],
+            "points": [p.as_dict() for p in self.points],
+        }
+
+
+def metric_points(
+    name: str,
+    since: dt.datetime,
+    until: dt.datetime,
+    step: dt.timedelta | None = None,
+    *,
+    stream: Stream | int | str | None = None,
+    labels: dict[str, str | int] | None = None,
+    limit: int = 1000,
+) -> MetricPoints:
+    """Metric ``name`` over [since, until) for every matching series: raw samples, or buckets of ``step``.
+
+    Series are matched like ``MetricSeries.matching``. The points of all
+    series come in one list by time (then series id), cut at ``limit``:
+    the first ``limit`` points of the window. Raw samples take one query per
+    series, each reading at most ``limit`` rows; buckets are
+    ``metric_buckets_matching``'s.
+    """
+    if require_count("limit", limit) < 1:
+        raise ValidationError("limit", limit, "expected a positive integer")
+    points: list[SamplePoint | BucketPoint]
+    if step is None:
+        stream_id = None if stream is None else resolve_stream(stream).id
+        matched = list(MetricSeries.matching(name, stream=stream_id, labels=labels))
+        points = [
+            SamplePoint(time=ts, series_id=s.id, value=value)
+            for s in matched
+            for ts, value in metric_samples(s, since, until)
+            .select(MetricSample.ts, MetricSample.value)
+            .limit(limit)
+            .tuples()
+        ]
+    else:
+        by_series = metric_buckets_matching(name, since, until, step, stream=stream, labels=labels)
+        matched = [m.series for m in by_series]
+        points = [
+            BucketPoint(b.start, m.series.id, b.count, b.min, b.avg, b.max, b.last)
+            for m in by_series
+            for b in m.buckets
+        ]
+    stream_ids = {s.stream_id for s in matched if s.stream_id is not None}
+    names: dict[int, str] = {}
+    if stream_ids:
+        names = dict(Stream.select(Stream.id, Stream.name).where(Stream.id.in_(stream_ids)).tuples())
+    points.sort(key=lambda p: (p.time, p.series_id))
+    return MetricPoints(
+        name=name,
+        since=since,
+        until=until,
+        step=step,
+        series=tuple(SeriesInfo(s.id, names.get(s.stream_id), s.labels or {}) for s in matched),
+        points=tuple(points[:limit]),
+    )
 
 
 def _buckets(

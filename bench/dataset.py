@@ -74,6 +74,7 @@ class RecordingsSpec:
     events: int = 1_000_000
     seed: int = 20261125
     format: int = FORMAT
+    segment_ms: int = SEGMENT_MS  # typical length of a segment
 
     @property
     def segments_per_stream(self) -> int:
@@ -81,7 +82,17 @@ class RecordingsSpec:
 
     @property
     def name(self) -> str:
-        return f"recordings-s{self.streams}-r{self.recordings}-e{self.events}-{self.seed}-v{self.format}"
+        # The default segment length is left out, so databases built before
+        # the parameter existed are still found.
+        length = "" if self.segment_ms == SEGMENT_MS else f"-m{self.segment_ms}"
+        return f"recordings-s{self.streams}-r{self.recordings}-e{self.events}-{self.seed}{length}-v{self.format}"
+
+    @property
+    def params(self) -> dict:
+        params = asdict(self)
+        if self.segment_ms == SEGMENT_MS:
+            del params["segment_ms"]
+        return params
 
 
 @dataclass(frozen=True)
@@ -110,19 +121,24 @@ def recordings_db(
     events: int = 1_000_000,
     *,
     seed: int = 20261125,
+    segment_ms: int = SEGMENT_MS,
     verbose: bool = True,
 ) -> Path:
     """A SQLite database of ``streams`` streams, ``recordings`` segments and ``events`` events.
+
+    Segments last about ``segment_ms`` (±0.5 s), so a stream's history spans
+    ``recordings // streams * segment_ms``: 10-second segments make about
+    28 hours at full size, 1-minute segments (``segment_ms=60_000``) a week.
 
     Built on first use (one to two minutes at full size) and reused while its
     manifest matches the parameters. ``path`` defaults to a file named after
     the parameters in the bench directory.
     """
-    spec = RecordingsSpec(streams, recordings, events, seed)
+    spec = RecordingsSpec(streams, recordings, events, seed, segment_ms=segment_ms)
     if recordings < streams:
         raise ValueError("need at least one recording per stream")
     target = Path(path) if path is not None else DEFAULT_DIR / f"{spec.name}.db"
-    return _cached(target, asdict(spec), lambda tmp: _build_recordings(tmp, spec, verbose), verbose)
+    return _cached(target, spec.params, lambda tmp: _build_recordings(tmp, spec, verbose), verbose)
 
 
 def metrics_db(
@@ -340,7 +356,7 @@ def _stream_plans(rng: random.Random, spec: RecordingsSpec) -> list[_StreamPlan]
                 open_last=i in open_streams,
                 long_segment_at=rng.randrange(spec.segments_per_stream) if i in long_streams else -1,
                 # Cameras did not all start at the same millisecond.
-                clock=T0_MS + rng.randrange(SEGMENT_MS),
+                clock=T0_MS + rng.randrange(spec.segment_ms),
             )
         )
     return plans
@@ -359,7 +375,7 @@ def _recording_rows(rng: random.Random, spec: RecordingsSpec, plans: list[_Strea
             if index == plan.long_segment_at:
                 length = randrange(20 * 60_000, 40 * 60_000)
             else:
-                length = SEGMENT_MS - 500 + randrange(1000)
+                length = spec.segment_ms - 500 + randrange(1000)
             end = start + length
             hour = (start - T0_MS) // 3_600_000
             path = f"/srv/nvr/{plan.storage}/h{hour:05d}/{plan.name}/{index:08d}.mp4"

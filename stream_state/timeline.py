@@ -31,6 +31,7 @@ what the operator is looking for.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import html
@@ -46,7 +47,7 @@ from xml.etree import ElementTree
 
 from . import history
 from .errors import StreamStateError, ValidationError
-from .models import Recording, Stream
+from .models import Event, Recording, Stream
 from .states import EventType, HealthState, SegmentState, Severity
 from .timeutil import from_millis, now_millis, to_millis
 
@@ -362,6 +363,7 @@ def collect(
     tolerance: dt.timedelta = history.DEFAULT_TOLERANCE,
     now: dt.datetime | None = None,
     fit: bool = False,
+    ticks: Severity | str = Severity.INFO,
 ) -> Timeline:
     """What the timeline of ``streams`` (default: every live stream) over [since, until) shows.
 
@@ -370,6 +372,8 @@ def collect(
     a pixel" means). With ``fit`` the window shrinks to the part that has
     segments or events, plus a margin (what ``stream-state timeline
     --fit`` uses to show a short run inside a long default window).
+    Events of at least ``ticks`` severity are ticks (health changes are the
+    band, not ticks).
     """
     started = time.perf_counter()
     now_ms = now_millis() if now is None else to_millis(now, "now")
@@ -379,6 +383,9 @@ def collect(
         raise ValidationError("until", from_millis(until_ms), f"must be after since={from_millis(since_ms)}")
     if isinstance(width, bool) or not isinstance(width, int) or not 400 <= width <= 20_000:
         raise ValidationError("width", width, "expected a number of pixels from 400 to 20000")
+    if str(ticks) not in _SEVERITY_RANK:
+        raise ValidationError("ticks", ticks, f"expected one of {', '.join(_SEVERITY_RANK)}")
+    ticks = str(ticks)
     lanes_streams = _streams(streams)
     if fit:
         since_ms, until_ms = _fit(lanes_streams, since_ms, until_ms)
@@ -386,7 +393,7 @@ def collect(
     zone = local_zone()
     system = _system_events(since_ms, until_ms)
     lanes = tuple(
-        _lane(stream, since_ms, until_ms, pixel_ms, tolerance, now_ms, system, zone)
+        _lane(stream, since_ms, until_ms, pixel_ms, tolerance, now_ms, system, zone, ticks)
         for stream in lanes_streams
     )
     markers = tuple(_marker(event, zone) for event in system)
@@ -499,6 +506,7 @@ def _lane(
     now_ms: int,
     system: list[SystemEvent],
     zone: dt.tzinfo,
+    tick_severity: str,
 ) -> Lane:
     # Before a stream was registered (or after it was removed) is not a
     # hole; segments dated earlier than the registration (imported, backfilled)
@@ -518,14 +526,14 @@ def _lane(
         Recording.size_bytes,
         Recording.path,
     )
-    for index, started, ended, checkpoint, state, archived, size, path in _tuples(query.tuples()):
-        seg_start = to_millis(started)
-        if ended is not None:
-            seg_end = to_millis(ended)
-        else:  # open: up to now or its last checkpoint, as coverage counts it
-            seg_end = max(now_ms, to_millis(checkpoint) if checkpoint else 0)
+    # The query's own SQL on the cursor: times come back as the stored epoch
+    # ms, with none of peewee's per-row conversion (20 us a row, most of the
+    # time of a week of segments).
+    for index, started, ended, checkpoint, state, archived, size, path in _raw(query):
+        # An open segment reaches now or its last checkpoint, as coverage counts it.
+        seg_end = ended if ended is not None else max(now_ms, checkpoint or 0)
         segments.append(
-            Segment(index, seg_start, seg_end, _display_state(state, archived, ended), size or 0, path)
+            Segment(index, started, seg_end, _display_state(state, archived, ended), size or 0, path)
         )
     created = to_millis(stream.created_at) if stream.created_at else start
     start = max(start, min([created] + [seg.start for seg in segments]))
@@ -535,33 +543,30 @@ def _lane(
     spans = merge_spans([s for s in segments if s.end > start and s.start < end], pixel_ms)
     cover = history.coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms))
     health = _health(stream, start, end)
-    status_events = _all_events(stream=stream.id, type=EventType.STATUS_CHANGED.value, since=start, until=end)
+    events = _events(stream.id, start, end)
     statuses = [
-        StatusChange(to_millis(e.ts), str((e.data or {}).get("new")), (e.data or {}).get("reason"))
-        for e in status_events
+        StatusChange(at, new, reason) for at, kind, _, _, new, reason in events if kind == "status_changed"
     ]
-    events = _all_events(stream=stream.id, since=start, until=end, limit=MAX_TICKS_PER_LANE)
-    clock_events = [(to_millis(e.ts), e.message or e.type) for e in events if "clock" in e.type]
-    if cover.gaps:
-        segments += _neighbours(stream, segments)
+    clock_events = [(at, message or kind) for at, kind, _, message, _, _ in events if "clock" in kind]
     holes = tuple(
         explain_hole(
             to_millis(gap.start),
             to_millis(gap.end),
-            segments=segments,
+            segments=nearby,
             health=health,
             system=system,
             statuses=statuses,
             clock_events=clock_events,
             zone=zone,
         )
-        for gap in cover.gaps
+        for gap, nearby in _near_gaps(stream, segments, cover.gaps)
     )
     ticks = merge_ticks(
         (
-            Tick(to_millis(e.ts), e.type, str(e.severity), e.message or e.type, 1)
-            for e in reversed(events)
-            if e.type != EventType.HEALTH_CHANGED.value  # the health band shows those
+            Tick(at, kind, severity, message or kind, 1)
+            for at, kind, severity, message, _, _ in events
+            if kind != EventType.HEALTH_CHANGED.value  # the health band shows those
+            and _SEVERITY_RANK.get(severity, 1) >= _SEVERITY_RANK[tick_severity]
         ),
         pixel_ms,
     )
@@ -576,6 +581,62 @@ def _lane(
         ticks=tuple(ticks),
         recorded_ms=cover.recorded // dt.timedelta(milliseconds=1),
     )
+
+
+def _raw(query: Any) -> list[tuple[Any, ...]]:
+    """A peewee query's rows as the driver returns them (stored values, no conversion)."""
+    sql, params = query.sql()
+    return list(query.model._meta.database.execute_sql(sql, params).fetchall())
+
+
+def _events(stream_id: int, start: int, end: int) -> list[tuple[int, str, str, str | None, Any, Any]]:
+    """(ts, type, severity, message, data's new, data's reason) of events in [start, end), oldest first.
+
+    The newest ``MAX_TICKS_PER_LANE`` at most, read on the (stream, ts) index
+    like ``history.events``, but as plain values: event models cost a
+    hundred times more per row, and a week has thousands of events a lane.
+    """
+    query = (
+        Event.select(
+            Event.ts,
+            Event.type,
+            Event.severity,
+            Event.message,
+            Event.data["new"].as_text(),
+            Event.data["reason"].as_text(),
+        )
+        .where((Event.stream == stream_id) & (Event.ts >= start) & (Event.ts < end))
+        .order_by(Event.ts.desc(), Event.id.desc())
+        .limit(MAX_TICKS_PER_LANE)
+    )
+    rows = [(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in _raw(query)]
+    rows.reverse()
+    return rows
+
+
+def _near_gaps(
+    stream: Stream, segments: list[Segment], gaps: Sequence[history.Gap]
+) -> list[tuple[Any, list]]:
+    """Each gap with the segments that can explain it: those around it, and any numbered inside it.
+
+    ``segments`` is in start order; a bisection finds the ones that end or
+    start within the longest segment's length of the gap, so a week of
+    segments is not scanned once per hole.
+    """
+    if not gaps:
+        return []
+    elsewhere = _neighbours(stream, segments)
+    starts = [seg.start for seg in segments]
+    longest = max((seg.end - seg.start for seg in segments), default=0)
+    found = []
+    for gap in gaps:
+        gap_start, gap_end = to_millis(gap.start), to_millis(gap.end)
+        lo = bisect.bisect_left(starts, gap_start - longest - DOWN_SLACK_MS)
+        hi = bisect.bisect_right(starts, gap_end + DOWN_SLACK_MS)
+        # The first segment after the gap, wherever it starts: the index range's upper end.
+        hi = max(hi, min(bisect.bisect_left(starts, gap_end) + 1, len(segments)))
+        found.append((gap, segments[lo:hi] + elsewhere))
+    return found
 
 
 def _neighbours(stream: Stream, segments: list[Segment]) -> list[Segment]:
@@ -608,12 +669,11 @@ def _neighbours(stream: Stream, segments: list[Segment]) -> list[Segment]:
             & Recording.segment_index.not_in(sorted(seen))
         )
         .limit(10_000)
-        .tuples()
     )
     found = []
-    for index, started, ended, state, archived, size, path in _tuples(rows):
-        seg_start = to_millis(started)
-        seg_end = to_millis(ended) if ended is not None else seg_start
+    for index, started, ended, state, archived, size, path in _raw(rows):
+        seg_start = started
+        seg_end = ended if ended is not None else seg_start
         found.append(
             Segment(index, seg_start, seg_end, _display_state(state, archived, ended), size or 0, path)
         )

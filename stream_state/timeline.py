@@ -45,8 +45,12 @@ from pathlib import Path
 from typing import Any, cast
 from xml.etree import ElementTree
 
-from . import history
 from .errors import StreamStateError, ValidationError
+from .history import resolve_stream
+from .history.eventlog import MAX_PAGE, events
+from .history.health import health_transitions
+from .history.segments import DEFAULT_TOLERANCE, Gap, coverage, recordings, segment_states
+from .history.storage import UsageRow, storage_usage
 from .models import Event, Recording, Stream
 from .states import EventType, HealthState, SegmentState, Severity
 from .timeutil import from_millis, now_millis, to_millis
@@ -64,6 +68,11 @@ HEADER_PX = 110
 FOOTER_PX = 150
 
 MAX_TICKS_PER_LANE = 5_000
+# Up to this many segments in the window, each is read whole (hover shows
+# paths and sizes, archived ones their own colour); beyond, spans come from
+# the index alone (states and times: 5x cheaper) and only the segments around
+# holes are read whole, to explain them.
+DETAIL_SEGMENTS = 300_000
 DOWN_SLACK_MS = 1_000  # evidence this close to a hole's ends still explains it
 
 # Display states of a span: the segment states, with "open" for a segment
@@ -360,7 +369,7 @@ def collect(
     until: dt.datetime | None = None,
     *,
     width: int = DEFAULT_WIDTH,
-    tolerance: dt.timedelta = history.DEFAULT_TOLERANCE,
+    tolerance: dt.timedelta = DEFAULT_TOLERANCE,
     now: dt.datetime | None = None,
     fit: bool = False,
     ticks: Severity | str = Severity.INFO,
@@ -389,11 +398,12 @@ def collect(
     lanes_streams = _streams(streams)
     if fit:
         since_ms, until_ms = _fit(lanes_streams, since_ms, until_ms)
+    detail = _segment_estimate(lanes_streams, since_ms, until_ms) <= DETAIL_SEGMENTS
     pixel_ms = (until_ms - since_ms) / (width - LABEL_PX - RIGHT_PX)
     zone = local_zone()
     system = _system_events(since_ms, until_ms)
     lanes = tuple(
-        _lane(stream, since_ms, until_ms, pixel_ms, tolerance, now_ms, system, zone, ticks)
+        _lane(stream, since_ms, until_ms, pixel_ms, tolerance, now_ms, system, zone, ticks, detail)
         for stream in lanes_streams
     )
     markers = tuple(_marker(event, zone) for event in system)
@@ -413,8 +423,18 @@ def _streams(streams: Iterable[Stream | int | str] | None) -> list[Stream]:
         return list(Stream.select().where(Stream.removed_at.is_null()).order_by(Stream.name, Stream.id))
     if isinstance(streams, (Stream, int, str)):
         streams = [streams]
-    found = [history.resolve_stream(item, f"streams[{i}]") for i, item in enumerate(streams)]
+    found = [resolve_stream(item, f"streams[{i}]") for i, item in enumerate(streams)]
     return list({stream.id: stream for stream in found}.values())
+
+
+def _segment_estimate(streams: list[Stream], since_ms: int, until_ms: int) -> int:
+    """Segments of ``streams`` started on the UTC days the window touches (the usage summary: one query)."""
+    if not streams:
+        return 0
+    first = from_millis(since_ms).date()
+    last = from_millis(until_ms - 1).date() + dt.timedelta(days=1)
+    rows = storage_usage("stream", since=first, until=last, streams=[s.id for s in streams])
+    return sum(row.segments for row in rows)
 
 
 def _fit(streams: list[Stream], since_ms: int, until_ms: int) -> tuple[int, int]:
@@ -422,17 +442,13 @@ def _fit(streams: list[Stream], since_ms: int, until_ms: int) -> tuple[int, int]
     lows: list[int] = []
     highs: list[int] = []
     for stream in streams:
-        rows = (
-            history.recordings(stream, from_millis(since_ms), from_millis(until_ms))
-            .select(Recording.started_at, Recording.ended_at, Recording.checkpoint_at)
-            .tuples()
-        )
-        for started, ended, checkpoint in _tuples(rows):
-            lows.append(to_millis(started))
-            highs.append(to_millis(ended or checkpoint or started))
-        page = history.events(
-            stream=stream, since=from_millis(since_ms), until=from_millis(until_ms), limit=1
-        )
+        # Open segments count up to their last checkpoint, not up to now.
+        for start, end, _state in segment_states(
+            stream, from_millis(since_ms), from_millis(until_ms), now=from_millis(0)
+        ):
+            lows.append(start)
+            highs.append(max(start, end))
+        page = events(stream=stream, since=from_millis(since_ms), until=from_millis(until_ms), limit=1)
         if page.events:
             highs.append(to_millis(page.events[0].ts))
     for event in _system_events(since_ms, until_ms):
@@ -461,11 +477,11 @@ def _all_events(*, limit: int = 100_000, since: int, until: int, **filters: Any)
     rows: list[Any] = []
     cursor = None
     while len(rows) < limit:
-        page = history.events(
+        page = events(
             since=from_millis(since),
             until=from_millis(until),
             cursor=cursor,
-            limit=min(history.MAX_PAGE, limit - len(rows)),
+            limit=min(MAX_PAGE, limit - len(rows)),
             **filters,
         )
         rows.extend(page.events)
@@ -489,8 +505,8 @@ def _tuples(query: Any) -> Iterable[tuple[Any, ...]]:
     return cast(Iterable[tuple[Any, ...]], query)
 
 
-def _display_state(state: str, archived: bool, ended: Any) -> str:
-    if ended is None:
+def _display_state(state: str, archived: bool, open_: bool | None = None) -> str:
+    if open_ or (open_ is None and state == SegmentState.RECORDING.value):
         return "open"
     if archived and state == SegmentState.COMPLETE.value:
         return "archived"
@@ -507,6 +523,7 @@ def _lane(
     system: list[SystemEvent],
     zone: dt.tzinfo,
     tick_severity: str,
+    detail: bool,
 ) -> Lane:
     # Before a stream was registered (or after it was removed) is not a
     # hole; segments dated earlier than the registration (imported, backfilled)
@@ -515,33 +532,22 @@ def _lane(
     end = min(until_ms, to_millis(stream.removed_at)) if stream.removed_at else until_ms
     if end <= start:
         return Lane(stream.id, stream.name, since_ms, since_ms, (), (), (), (), 0)
-    segments = []
-    query = history.recordings(stream, from_millis(start), from_millis(end)).select(
-        Recording.segment_index,
-        Recording.started_at,
-        Recording.ended_at,
-        Recording.checkpoint_at,
-        Recording.state,
-        Recording.archived,
-        Recording.size_bytes,
-        Recording.path,
-    )
-    # The query's own SQL on the cursor: times come back as the stored epoch
-    # ms, with none of peewee's per-row conversion (20 us a row, most of the
-    # time of a week of segments).
-    for index, started, ended, checkpoint, state, archived, size, path in _raw(query):
-        # An open segment reaches now or its last checkpoint, as coverage counts it.
-        seg_end = ended if ended is not None else max(now_ms, checkpoint or 0)
-        segments.append(
-            Segment(index, started, seg_end, _display_state(state, archived, ended), size or 0, path)
-        )
+    if detail:
+        segments = _segments(stream, start, end, now_ms)
+    else:
+        segments = [
+            Segment(-1, seg_start, seg_end, _display_state(state, False), 0, "")
+            for seg_start, seg_end, state in segment_states(
+                stream, from_millis(start), from_millis(end), now=from_millis(now_ms)
+            )
+        ]
     created = to_millis(stream.created_at) if stream.created_at else start
     start = max(start, min([created] + [seg.start for seg in segments]))
     if end <= start:
         return Lane(stream.id, stream.name, end, end, (), (), (), (), 0)
     since, until = from_millis(start), from_millis(end)
     spans = merge_spans([s for s in segments if s.end > start and s.start < end], pixel_ms)
-    cover = history.coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms))
+    cover = coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms))
     health = _health(stream, start, end)
     events = _events(stream.id, start, end)
     statuses = [
@@ -559,7 +565,7 @@ def _lane(
             clock_events=clock_events,
             zone=zone,
         )
-        for gap, nearby in _near_gaps(stream, segments, cover.gaps)
+        for gap, nearby in _near_gaps(stream, segments, cover.gaps, detail, now_ms)
     )
     ticks = merge_ticks(
         (
@@ -614,18 +620,42 @@ def _events(stream_id: int, start: int, end: int) -> list[tuple[int, str, str, s
     return rows
 
 
+def _segments(stream: Stream, start: int, end: int, now_ms: int) -> list[Segment]:
+    """The segments of ``history.recordings`` with their index, state, size and path."""
+    query = recordings(stream, from_millis(start), from_millis(end)).select(
+        Recording.segment_index,
+        Recording.started_at,
+        Recording.ended_at,
+        Recording.checkpoint_at,
+        Recording.state,
+        Recording.archived,
+        Recording.size_bytes,
+        Recording.path,
+    )
+    found = []
+    # The query's own SQL on the cursor: times come back as the stored epoch
+    # ms, with none of peewee's per-row conversion (20 us a row, most of the
+    # time of a week of segments).
+    for index, started, ended, checkpoint, state, archived, size, path in _raw(query):
+        # An open segment reaches now or its last checkpoint, as coverage counts it.
+        seg_end = ended if ended is not None else max(now_ms, checkpoint or 0)
+        display = _display_state(state, bool(archived), open_=ended is None)
+        found.append(Segment(index, started, seg_end, display, size or 0, path))
+    return found
+
+
 def _near_gaps(
-    stream: Stream, segments: list[Segment], gaps: Sequence[history.Gap]
+    stream: Stream, segments: list[Segment], gaps: Sequence[Gap], detail: bool, now_ms: int
 ) -> list[tuple[Any, list]]:
     """Each gap with the segments that can explain it: those around it, and any numbered inside it.
 
     ``segments`` is in start order; a bisection finds the ones that end or
     start within the longest segment's length of the gap, so a week of
-    segments is not scanned once per hole.
+    segments is not scanned once per hole. Without ``detail`` (segments
+    read from the index alone) those around a gap are read again in full.
     """
     if not gaps:
         return []
-    elsewhere = _neighbours(stream, segments)
     starts = [seg.start for seg in segments]
     longest = max((seg.end - seg.start for seg in segments), default=0)
     found = []
@@ -635,7 +665,10 @@ def _near_gaps(
         hi = bisect.bisect_right(starts, gap_end + DOWN_SLACK_MS)
         # The first segment after the gap, wherever it starts: the index range's upper end.
         hi = max(hi, min(bisect.bisect_left(starts, gap_end) + 1, len(segments)))
-        found.append((gap, segments[lo:hi] + elsewhere))
+        nearby = segments[lo:hi]
+        if not detail and nearby:
+            nearby = _segments(stream, nearby[0].start, max(seg.end for seg in nearby) + 1, now_ms)
+        found.append((gap, nearby + _neighbours(stream, nearby)))
     return found
 
 
@@ -675,14 +708,21 @@ def _neighbours(stream: Stream, segments: list[Segment]) -> list[Segment]:
         seg_start = started
         seg_end = ended if ended is not None else seg_start
         found.append(
-            Segment(index, seg_start, seg_end, _display_state(state, archived, ended), size or 0, path)
+            Segment(
+                index,
+                seg_start,
+                seg_end,
+                _display_state(state, bool(archived), ended is None),
+                size or 0,
+                path,
+            )
         )
     return found
 
 
 def _health(stream: Stream, start: int, end: int) -> list[HealthPiece]:
     """The health band: the state at ``start`` (the last change before it), then each change."""
-    before = history.events(
+    before = events(
         stream=stream.id, type=EventType.HEALTH_CHANGED.value, until=from_millis(start), limit=1
     ).events
     state, reason = HealthState.UNKNOWN.value, None
@@ -691,7 +731,7 @@ def _health(stream: Stream, start: int, end: int) -> list[HealthPiece]:
         state, reason = str(data.get("new") or state), data.get("reason")
     pieces: list[HealthPiece] = []
     at = start
-    for change in history.health_transitions(stream.id, from_millis(start), from_millis(end)):
+    for change in health_transitions(stream.id, from_millis(start), from_millis(end)):
         change_ms = to_millis(change.at)
         if change_ms > at:
             pieces.append(HealthPiece(at, change_ms, state, reason))
@@ -999,7 +1039,7 @@ def render(
     out: str | os.PathLike[str] | None = None,
     format: str | None = None,
     width: int = DEFAULT_WIDTH,
-    tolerance: dt.timedelta = history.DEFAULT_TOLERANCE,
+    tolerance: dt.timedelta = DEFAULT_TOLERANCE,
     now: dt.datetime | None = None,
     fit: bool = False,
     title: str | None = None,
@@ -1241,9 +1281,9 @@ def usage_chart(
     from matplotlib.figure import Figure
 
     key = _STACKS[stack]
-    rows = history.storage_usage(("day", key), since=since, until=until)
+    rows = storage_usage(("day", key), since=since, until=until)
 
-    def label(row: history.UsageRow) -> str:
+    def label(row: UsageRow) -> str:
         if key == "storage":
             return row.storage or "(no volume)"
         if key == "stream":

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from stream_state import Event, EventType, HealthState, Severity, Stream, StreamStatus, ValidationError
 from stream_state import timeline as tl
 from stream_state.cli import cli
+from stream_state.history.segments import recordings, segment_states
 from stream_state.timeline import HealthPiece, Segment, StatusChange, SystemEvent, explain_hole, merge_spans
 from stream_state.timeutil import to_millis
 
@@ -228,6 +229,38 @@ def test_only_the_streams_asked_for_and_fit_shrinks_the_window(db):
     assert [lane.name for lane in found.lanes] == ["cam-c", "cam-a"]
     assert at(-20) <= tl.from_millis(found.since) <= at(0)
     assert at(200) <= tl.from_millis(found.until) <= at(230)
+
+
+def test_long_windows_read_spans_from_the_index_and_find_the_same_holes(db, monkeypatch):
+    night()
+    full = collected(since=at(-1))
+    monkeypatch.setattr(tl, "DETAIL_SEGMENTS", 0)  # as if the window held millions of segments
+    light = collected(since=at(-1))
+    assert [lane.holes for lane in light.lanes] == [lane.holes for lane in full.lanes]
+    shape = [[(s.start, s.end, s.state, s.segments) for s in lane.spans] for lane in full.lanes]
+    assert [[(s.start, s.end, s.state, s.segments) for s in lane.spans] for lane in light.lanes] == shape
+    assert {s.first_path for lane in light.lanes for s in lane.spans} == {""}  # no table read
+
+
+def test_segment_states_are_the_recordings_read_from_the_index(db):
+    streams = night()
+    live = streams["a"].begin_segment("/media/cam-a/live.ts", started_at=at(200))
+    live.checkpoint(10, at=at(250))
+    for stream in streams.values():
+        expected = [
+            (
+                to_millis(r.started_at),
+                to_millis(r.ended_at) if r.ended_at else to_millis(at(300)),
+                str(r.state),
+            )
+            for r in recordings(stream, at(0), at(400))
+        ]
+        assert segment_states(stream, at(0), at(400), now=at(300)) == expected
+    assert segment_states(streams["a"], at(0), at(400), now=at(220))[-1] == (
+        to_millis(at(200)),
+        to_millis(at(250)),  # the checkpoint is later than now
+        "recording",
+    )
 
 
 # --- the pictures ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ what the operator is looking for.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import dataclasses
 import datetime as dt
@@ -67,7 +68,17 @@ RIGHT_PX = 30
 HEADER_PX = 110
 FOOTER_PX = 150
 
+# Lane geometry, in lanes: lane i is centred on y = i (down the picture);
+# spans and holes take this part of it.
+SPAN_LO, SPAN_HI = -0.28, 0.18
+SPAN_MIDDLE = (SPAN_LO + SPAN_HI) / 2
+
 MAX_TICKS_PER_LANE = 5_000
+TICK_PX = 3  # events closer than this many pixels share a tick (a tick is about 1 px wide)
+# An HTML page of more elements than this shows the picture as a PNG under
+# the hover layer (the hover works from the data, not from the elements):
+# 1,000 lanes of SVG would be hundreds of MB for the browser to lay out.
+HTML_SVG_ELEMENTS = 30_000
 # Up to this many segments in the window, each is read whole (hover shows
 # paths and sizes, archived ones their own colour); beyond, spans come from
 # the index alone (states and times: 5x cheaper) and only the segments around
@@ -114,6 +125,9 @@ SEVERITY_COLOURS = {
 MARKER_COLOURS = {"crash": "#e31a1c", "restart": "#1f78b4", "shutdown": "#33a02c"}
 MARKER_LABELS = {"crash": "restart after a crash", "restart": "recorder start", "shutdown": "clean stop"}
 MAX_MARKER_LABELS = 12
+# Up to this many holes each is an artist of its own (an SVG group with its
+# reason as <title>); beyond, one hatched collection per reason.
+MAX_HOLE_ARTISTS = 2_000
 _SEVERITY_RANK = {severity.value: rank for rank, severity in enumerate(Severity)}
 _NOT_COVERING = {SegmentState.FAILED.value, SegmentState.MISSING.value, SegmentState.DELETING.value}
 _BAD_HEALTH = {HealthState.UNHEALTHY.value, HealthState.FAILED.value}
@@ -368,7 +382,7 @@ def _dedupe(items: list[str]) -> list[str]:
 
 
 def merge_ticks(events: Iterable[Tick], pixel_ms: float) -> list[Tick]:
-    """One tick per pixel: the most severe event (the first of equals), with the count of the pixel."""
+    """One tick per ``pixel_ms``: the most severe event (the first of equals), with the count."""
     merged: dict[int, Tick] = {}
     for tick in events:
         key = int(tick.at // pixel_ms) if pixel_ms > 0 else tick.at
@@ -600,7 +614,7 @@ def _lane(
             if kind != EventType.HEALTH_CHANGED.value  # the health band shows those
             and _SEVERITY_RANK.get(severity, 1) >= _SEVERITY_RANK[tick_severity]
         ),
-        pixel_ms,
+        pixel_ms * TICK_PX,
     )
     return Lane(
         stream_id=stream.id,
@@ -871,9 +885,10 @@ def draw(timeline: Timeline, *, title: str | None = None) -> Any:
     return _draw(timeline, title=title).figure
 
 
-def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
+def _draw(timeline: Timeline, *, title: str | None = None, elements: bool = True) -> _Drawn:
     mpl = _matplotlib()
-    from matplotlib.collections import LineCollection, PolyCollection
+    import numpy as np
+    from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
 
@@ -899,10 +914,26 @@ def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
     font = 9 if lane_px >= 16 else max(4, lane_px - 4)
 
     # Lane geometry in axis units: lane i is centred on y = i, top lane first.
-    span_lo, span_hi = -0.28, 0.18
+    span_lo, span_hi = SPAN_LO, SPAN_HI
     band_lo, band_hi = 0.22, 0.40
     tick_lo, tick_hi = -0.46, -0.30
     markers_lines = []
+    x_lo, x_hi = x(timeline.since), x(timeline.until)
+    # The artists are few and big (a collection per lane for its spans, one
+    # for all health bands, one for all ticks, one for the stripes), and
+    # none updates the data limits: that is what keeps 1,000 lanes fast.
+    stripes = [
+        [(x_lo, i - 0.5), (x_hi, i - 0.5), (x_hi, i + 0.5), (x_lo, i + 0.5)] for i in range(1, len(lanes), 2)
+    ]
+    ax.add_collection(
+        PolyCollection(stripes, facecolors="#f4f4f4", edgecolors="none", zorder=0), autolim=False
+    )
+    # A group per hole is for SVG and HTML (its <title>, the hover); in a
+    # PNG one collection per reason draws the same pixels much faster.
+    separate_holes = elements and sum(len(lane.holes) for lane in lanes) <= MAX_HOLE_ARTISTS
+    bands, band_colours = [], []
+    tick_x, tick_y, tick_colours = [], [], []
+    hole_boxes: dict[str, list] = {}
     for i, lane in enumerate(lanes):
         gid = f"lane-{i}"
         boxes, colours = [], []
@@ -912,26 +943,26 @@ def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
             boxes.append([(x0, i + span_lo), (x1, i + span_lo), (x1, i + span_hi), (x0, i + span_hi)])
             colours.append(SPAN_COLOURS.get(span.state, "#737373"))
         spans = PolyCollection(boxes, facecolors=colours, edgecolors="none", linewidths=0, gid=gid)
-        ax.add_collection(spans)
+        ax.add_collection(spans, autolim=False)
         titles[gid] = (
             f"{lane.name}: {sum(s.segments for s in lane.spans)} segment(s), "
             f"{_size(sum(s.size_bytes for s in lane.spans))}, {_duration(lane.recorded_ms)} recorded, "
             f"{len(lane.holes)} hole(s)"
         )
-        bands, band_colours = [], []
         for piece in lane.health:
             x0, x1 = x(piece.start), max(x(piece.end), x(piece.start) + min_w)
             bands.append([(x0, i + band_lo), (x1, i + band_lo), (x1, i + band_hi), (x0, i + band_hi)])
             band_colours.append(HEALTH_COLOURS.get(piece.health, "#e0e0e0"))
-        if bands:
-            ax.add_collection(
-                PolyCollection(bands, facecolors=band_colours, edgecolors="none", gid=f"health-{i}")
-            )
         for k, hole in enumerate(lane.holes):
-            gid = f"hole-{i}-{k}"
             x0 = x(hole.start)
             w = max(x(hole.end) - x0, min_w)
-            ax.add_patch(
+            if not separate_holes:
+                box = [(x0, i + span_lo), (x0 + w, i + span_lo), (x0 + w, i + span_hi), (x0, i + span_hi)]
+                hole_boxes.setdefault(hole.reason, []).append(box)
+                continue
+            gid = f"hole-{i}-{k}"
+            # add_artist, not add_patch: no data-limit update per hole.
+            ax.add_artist(
                 Rectangle(
                     (x0, i + span_lo),
                     w,
@@ -947,16 +978,40 @@ def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
                 f"{lane.name}: hole {_clock(hole.start, zone)} - {_clock(hole.end, zone)} "
                 f"({_duration(hole.end - hole.start)}): {hole.detail}"
             )
-        if lane.ticks:
-            segments = [[(x(t.at), i + tick_lo), (x(t.at), i + tick_hi)] for t in lane.ticks]
-            ax.add_collection(
-                LineCollection(
-                    segments,
-                    colors=[SEVERITY_COLOURS.get(t.severity, "#737373") for t in lane.ticks],
-                    linewidths=1.2,
-                    gid=f"ticks-{i}",
-                )
-            )
+        for tick in lane.ticks:
+            tick_x.append(x(tick.at))
+            tick_y.append(i + (tick_lo + tick_hi) / 2)
+            tick_colours.append(SEVERITY_COLOURS.get(tick.severity, "#737373"))
+    for reason, boxes in hole_boxes.items():
+        gid = f"holes-{reason.replace(' ', '-')}"
+        ax.add_collection(
+            PolyCollection(
+                boxes,
+                facecolors="white",
+                edgecolors=HOLE_COLOURS[reason],
+                hatch="////",
+                linewidths=0.6,
+                gid=gid,
+            ),
+            autolim=False,
+        )
+        titles[gid] = f"{len(boxes)} hole(s): {reason} (the HTML page tells each one's reason)"
+    ax.add_collection(
+        PolyCollection(bands, facecolors=band_colours, edgecolors="none", gid="health"), autolim=False
+    )
+    if tick_x:
+        # One marker path stamped at every tick: far cheaper than a line each.
+        tick_pt = (tick_hi - tick_lo) * lane_px * 72 / DPI
+        ax.scatter(
+            np.asarray(tick_x),
+            np.asarray(tick_y),
+            s=tick_pt**2,
+            marker="|",
+            c=tick_colours,
+            linewidths=1.2,
+            gid="ticks",
+            zorder=3,
+        )
     for k, marker in enumerate(timeline.markers):
         gid = f"marker-{k}"
         colour = MARKER_COLOURS[marker.kind]
@@ -987,9 +1042,6 @@ def _draw(timeline: Timeline, *, title: str | None = None) -> _Drawn:
     ax.set_yticks(range(len(lanes)))
     ax.set_yticklabels([lane.name for lane in lanes], fontsize=font)
     ax.tick_params(axis="y", length=0)
-    for i in range(len(lanes)):
-        if i % 2:
-            ax.axhspan(i - 0.5, i + 0.5, color="#f4f4f4", zorder=0, linewidth=0)
     locator = mpl.dates.AutoDateLocator(tz=zone, minticks=4, maxticks=12)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mpl.dates.ConciseDateFormatter(locator, tz=zone))
@@ -1085,7 +1137,7 @@ def render(
     _matplotlib()  # say what to install before reading anything
     if timeline is None:
         timeline = collect(streams, since, until, width=width, tolerance=tolerance, now=now, fit=fit)
-    drawn = _draw(timeline, title=title)
+    drawn = _draw(timeline, title=title, elements=_wants_elements(fmt, timeline))
     if fmt is None:
         return drawn.figure
     data = _encode(drawn, timeline, fmt)
@@ -1098,7 +1150,15 @@ def render(
 
 def to_bytes(timeline: Timeline, format: str, *, title: str | None = None) -> bytes:
     """The picture of a collected timeline as the bytes of ``format`` (svg, png, pdf, html)."""
-    return _encode(_draw(timeline, title=title), timeline, _format(None, format))
+    fmt = _format(None, format)
+    return _encode(_draw(timeline, title=title, elements=_wants_elements(fmt, timeline)), timeline, fmt)
+
+
+def _wants_elements(fmt: str | None, timeline: Timeline) -> bool:
+    """Whether holes are drawn as artists of their own (SVG groups with titles), not one collection."""
+    if fmt in ("png", "pdf"):
+        return False
+    return not (fmt == "html" and _elements(timeline) > HTML_SVG_ELEMENTS)
 
 
 def _format(out: Any, format: str | None) -> str:
@@ -1123,10 +1183,24 @@ def _encode(drawn: _Drawn, timeline: Timeline, fmt: str) -> bytes:
         buffer = io.BytesIO()
         drawn.figure.savefig(buffer, format="pdf")
         return buffer.getvalue()
+    if fmt == "html" and _elements(timeline) > HTML_SVG_ELEMENTS:
+        buffer = io.BytesIO()
+        drawn.figure.savefig(buffer, format="png", dpi=DPI)
+        picture = (
+            f'<img alt="recording timeline" width="{round(drawn.figure.get_figwidth() * DPI)}" '
+            f'src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+        )
+        return _html(drawn, timeline, picture).encode("utf-8")
     svg = _svg(drawn)
     if fmt == "svg":
         return svg.encode("utf-8")
     return _html(drawn, timeline, svg).encode("utf-8")
+
+
+def _elements(timeline: Timeline) -> int:
+    return sum(
+        len(lane.spans) + len(lane.holes) + len(lane.ticks) + len(lane.health) for lane in timeline.lanes
+    )
 
 
 _SVG = "http://www.w3.org/2000/svg"
@@ -1150,7 +1224,7 @@ def _svg(drawn: _Drawn) -> str:
     return ElementTree.tostring(root, encoding="unicode")
 
 
-def _html(drawn: _Drawn, timeline: Timeline, svg: str) -> str:
+def _html(drawn: _Drawn, timeline: Timeline, picture: str) -> str:
     zone = local_zone()
     width_px = drawn.figure.get_figwidth() * DPI
     height_px = drawn.figure.get_figheight() * DPI
@@ -1182,7 +1256,7 @@ def _html(drawn: _Drawn, timeline: Timeline, svg: str) -> str:
     # </script> inside the JSON must not end the script element.
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     heading = html.escape(f"Recording timeline ({len(timeline.lanes)} streams)")
-    return _HTML.replace("__TITLE__", heading).replace("__SVG__", svg).replace("__DATA__", payload)
+    return _HTML.replace("__TITLE__", heading).replace("__SVG__", picture).replace("__DATA__", payload)
 
 
 _HTML = """<!DOCTYPE html>
@@ -1190,7 +1264,7 @@ _HTML = """<!DOCTYPE html>
 <style>
 body{margin:0;font:13px system-ui,sans-serif;background:#fff}
 #figure{position:relative;display:inline-block}
-#figure svg{display:block;width:100%;height:auto}
+#figure svg,#figure img{display:block;width:100%;height:auto}
 #tip{position:fixed;display:none;max-width:520px;padding:6px 8px;background:#222;color:#fff;
  border-radius:4px;font-size:12px;line-height:1.4;pointer-events:none;white-space:pre-wrap;z-index:10}
 </style></head>
@@ -1200,7 +1274,7 @@ body{margin:0;font:13px system-ui,sans-serif;background:#fff}
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("timeline-data").textContent);
-  const svg = document.querySelector("#figure svg");
+  const svg = document.querySelector("#figure svg, #figure img");
   const tip = document.getElementById("tip");
   let fmt;
   try {

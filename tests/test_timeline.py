@@ -368,14 +368,16 @@ def _browser(profile: Path):
     return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
 
-def test_html_loads_without_console_errors_and_the_hover_over_a_hole_tells_its_reason(db, tmp_path, backend):
+def test_html_loads_without_console_errors_and_the_hover_over_a_hole_tells_its_reason(
+    db, tmp_path, backend, monkeypatch
+):
     if backend.name != "sqlite":
         pytest.skip("the page does not depend on the backend: one browser run is enough")
     night()
     page = tl.render(since=at(0), until=at(200), now=at(300), out=tmp_path / "night.html")
     text = page.read_text()
     # Self-contained: nothing to load, no address but the SVG namespaces.
-    assert re.findall(r'(?:src|href)\s*=\s*"(?!#)', text) == []
+    assert re.findall(r'(?:src|href)\s*=\s*"(?!#|data:)', text) == []
     assert re.findall(r"https?://(?!www\.w3\.org/)", text) == []
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -400,6 +402,30 @@ def test_html_loads_without_console_errors_and_the_hover_over_a_hole_tells_its_r
         assert "segment" in tip.text and "/media/cam-b/" in tip.text, tip.text
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
+
+        # A page too big for SVG shows a PNG; the hover works from the data all the same.
+        monkeypatch.setattr(tl, "HTML_SVG_ELEMENTS", 0)
+        big = tl.render(since=at(-1), until=at(200), now=at(300), out=tmp_path / "big.html")
+        assert 'src="data:image/png;base64,' in big.read_text() and "hole-0-0" not in big.read_text()
+        browser.get(big.as_uri())
+        image = browser.find_element(By.CSS_SELECTOR, "#figure img")
+        layout = browser.execute_script(
+            "const d = JSON.parse(document.getElementById('timeline-data').textContent);"
+            "const box = arguments[0].getBoundingClientRect();"
+            "return [d.since, d.until, d.plotX, d.lanes[0].rows, d.width, box.width, box.height];",
+            image,
+        )
+        since_ms, until_ms, (x0, x1), (top, bottom), width, shown_w, shown_h = layout
+        scale = shown_w / width
+        hole_ms = to_millis(at(130))  # inside cam-a's unhealthy hole
+        fx = x0 + (hole_ms - since_ms) / (until_ms - since_ms) * (x1 - x0)
+        fy = (top + bottom) / 2 + (tl.SPAN_MIDDLE * (bottom - top))
+        ActionChains(browser).move_to_element_with_offset(
+            image, round(fx * scale - shown_w / 2), round(fy * scale - shown_h / 2)
+        ).perform()
+        tip = browser.find_element(By.ID, "tip")
+        assert "HOLE" in tip.text and "unhealthy: " in tip.text and "no frames for 5 s" in tip.text, tip.text
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         browser.quit()
         shutil.rmtree(user_data, ignore_errors=True)

@@ -85,7 +85,8 @@ class RecordingsSpec:
         # The default segment length is left out, so databases built before
         # the parameter existed are still found.
         length = "" if self.segment_ms == SEGMENT_MS else f"-m{self.segment_ms}"
-        return f"recordings-s{self.streams}-r{self.recordings}-e{self.events}-{self.seed}{length}-v{self.format}"
+        counts = f"s{self.streams}-r{self.recordings}-e{self.events}"
+        return f"recordings-{counts}-{self.seed}{length}-v{self.format}"
 
     @property
     def params(self) -> dict:

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
-import logging
 import random
 import sqlite3
 import statistics
@@ -47,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dataset import T0, T0_MS, metrics_db, recordings_db
+from playhouse.test_utils import count_queries
 
 from stream_state import MetricSeries, Stream, open_database
 from stream_state import history as h
@@ -62,28 +62,15 @@ DAY = dt.timedelta(days=1)
 # --- capturing the API's SQL ----------------------------------------------------------------------
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.statements: list[tuple[str, tuple]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, tuple) and len(record.msg) == 2 and isinstance(record.msg[0], str):
-            self.statements.append((record.msg[0], tuple(record.msg[1] or ())))
-
-
 @contextlib.contextmanager
 def captured() -> Iterator[list[tuple[str, tuple]]]:
-    logger = logging.getLogger("peewee")
-    handler = _Capture()
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler.statements
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
+    """The (sql, params) the API runs inside the block, from peewee's ``count_queries``."""
+    statements: list[tuple[str, tuple]] = []
+    with count_queries() as counter:
+        yield statements
+    statements += [
+        (r.msg[0], tuple(r.msg[1] or ())) for r in counter.get_queries() if isinstance(r.msg, tuple)
+    ]
 
 
 # --- one benchmark row -----------------------------------------------------------------------------

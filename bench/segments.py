@@ -42,7 +42,6 @@ import argparse
 import cProfile
 import datetime as dt
 import gc
-import logging
 import pstats
 import sqlite3
 import sys
@@ -57,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import peewee as pw
+from playhouse.test_utils import count_queries
 
 from stream_state import Stream, open_database
 from stream_state.database import sqlite_pragmas
@@ -243,38 +243,19 @@ def raw_psycopg2_runner(conn: Any, sql: Statements) -> Callable[[Sequence[RawJob
 # --- checks -----------------------------------------------------------------------------
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.statements: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # peewee logs each query as a (sql, params) tuple.
-        if isinstance(record.msg, tuple):
-            self.statements.append(record.msg[0])
-
-
 def check_same_sql(api: Side, sql: Statements) -> None:
     """Run one API cycle with peewee's log captured; stop if the baseline is out of date.
 
     peewee does not log BEGIN and COMMIT; the transaction boundaries are
     those of ``db.atomic()``, one per method.
     """
-    logger = logging.getLogger("peewee")
-    capture = _Capture()
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(capture)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    try:
+    with count_queries() as counter:
         api.run(api.take(1))
-    finally:
-        logger.removeHandler(capture)
-        logger.setLevel(level)
-        logger.propagate = propagate
-    if capture.statements != sql.in_order():
+    # peewee logs each query as a (sql, params) tuple.
+    statements = [r.msg[0] for r in counter.get_queries() if isinstance(r.msg, tuple)]
+    if statements != sql.in_order():
         lines = ["the API's SQL no longer matches the baseline; update the statements in bench/segments.py"]
-        lines += ["  API:"] + [f"    {s}" for s in capture.statements]
+        lines += ["  API:"] + [f"    {s}" for s in statements]
         lines += ["  baseline:"] + [f"    {s}" for s in sql.in_order()]
         raise SystemExit("\n".join(lines))
 

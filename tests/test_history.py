@@ -8,10 +8,8 @@ queries must not scan ``recording``, ``event`` or ``metric_sample``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
-import logging
 import random
 import re
 import threading
@@ -56,28 +54,13 @@ def ms(when: dt.datetime) -> int:
 # --- SQL capture and plans ------------------------------------------------------------------------
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.statements: list[tuple[str, tuple]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, tuple) and len(record.msg) == 2 and isinstance(record.msg[0], str):
-            self.statements.append((record.msg[0], tuple(record.msg[1] or ())))
-
-
-@contextlib.contextmanager
-def captured_sql() -> Iterator[list[tuple[str, tuple]]]:
-    logger = logging.getLogger("peewee")
-    handler = _Capture()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler.statements
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+def statements_of(counter: count_queries) -> list[tuple[str, tuple]]:
+    """The (sql, params) peewee ran inside a ``count_queries`` block: one capture for counts and plans."""
+    return [
+        (record.msg[0], tuple(record.msg[1] or ()))
+        for record in counter.get_queries()
+        if isinstance(record.msg, tuple) and len(record.msg) == 2 and isinstance(record.msg[0], str)
+    ]
 
 
 BIG_TABLES = {"recording", "event", "metric_sample"}
@@ -110,8 +93,9 @@ def full_scans(db: pw.Database, statements: list[tuple[str, tuple]]) -> list[str
 def assert_uses_indexes(db: pw.Database, run: Callable[[], Any]) -> None:
     if not isinstance(db, pw.SqliteDatabase):
         return
-    with captured_sql() as statements:
+    with count_queries() as counter:
         run()
+    statements = statements_of(counter)
     assert statements
     assert full_scans(db, statements) == []
 
@@ -371,8 +355,9 @@ def test_coverage_is_one_query_and_uses_indexes(db, segments):
     assert counter.count == 1
     assert_uses_indexes(db, lambda: h.coverage(one, since, until))
     if isinstance(db, pw.SqliteDatabase):
-        with captured_sql() as statements:
+        with count_queries() as counter:
             h.coverage(one, since, until)
+        statements = statements_of(counter)
         plan = " | ".join(
             row[-1] for row in db.execute_sql("EXPLAIN QUERY PLAN " + statements[0][0], statements[0][1])
         )
@@ -965,8 +950,9 @@ def test_metric_buckets_matching_selects_series_by_labels_in_three_queries(db, m
 def test_a_week_of_hourly_buckets_reads_rollups_not_raw_samples(db, metric_world):
     h.refresh_rollups(until=T0 + 6 * HOUR)
     main = MetricSeries.matching("bitrate_kbps", labels={"track": "main"}).first()
-    with captured_sql() as statements:
+    with count_queries() as counter:
         h.metric_buckets(main, T0, T0 + 5 * HOUR, HOUR)
+    statements = statements_of(counter)
     data = statements[-1][0]
     assert '"metric_rollup"' in data and '"metric_sample"' not in data.split("FROM", 2)[1].split("AS")[0]
     assert_uses_indexes(db, lambda: h.metric_buckets(main, T0 + 7 * SECOND, T0 + 5 * HOUR, HOUR))

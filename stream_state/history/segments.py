@@ -241,7 +241,7 @@ def segment_states(
     since_ms, until_ms = window(since, until)
     now_ms = now_millis() if now is None else to_millis(now, "now")
     db = current_database()
-    greatest = "MAX" if isinstance(db, pw.SqliteDatabase) else "GREATEST"
+    greatest = dialect(db).greatest
     sql = (
         _overlap_sql(
             db,

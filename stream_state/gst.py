@@ -283,7 +283,10 @@ class SplitmuxRecorder:
     def _on_location(self, sink: Any, fragment_id: int, sample: Any) -> str:
         began = time.perf_counter()
         buffer, segment = sample.get_buffer(), sample.get_segment()
-        start_rt = segment.to_running_time(Gst.Format.TIME, buffer.pts)
+        if buffer is not None and buffer.pts != Gst.CLOCK_TIME_NONE:
+            start_rt = segment.to_running_time(Gst.Format.TIME, buffer.pts)
+        else:  # no first frame to go by (caps not negotiated yet): the current running time
+            start_rt = self._running_time_now()
         media_started_at = self._to_wall(start_rt)
         future = self._submit("begin", media_started_at)
         try:
@@ -369,8 +372,11 @@ class SplitmuxRecorder:
             and previous_end is not None
             and rt - previous_end > self.stall_after * Gst.SECOND
         ):
-            # The hole must fall between files, or a row would cover it.
-            self.sink.emit("split-now")
+            # The hole must fall between files, or a row would cover it: the
+            # frames before it stay in this file, this one starts the next.
+            # (split-now would also move the last frame before the hole,
+            # still queued inside splitmuxsink, into the new file.)
+            self.sink.emit("split-at-running-time", rt)
         return Gst.PadProbeReturn.OK
 
     def _to_wall(self, running_time: int) -> dt.datetime:
@@ -383,6 +389,11 @@ class SplitmuxRecorder:
         behind_ns = clock.get_time() - (pipeline.get_base_time() + running_time)
         millis = (wall_ns - behind_ns) // _NS_PER_MS
         return dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
+
+    def _running_time_now(self) -> int:
+        pipeline = self._pipeline
+        clock = pipeline.get_clock() if pipeline is not None else None
+        return 0 if clock is None else max(0, clock.get_time() - pipeline.get_base_time())
 
     def _pending_location(self, fragment_id: int) -> str:
         sample_path = self.template.format(stream=self.stream.name, stream_id=self.stream.id, index=0)

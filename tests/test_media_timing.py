@@ -121,3 +121,30 @@ def test_complete_refuses_an_unfinalised_file_and_bad_media_values(db, kwargs, f
         segment.complete_segment(size_bytes=1, **kwargs)
     assert info.value.field == field
     assert dump_tables() == before
+
+
+# --- gaps say why ---------------------------------------------------------------------------
+
+
+def test_a_gap_carries_the_events_that_explain_it(db):
+    from stream_state import HealthState, history
+
+    stream = StreamFactory()
+    first = stream.begin_segment("/rec/g0.mkv", media_started_at=T0)
+    first.complete_segment(media_ended_at=T0 + seconds(1.2), size_bytes=1, finalized=True)
+    stream.record_health(HealthState.HEALTHY, "frames", at=T0)  # before the hole: not a reason
+    stream.record_health(HealthState.UNHEALTHY, "no frames for 1.0 s", at=T0 + seconds(2.2))
+    stream.record_health(HealthState.HEALTHY, "frames again after 3.1 s", at=T0 + seconds(4.3))
+    second = stream.begin_segment("/rec/g1.mkv", media_started_at=T0 + seconds(4.3))
+    second.complete_segment(media_ended_at=T0 + seconds(5.3), size_bytes=1, finalized=True)
+    other = StreamFactory()
+    other.record_health(HealthState.FAILED, "someone else's trouble", at=T0 + seconds(3))
+
+    (gap,) = history.gaps(stream, T0, T0 + seconds(5.3))
+    assert (gap.start, gap.end) == (T0 + seconds(1.2), T0 + seconds(4.3))  # media time, to the ms
+    assert [r.at for r in gap.reasons] == [T0 + seconds(2.2), T0 + seconds(4.3)]
+    assert "no frames for 1.0 s" in gap.why and "someone else" not in gap.why
+    assert gap.reasons[0].type == "health_changed" and gap.reasons[0].stream_id == stream.id
+    # A hole nobody explained has no reasons.
+    (quiet,) = history.gaps(stream, T0 + seconds(5.3), T0 + seconds(9), now=T0 + seconds(9))
+    assert quiet.reasons == () and quiet.why == ""

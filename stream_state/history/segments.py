@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import peewee as pw
 
 from ..backends import current_database, dialect
-from ..models import Recording, Stream
+from ..models import Event, Recording, Stream
 from ..models.recording import LONG_SEGMENT_MS
-from ..states import SegmentState
+from ..states import EventType, SegmentState, Severity
 from ..timeutil import from_millis, now_millis, to_millis
 from ..validate import require_duration_ms
 from ._args import resolve_stream, stream_ids, window
@@ -45,12 +46,49 @@ COVERING_STATES = (
 DEFAULT_TOLERANCE = dt.timedelta(seconds=1)
 
 
+# Events that explain a hole in the recording, and how long before the hole
+# one may have been written (a health check that saw the stream go).
+REASON_TYPES = (
+    EventType.HEALTH_CHANGED,
+    EventType.STATUS_CHANGED,
+    EventType.SEGMENT_FAILED,
+    EventType.SEGMENT_REPAIRED,
+    EventType.RESTORED,
+    EventType.CLEAN_SHUTDOWN,
+    EventType.STREAM_REMOVED,
+    EventType.DESIRED_CHANGED,
+)
+REASON_LEAD_MS = 500
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GapReason:
+    """An event that explains a hole: a health or status change, a failed segment, a crash and restore."""
+
+    at: dt.datetime
+    type: str
+    severity: Severity | str
+    message: str
+    stream_id: int | None  # None for system events (a restore, a clean shutdown)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Gap:
-    """A hole in the recording: nothing with footage covers [start, end)."""
+    """A hole in the recording: nothing with footage covers [start, end).
+
+    ``reasons``: the events of the stream (and system events such as a
+    restore after a crash) recorded from ``REASON_LEAD_MS`` before the hole
+    to its end, oldest first: why nothing was recorded, as far as anyone said.
+    """
 
     start: dt.datetime
     end: dt.datetime
+    reasons: tuple[GapReason, ...] = ()
+
+    @property
+    def why(self) -> str:
+        """The reasons in one line ("" when nobody said anything)."""
+        return "; ".join(reason.message for reason in self.reasons)
 
     @property
     def duration(self) -> dt.timedelta:
@@ -198,9 +236,9 @@ def coverage(
     params = (stream_id, until_ms, since_ms, stream_id, since_ms, now_ms, stream_id, until_ms)
     rows = db.execute_sql(sql, params).fetchall()
     recorded, holes = _sweep(rows, since_ms, until_ms)
-    gaps = tuple(
-        Gap(from_millis(start), from_millis(end)) for start, end in holes if end - start >= tolerance_ms
-    )
+    reported = [(start, end) for start, end in holes if end - start >= tolerance_ms]
+    why = _gap_reasons(stream_id, reported)
+    gaps = tuple(Gap(from_millis(start), from_millis(end), why[i]) for i, (start, end) in enumerate(reported))
     return Coverage(
         stream_id=stream_id,
         since=from_millis(since_ms),
@@ -252,6 +290,40 @@ def segment_states(
     )
     params = (stream_id, until_ms, since_ms, stream_id, since_ms, now_ms, stream_id, until_ms)
     return [(int(start), int(end), state) for start, end, state in db.execute_sql(sql, params).fetchall()]
+
+
+def _gap_reasons(stream_id: int, holes: list[tuple[int, int]]) -> list[tuple[GapReason, ...]]:
+    """The explaining events of each hole, from one query over the span of all of them."""
+    if not holes:
+        return []
+    lo, hi = holes[0][0] - REASON_LEAD_MS, holes[-1][1]
+    query = (
+        Event.select(Event.ts, Event.type, Event.severity, Event.message, Event.stream)
+        .where(
+            (Event.ts >= lo)
+            & (Event.ts <= hi)
+            & Event.type.in_([str(kind) for kind in REASON_TYPES])
+            & ((Event.stream == stream_id) | Event.stream.is_null())
+        )
+        .order_by(Event.ts, Event.id)
+        .tuples()
+    )
+    found: list[list[GapReason]] = [[] for _ in holes]
+    for ts, kind, severity, message, event_stream in query:
+        ts_ms = ts if isinstance(ts, int) else to_millis(ts)
+        for i, (start, end) in enumerate(holes):
+            if start - REASON_LEAD_MS <= ts_ms <= end:
+                found[i].append(
+                    GapReason(from_millis(ts_ms), kind, _severity(severity), message or kind, event_stream)
+                )
+    return [tuple(reasons) for reasons in found]
+
+
+def _severity(value: Any) -> Severity | str:
+    try:
+        return Severity(value)
+    except ValueError:
+        return value
 
 
 def _sweep(

@@ -210,7 +210,15 @@ def test_sigkill_mid_segment_then_restore_judges_each_file_by_what_plays(backend
         ext: start_manager(target, tmp_path / ext, ext, fragment=2.0, size="640x480")
         for ext, target in targets.items()
     }
-    time.sleep(3.2)  # inside the second file, with a second of frames written
+    # Kill inside the second file of each stream, once a good part of it is written.
+    deadline = time.monotonic() + 30
+    for ext in children:
+        while time.monotonic() < deadline:
+            files = sorted((tmp_path / ext / "rec").rglob(f"*.{ext}"))
+            second = [f for f in files if f.name.endswith(f"-00000001.{ext}")]
+            if len(second) == 2 and all(os.path.getsize(f) > 300_000 for f in second):
+                break
+            time.sleep(0.05)
     for child in children.values():
         child.send_signal(signal.SIGKILL)
     for child in children.values():

@@ -514,7 +514,9 @@ def test_storage_usage_is_largest_first_and_one_query(db):
 def test_migration_003_fills_the_usage_summary_from_existing_segments(db):
     rng = random.Random(3)
     stream = StreamFactory()
-    assert rollback_one(db) == "003_history"
+    # Back to just before 003, whatever came after it.
+    while rollback_one(db) != "003_history":
+        pass
     assert "recording_usage" not in db.get_tables()
     rows = make_segments(rng, stream, 60, "old")
     for chunk in pw.chunked(rows, 100):

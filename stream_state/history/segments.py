@@ -203,6 +203,8 @@ def coverage(
     until: dt.datetime,
     tolerance: dt.timedelta = DEFAULT_TOLERANCE,
     now: dt.datetime | None = None,
+    *,
+    reasons: bool = False,
 ) -> Coverage:
     """What share of [since, until) ``stream`` has on disk, and the gaps.
 
@@ -212,7 +214,12 @@ def coverage(
     ``tolerance`` is not reported as a gap (a segmenter leaves a few
     milliseconds between files), but it is not recorded time either.
     Reads (start, end) of the window's segments from indexes only: about
-    8,600 index entries for 24 hours of 10-second segments.
+    8,600 index entries for 24 hours of 10-second segments. Segments timed
+    by their media (``media_started_at``) start and end where their frames
+    do, so a stalled source is a hole here.
+
+    With ``reasons`` each gap also carries the events that explain it
+    (``Gap.reasons``): one more query, only when there are gaps.
     """
     stream_id = resolve_stream(stream).id
     since_ms, until_ms = window(since, until)
@@ -237,7 +244,7 @@ def coverage(
     rows = db.execute_sql(sql, params).fetchall()
     recorded, holes = _sweep(rows, since_ms, until_ms)
     reported = [(start, end) for start, end in holes if end - start >= tolerance_ms]
-    why = _gap_reasons(stream_id, reported)
+    why = _gap_reasons(stream_id, reported) if reasons else [()] * len(reported)
     gaps = tuple(Gap(from_millis(start), from_millis(end), why[i]) for i, (start, end) in enumerate(reported))
     return Coverage(
         stream_id=stream_id,
@@ -255,9 +262,16 @@ def gaps(
     until: dt.datetime,
     tolerance: dt.timedelta = DEFAULT_TOLERANCE,
     now: dt.datetime | None = None,
+    *,
+    reasons: bool = True,
 ) -> list[Gap]:
-    """The holes of at least ``tolerance`` in ``stream``'s recording between two times (see ``coverage``)."""
-    return list(coverage(stream, since, until, tolerance=tolerance, now=now).gaps)
+    """The holes of at least ``tolerance`` in ``stream``'s recording between two times (see ``coverage``).
+
+    Each gap carries its ``reasons`` (health and status changes, failed or
+    repaired segments, restores and clean stops in the hole) unless
+    ``reasons=False``.
+    """
+    return list(coverage(stream, since, until, tolerance=tolerance, now=now, reasons=reasons).gaps)
 
 
 def segment_states(

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import os
 import re
 import sys
 import time
@@ -53,7 +54,7 @@ from .database import (
     schema_version,
     sqlite_path,
 )
-from .errors import DatabaseUnavailable, StreamStateError
+from .errors import DatabaseUnavailable, StreamStateError, ValidationError
 from .maintenance import backup, incremental_vacuum, integrity_check, vacuum
 from .maintenance import purge as purge_old
 from .models import Event, Recording, database_proxy
@@ -1339,22 +1340,34 @@ def vacuum_command(full: bool, as_json: bool) -> None:
 
 @cli.command(name="backup")
 @click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--force", is_flag=True, help="Overwrite DEST if it exists.")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists (atomically: never a half copy).")
+@click.option(
+    "--method",
+    type=click.Choice(["copy", "vacuum"]),
+    default="copy",
+    show_default=True,
+    help="copy: page copy in one step; vacuum: a compacted copy (VACUUM INTO), slower.",
+)
 @json_option
 @database_options
-def backup_command(dest: Path, force: bool, as_json: bool) -> None:
+def backup_command(dest: Path, force: bool, method: str, as_json: bool) -> None:
     """Copy the live SQLite database to DEST, consistently, while the recorder writes.
 
+    DEST is written under a temporary name and renamed when complete, so it is
+    never a partial copy. DEST may not be the database itself or a symbolic link.
     PostgreSQL databases are backed up with pg_dump instead.
     """
-    if dest.exists() and not force:
+    if os.path.lexists(dest) and not force:
         raise click.BadParameter(f"{dest} exists; pass --force to overwrite it", param_hint="DEST")
     url = click.get_current_context().meta.get(_URL)
     with _database(), _progress("backing up", as_json) as progress:
         progress.busy()
-        if force and dest.exists():
-            dest.unlink()
-        written = backup(dest)
+        try:
+            written = backup(dest, force=force, method=method)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            if exc.field != "dest":
+                raise
+            raise click.BadParameter(f"{exc.value}: {exc.reason}", param_hint="DEST") from None
     size = written.stat().st_size
     if as_json:
         _echo_json({"database": _display_url(url), "backup": str(written), "size_bytes": size})

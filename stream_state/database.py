@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from .backends import (
     dialect,
     url_backend,
 )
+from .backups import BackupMethod, backup_database, pre_migration_backup
 from .errors import (
     DatabaseUnavailable,
     MigrationError,
@@ -237,6 +239,7 @@ def _create_private_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        _tighten_existing(path)
         return
     except OSError as exc:
         raise DatabaseUnavailable(f"cannot create SQLite database {path}: {exc.strerror}") from exc
@@ -245,6 +248,33 @@ def _create_private_file(path: Path) -> None:
     # files the database file's mode.
     os.fchmod(fd, 0o600)
     os.close(fd)
+
+
+def _tighten_existing(path: Path) -> None:
+    """An existing database (say, pre-created by `touch` or tmpfiles.d) and its -wal/-shm become 0600.
+
+    SQLite gives new -wal and -shm files the database file's mode, so a
+    0644 database would hand its camera passwords to every local user.
+    """
+    for target in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))):
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot check the mode of %s: %s", target, exc.strerror)
+            continue
+        if mode & 0o077:
+            try:
+                os.chmod(target, mode & 0o700)
+            except OSError as exc:
+                log.warning(
+                    "%s is readable by other users (mode %o) and cannot be made private: %s; "
+                    "it holds camera credentials",
+                    target,
+                    mode,
+                    exc.strerror,
+                )
 
 
 def _open_postgres(url: str, *, max_connections: int, **connect_params: Any) -> pw.Database:
@@ -352,7 +382,7 @@ def ensure_schema(db: pw.Database, *, migrate: bool, backup_before_migrate: bool
             f"pending migrations: {', '.join(pending)}; open with migrate=True or run `stream-state migrate`",
         )
     if backup_before_migrate and dialect(db).is_sqlite and db.get_tables():
-        backup_path = backup_sqlite(db, label=f"pre-{pending[0]}")
+        backup_path = pre_migration_backup(db.database, pending[0])
         log.info("backed up %s to %s before migrating", db.database, backup_path)
     migrate_to_head(db)
 
@@ -389,29 +419,20 @@ def rollback_one(db: pw.Database) -> str:
 
 
 def backup_sqlite(
-    db: pw.Database, dest: str | os.PathLike[str] | None = None, *, label: str = "backup"
+    db: pw.Database,
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    label: str = "backup",
+    force: bool = False,
+    method: BackupMethod = "copy",
 ) -> Path:
-    """Copy a live SQLite database with the online backup API.
+    """Copy a live SQLite database: one consistent snapshot, written atomically, 0600.
 
-    Consistent even while other connections write (unlike copying the file
-    while a WAL is live). The copy is created 0600 like the original.
+    Without ``dest`` the copy goes beside the database, named by ``label`` and
+    the time. The guarantees are in ``stream_state.backups``.
     """
     source = Path(db.database)
     if dest is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         dest = source.with_name(f"{source.name}.{label}.{stamp}.bak")
-    dest = Path(dest)
-    _create_private_file(dest)
-    try:
-        src = sqlite3.connect(str(source), timeout=30)
-        try:
-            dst = sqlite3.connect(str(dest))
-            try:
-                src.backup(dst, pages=1024)
-            finally:
-                dst.close()
-        finally:
-            src.close()
-    except sqlite3.Error as exc:
-        raise DatabaseUnavailable(f"backup of {source} to {dest} failed: {exc}") from exc
-    return dest
+    return backup_database(source, dest, force=force, method=method, busy_timeout=db._timeout)

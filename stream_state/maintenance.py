@@ -6,8 +6,8 @@
 * ``incremental_vacuum``, ``vacuum``, ``checkpoint_wal``, ``optimize``: give
   space back and keep the planner informed (SQLite; no-ops on PostgreSQL,
   whose autovacuum does this).
-* ``backup(dest)``: a consistent copy while the recorder writes (SQLite's
-  online backup API). PostgreSQL: use ``pg_dump`` (see ``BackupNotSupported``).
+* ``backup(dest)``: a consistent copy while the recorder writes (one step of
+  SQLite's online backup API, written atomically; see ``stream_state.backups``). PostgreSQL: use ``pg_dump`` (see ``BackupNotSupported``).
 * ``integrity_check()``: ``PRAGMA integrity_check`` and foreign-key checks.
 * ``Maintenance(db, policy).run_due(now)``: the one call a manager makes every
   minute; runs what is due, remembering in the database when each job last ran.
@@ -28,6 +28,7 @@ from typing import Any
 import peewee as pw
 
 from .backends import check_database_file, current_database, database_proxy, dialect
+from .backups import BackupMethod
 from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
 from .models import Event, MetricSample, MetricSeries, SystemState
@@ -285,15 +286,21 @@ def optimize() -> None:
 # --- backup and integrity ----------------------------------------------------------------------------
 
 
-def backup(dest: str | os.PathLike[str]) -> Path:
-    """A consistent copy of a live SQLite database at ``dest`` (0600), taken while writers continue."""
+def backup(dest: str | os.PathLike[str], *, force: bool = False, method: BackupMethod = "copy") -> Path:
+    """A consistent copy of a live SQLite database at ``dest`` (0600), taken while writers continue.
+
+    Written to a temporary file and renamed onto ``dest``, so ``dest`` is
+    either the whole copy or untouched; an existing ``dest`` is replaced only
+    with ``force``; ``dest`` may not be the database itself or a symbolic
+    link. ``method="vacuum"`` writes a compacted copy (``VACUUM INTO``).
+    """
     db = current_database()
     if not dialect(db).is_sqlite:
         raise BackupNotSupported(
             "backup() copies SQLite files; for PostgreSQL use `pg_dump -Fc DBNAME > backup.dump` "
             "(or continuous archiving with pg_basebackup) and restore with pg_restore"
         )
-    return backup_sqlite(db, dest)
+    return backup_sqlite(db, dest, force=force, method=method)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from .errors import (
     SchemaMismatch,
     ValidationError,
 )
-from .redact import redact_data, redact_text, redact_uri
+from .redact import redact_data, redact_text, redact_uri, split_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -278,16 +278,25 @@ def _tighten_existing(path: Path) -> None:
 
 
 def _open_postgres(url: str, *, max_connections: int, **connect_params: Any) -> pw.Database:
-    parts = urlsplit(url)
+    # The userinfo ends at the last "@": a password may hold "#", "?", "/" or
+    # "@", which urlsplit would take for a fragment, a query or a path.
+    userinfo, without_userinfo = split_userinfo(url)
+    try:
+        parts = urlsplit(without_userinfo)
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationError("url", redact_uri(url), f"not a well-formed URL ({exc})") from None
     params: dict[str, Any] = {k: v for k, v in parse_qsl(parts.query)}
-    if parts.username:
-        params["user"] = unquote(parts.username)
-    if parts.password:
-        params["password"] = unquote(parts.password)
+    if userinfo is not None:
+        user, has_password, password = userinfo.partition(":")
+        if user:
+            params["user"] = unquote(user)
+        if has_password and password:
+            params["password"] = unquote(password)
     if parts.hostname:
         params["host"] = parts.hostname
-    if parts.port:
-        params["port"] = parts.port
+    if port:
+        params["port"] = port
     params.update(connect_params)
     database = unquote(parts.path.lstrip("/"))
     if not database:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -17,6 +16,40 @@ MASK = "***"
 _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:password|passwd|pass|pwd|secret|token|key|auth|passphrase|streamid)=)[^&#]*"
 )
+
+
+_SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def split_userinfo(uri: str) -> tuple[str | None, str]:
+    """``(userinfo, uri without it)``; userinfo is None when the URI has none.
+
+    The userinfo ends at the LAST ``@`` (RFC 3986 allows no raw ``@`` in it,
+    but passwords hold ``#``, ``?``, ``/``, ``@`` and ``:`` in practice, and
+    cameras accept them). ``urlsplit`` would cut such a password at its
+    ``#`` or ``/`` and take the rest for a fragment or a path, which both
+    shows it and misreads the host. An ``@`` later in the path makes the
+    split over-cautious (more is masked), never leaky.
+    """
+    match = _SCHEME_PREFIX.match(uri)
+    if not match:
+        return None, uri
+    after = uri[match.end() :]
+    ats = [i for i, ch in enumerate(after) if ch == "@"]
+    if not ats:
+        return None, uri
+    # The last "@" that a host follows; an "@" in the path is followed by
+    # text that is no host[:port] (or, if it looks like one, more is masked).
+    chosen = ats[-1]
+    for at in reversed(ats):
+        hostinfo = re.split(r"[/?#]", after[at + 1 :], maxsplit=1)[0]
+        if hostinfo and _HOSTINFO.fullmatch(hostinfo):
+            chosen = at
+            break
+    return after[:chosen], uri[: match.end()] + after[chosen + 1 :]
+
+
+_HOSTINFO = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s\[\]:/?#@]+)?(:[0-9]{0,5})?")
 
 
 def redact_uri(uri: str) -> str:
@@ -27,26 +60,24 @@ def redact_uri(uri: str) -> str:
     """
     if not isinstance(uri, str):
         return repr(type(uri))
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        # Unparseable text may still contain "user:pass@": mask it bluntly.
-        return re.sub(r"//[^/@\s]*@", f"//{MASK}@", uri)
-    netloc = parts.netloc
-    if "@" not in netloc and not _SECRET_QUERY.search("?" + parts.query):
-        # Nothing to hide: return it as written (rebuilding would turn
-        # sqlite:////abs.db into sqlite://abs.db, an empty host being dropped).
-        return uri
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
+    userinfo, rest = split_userinfo(uri)
+    if userinfo is None and not _SCHEME_PREFIX.match(uri):
+        return redact_text(uri)  # not "scheme://...": mask whatever looks like a credential
+    if userinfo is not None:
         user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:{MASK}@{hostinfo}" if has_password else f"{user}@{hostinfo}"
-    query = _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, "?" + parts.query)[1:] if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        scheme_end = _SCHEME_PREFIX.match(rest).end()  # type: ignore[union-attr]
+        shown_user = f"{user}:{MASK}@" if has_password else f"{user}@"
+        rest = rest[:scheme_end] + shown_user + rest[scheme_end:]
+    # Rewritten as text, not rebuilt with urlunsplit: that would turn
+    # sqlite:////abs.db into sqlite://abs.db (an empty host is dropped).
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, rest)
 
 
 # "scheme://user:password@" anywhere in free text (log lines, event messages).
-_CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
+# The password runs to the last "@" of the URI: it may hold "/", "#", "?", "@";
+# failing that (a password with a space, as in a URI that was refused for
+# it), to the next "@" on the line.
+_CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:]*):(?:\S*@|[^\n@]*?@)")
 _SECRET_KEY = re.compile(
     r"(?i)(pass(word|wd|phrase)?|pwd|secret|token|api[_-]?key|private[_-]?key|credential|auth)"
 )

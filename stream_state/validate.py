@@ -154,7 +154,7 @@ def require_uri(field: str, value: Any) -> str:
 
     Errors show the URI with its password masked.
     """
-    from .redact import redact_uri
+    from .redact import redact_uri, split_userinfo
 
     if not isinstance(value, str):
         raise ValidationError(field, value, f"expected a string, got {type(value).__name__}")
@@ -164,8 +164,11 @@ def require_uri(field: str, value: Any) -> str:
     if _CONTROL.search(value) or any(ch.isspace() for ch in value):
         raise ValidationError(field, shown, "contains whitespace or control characters")
     require_utf8(field, shown)
+    # The host is what follows the userinfo, which ends at the last "@":
+    # a password may hold "#", "?" or "/", which urlsplit would cut at.
+    _userinfo, without_userinfo = split_userinfo(value)
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(without_userinfo)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
         raise ValidationError(field, shown, f"not a well-formed URI ({exc})") from None

@@ -660,7 +660,8 @@ GOOD_URIS = st.one_of(
             f"rtsp://{user}:{password}@10.0.{host // 256}.{host % 256}:554/{path}"
         ),
         st.text(string.ascii_letters + "-._~", min_size=1, max_size=8),
-        st.text(string.ascii_letters + string.digits + "'!$&()*+,;=%-", min_size=1, max_size=12),
+        # Passwords hold what RFC 3986 forbids in userinfo, too (issue 13): cameras accept them.
+        st.text(string.ascii_letters + string.digits + "'!$&()*+,;=%-#?/@:", min_size=1, max_size=12),
         st.integers(0, 65535),
         st.text(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@%/", max_size=40),
     ),

@@ -36,8 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream_state import open_database  # noqa: E402
-from stream_state.maintenance import backup  # noqa: E402
+from stream_state import open_database
+from stream_state.maintenance import backup
 
 WRITE_EVERY = 0.05
 
@@ -59,7 +59,10 @@ def build(path: Path, mb: int) -> None:
         con.executemany(
             "INSERT INTO recording (stream_id, path, storage, segment_index, started_at, ended_at,"
             " size_bytes, state, archived, metadata) VALUES (1, ?, 'disk1', ?, ?, ?, 1000, 'complete', 0, ?)",
-            [(f"/media/cam-1/{i}.ts", i, i * 1000, i * 1000 + 999, f'{{"p": "{payload}"}}') for i in range(row, row + 20000)],
+            [
+                (f"/media/cam-1/{i}.ts", i, i * 1000, i * 1000 + 999, f'{{"p": "{payload}"}}')
+                for i in range(row, row + 20000)
+            ],
         )
         con.execute("COMMIT")
         row += 20000
@@ -132,7 +135,9 @@ def measure(name: str, path: Path, run) -> tuple[float, list[float], bool]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mb", type=int, default=300)
     parser.add_argument("--stepped-limit", type=float, default=60.0)
     parser.add_argument("--dir", type=Path, default=None)
@@ -148,9 +153,12 @@ def main() -> None:
         shutil.copyfile(path, work / "plain.db")
         baseline = time.perf_counter() - started
         os.unlink(work / "plain.db")
-        print(f"database {size / 2**20:.0f} MiB; baseline (plain file copy, not consistent): {baseline:.2f} s")
+        print(
+            f"database {size / 2**20:.0f} MiB; baseline (plain file copy, not consistent): {baseline:.2f} s"
+        )
         print(f"writer commits a row every {WRITE_EVERY * 1000:.0f} ms")
-        print(f"{'method':<8} {'finished':>8} {'seconds':>8} {'x copy':>7} {'worst wait':>11} {'p99 wait':>9} {'commits':>8}")
+        head = ("method", "finished", "seconds", "x copy", "worst wait", "p99 wait", "commits")
+        print("{:<8} {:>8} {:>8} {:>7} {:>11} {:>9} {:>8}".format(*head))
         runs = {
             "stepped": lambda: stepped(path, work / "stepped.db", args.stepped_limit),
             "copy": lambda: bool(backup(work / "copy.db", method="copy")),

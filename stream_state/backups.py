@@ -261,14 +261,13 @@ def remove_partial_backups(source: str | os.PathLike[str]) -> list[Path]:
     source_path = Path(os.path.abspath(source))
     removed = _remove_stale_temporaries(source_path)
     for bak in source_path.parent.glob(f"{source_path.name}.pre-*.bak"):
-        if bak.is_file() and not bak.is_symlink() and not _looks_complete(bak):
-            # Old versions wrote straight to the final name; a file that young
-            # may still be written by one of them.
-            if time.time() - bak.stat().st_mtime > 60:
-                removed.append(bak)
-                for leftover in (bak, bak.with_name(bak.name + "-journal")):
-                    with contextlib.suppress(FileNotFoundError):
-                        leftover.unlink()
+        # Old versions wrote straight to the final name; a file that young
+        # may still be written by one of them.
+        if bak.is_file() and not bak.is_symlink() and not _looks_complete(bak) and _older_than(bak, 60):
+            removed.append(bak)
+            for leftover in (bak, bak.with_name(bak.name + "-journal")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
     for path in removed:
         log.warning("removed partial backup %s", path)
     return removed
@@ -287,6 +286,13 @@ def _remove_stale_temporaries(dest: Path) -> list[Path]:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
     return removed
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _unlocked(path: Path) -> bool:

@@ -7,7 +7,8 @@
   space back and keep the planner informed (SQLite; no-ops on PostgreSQL,
   whose autovacuum does this).
 * ``backup(dest)``: a consistent copy while the recorder writes (one step of
-  SQLite's online backup API, written atomically; see ``stream_state.backups``). PostgreSQL: use ``pg_dump`` (see ``BackupNotSupported``).
+  SQLite's online backup API, written atomically; see ``stream_state.backups``).
+  PostgreSQL: use ``pg_dump`` (see ``BackupNotSupported``).
 * ``integrity_check()``: ``PRAGMA integrity_check`` and foreign-key checks.
 * ``Maintenance(db, policy).run_due(now)``: the one call a manager makes every
   minute; runs what is due, remembering in the database when each job last ran.

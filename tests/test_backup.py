@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 import stream_state.backups as backup_module
 from stream_state import StorageFull, ValidationError, open_database
-from stream_state.backups import backup_database, pre_migration_backup, remove_partial_backups
+from stream_state.backups import pre_migration_backup, remove_partial_backups
 from stream_state.cli import cli
 from stream_state.database import migrations_dir
 from stream_state.maintenance import backup

@@ -296,3 +296,17 @@ def test_credentials_are_stored_but_never_shown(db, caplog):
         shown.append(str(exc))
     assert all("hunter2" not in text for text in shown), shown
     assert "admin:***@10.0.0.7" in stream.display_uri or "admin:***@10.0.0.8" in stream.display_uri
+
+
+def test_a_config_change_of_any_size_is_saved_with_a_summarised_event(db):
+    """Issue 13, item 14: 800 changed keys made the event's message too long and lost the config."""
+    cam = Stream.register("cam-1", "rtsp://cam/1", {f"old_setting_number_{i:04d}": i for i in range(400)})
+    new = {f"a_rather_long_configuration_key_{i:04d}_" + "x" * 40: i for i in range(800)}
+    assert cam.update_config(new) is True
+    assert Stream.by_name("cam-1").config == new
+    event = Event.select().where(Event.type == "config_changed").order_by(Event.id.desc()).get()
+    assert len(event.message) < 1000
+    assert "1200 keys: 800 added, 400 removed, 0 changed" in event.message
+    assert len(event.data["added"]) == 800 and len(event.data["removed"]) == 400
+    huge_key = {"k" * 5000: 1}
+    assert Stream.register("cam-1", "rtsp://cam/1", huge_key).config == huge_key

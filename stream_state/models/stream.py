@@ -182,7 +182,7 @@ class Stream(BaseModel):
         Event.record(
             EventType.CONFIG_CHANGED,
             self,
-            message=f"config of {self.name} changed: {', '.join(sorted(_changed_keys(change)))}",
+            message=_config_message(self.name, change),
             data=change,
         )
         return True
@@ -544,6 +544,26 @@ def same_json(a: Any, b: Any) -> bool:
 
 def _changed_keys(diff: dict[str, Any]) -> list[str]:
     return [*diff.get("added", {}), *diff.get("removed", []), *diff.get("changed", {})]
+
+
+# The message names at most this many keys (each cut to KEY_SHOWN characters)
+# and counts the rest, so that a change of any size fits the event's message
+# and the config is saved (issue 13); the event's data keeps the whole diff.
+CONFIG_MESSAGE_KEYS = 10
+KEY_SHOWN = 60
+
+
+def _config_message(name: str, diff: dict[str, Any]) -> str:
+    keys = sorted(_changed_keys(diff))
+    shown = [key if len(key) <= KEY_SHOWN else key[: KEY_SHOWN - 3] + "..." for key in keys]
+    text = ", ".join(redact_text(key) for key in shown[:CONFIG_MESSAGE_KEYS])
+    if len(keys) > CONFIG_MESSAGE_KEYS:
+        counts = {part: len(diff.get(part, ())) for part in ("added", "removed", "changed")}
+        text += (
+            f", ... ({len(keys)} keys: {counts['added']} added, {counts['removed']} removed, "
+            f"{counts['changed']} changed)"
+        )
+    return f"config of {name} changed: {text}"
 
 
 # A name is unique among live streams only, so a removed stream's name can be

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
 import re
 import sys
@@ -63,6 +64,7 @@ from .restore import Restorer
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention
 from .states import SegmentState, Severity
 from .timeutil import from_millis
+from .validate import MAX_DAYS
 
 # 0 is success and 2 a usage error (click's own code).
 EXIT_FAILURE = 1
@@ -239,14 +241,30 @@ class KeepType(click.ParamType):
         kind, sep, days = str(value).partition("=")
         try:
             number = float(days)
-            if not sep or not kind or number <= 0:
+            if not sep or not kind or not 0 < number <= MAX_DAYS:
                 raise ValueError
         except ValueError:
             self.fail(f"{value!r}: expected TYPE=DAYS, e.g. health_changed=365", param, ctx)
         return kind, number
 
 
+class DaysType(click.ParamType):
+    """A positive, finite number of days, at most MAX_DAYS (``inf`` and ``1e308`` are usage errors)."""
+
+    name = "DAYS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of days", param, ctx)
+        if not math.isfinite(number) or not 0 < number <= MAX_DAYS:
+            self.fail(f"{value!r} is not a positive number of days up to {MAX_DAYS:,}", param, ctx)
+        return number
+
+
 TIME = TimeType()
+DAYS = DaysType()
 DURATION = DurationType()
 SIZE = SizeType()
 
@@ -1190,7 +1208,7 @@ def check_command(
 )
 @click.option(
     "--max-age-days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=DAYS,
     help="Delete recordings that ended more than this many days ago.",
 )
 @click.option(
@@ -1264,12 +1282,12 @@ def retention(
 @cli.command()
 @click.option(
     "--events-days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=DAYS,
     help="Delete events older than this many days.",
 )
 @click.option(
     "--samples-days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=DAYS,
     help="Delete raw metric samples older than this many days.",
 )
 @click.option(

@@ -47,7 +47,10 @@ def parse_duration(text: str) -> dt.timedelta:
         seconds = sum(float(n) * _UNIT_SECONDS[unit.lower()] for n, unit in _DURATION_PART.findall(text))
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{text!r} is not a duration: it must be a non-negative number of seconds")
-    return dt.timedelta(seconds=seconds)
+    try:
+        return dt.timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def parse_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -73,7 +76,10 @@ def parse_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
             offset = parse_duration(word[1:])
         except ValueError:
             raise ValueError(f"{text!r} is not a relative time; use e.g. -2h, -30m, -1d, -1h30m") from None
-        return now - offset if word[0] == "-" else now + offset
+        try:
+            return now - offset if word[0] == "-" else now + offset
+        except OverflowError:
+            raise ValueError(f"{text!r} is out of range: before year 1 or after year 9999") from None
     try:
         parsed = dt.datetime.fromisoformat(text.strip())
     except ValueError:

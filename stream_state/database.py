@@ -212,6 +212,8 @@ def _open_sqlite(url: str, *, synchronous: str, busy_timeout: float, **connect_p
     if query:
         raise ValidationError("url", url, f"unknown SQLite URL options: {', '.join(sorted(query))}")
     pragmas = sqlite_pragmas(synchronous)
+    if path.is_dir():
+        raise ValidationError("url", str(path), "is a directory, not a database file")
     if busy_timeout <= 0:
         raise ValidationError("busy_timeout", busy_timeout, "must be a positive number of seconds")
     _create_private_file(path)

@@ -37,6 +37,7 @@ from .retention import RetentionPolicy, apply_retention, checkpoint_passive
 from .rollups import ROLLUP_SETTLE, refresh_rollups
 from .states import EventType, Severity
 from .timeutil import from_millis, now_millis, to_millis
+from .validate import require_days
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,7 @@ class BackupNotSupported(StreamStateError):
 
 
 def _check_days(field: str, days: Any) -> float:
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
-        raise ValidationError(field, days, "must be a positive number of days")
-    return float(days)
+    return require_days(field, days)
 
 
 # --- purge -------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .models import Event, Recording, Stream, database_proxy
 from .models.recording import unlink_quietly
 from .states import EventType, SegmentState, Severity
 from .timeutil import now_millis, to_millis
+from .validate import require_days
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,8 @@ class RetentionRule:
     max_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_age_days is not None and not (
-            isinstance(self.max_age_days, (int, float)) and self.max_age_days > 0
-        ):
-            raise ValidationError("max_age_days", self.max_age_days, "must be a positive number of days")
+        if self.max_age_days is not None:
+            require_days("max_age_days", self.max_age_days)
         if self.max_bytes is not None and (
             isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 0
         ):

@@ -19,6 +19,14 @@ from .errors import ValidationError
 from .timeutil import MAX_MILLIS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Unicode format controls (category Cf, Unicode 14): bidirectional overrides
+# such as U+202E rewrite how a table reads, zero-width ones make two names
+# look alike. Identifiers refuse them like other control characters.
+_FORMAT = re.compile(
+    "[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
+)
 
 
 def require_text(field: str, value: Any, *, max_length: int = 1000, allow_control: bool = False) -> str:
@@ -31,6 +39,10 @@ def require_text(field: str, value: Any, *, max_length: int = 1000, allow_contro
         raise ValidationError(field, value[:40] + "...", f"longer than {max_length} characters")
     if "\x00" in value or (not allow_control and _CONTROL.search(value)):
         raise ValidationError(field, value, "contains control characters")
+    if not allow_control and _FORMAT.search(value):
+        raise ValidationError(
+            field, value, "contains Unicode format characters (bidirectional or zero-width controls)"
+        )
     require_utf8(field, value)
     return value
 
@@ -49,6 +61,19 @@ def optional_text(field: str, value: Any, *, max_length: int = 10_000) -> str | 
     if value is None:
         return None
     return require_text(field, value, max_length=max_length, allow_control=True)
+
+
+# 1,000 years: longer than any retention, and far from where datetime arithmetic overflows.
+MAX_DAYS = 365_250
+
+
+def require_days(field: str, value: Any) -> float:
+    """A positive, finite number of days (at most ``MAX_DAYS``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(field, value, "must be a positive number of days")
+    if not math.isfinite(value) or not 0 < value <= MAX_DAYS:
+        raise ValidationError(field, value, f"must be a positive number of days, at most {MAX_DAYS}")
+    return float(value)
 
 
 def require_bool(field: str, value: Any) -> bool:

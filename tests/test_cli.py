@@ -406,6 +406,33 @@ def test_usage_errors_exit_2(run, site):
         assert "Error:" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["recordings", "cam-1", "--since", "-99999999d"], "--since"),
+        (["gaps", "cam-1", "--since", "-1h", "--until", "+99999999d"], "--until"),
+        (["retention", "--max-age-days", "inf"], "--max-age-days"),
+        (["retention", "--max-age-days", "1e308"], "--max-age-days"),
+        (["purge", "--events-days", "1e308"], "--events-days"),
+        (["purge", "--samples-days", "nan"], "--samples-days"),
+        (["purge", "--events-days", "1", "--keep-type", "x=inf"], "--keep-type"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors_naming_the_option(run, site, args, option):
+    """Issue 13, item 16: these ended in "unexpected OverflowError"."""
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert option in result.stderr and "unexpected" not in result.output
+
+
+def test_a_directory_as_the_database_is_not_a_database_file(tmp_path):
+    for url in (str(tmp_path), f"sqlite:///{tmp_path}"):
+        result = CliRunner().invoke(cli, ["--db", url, "streams"])
+        assert result.exit_code == 1
+        assert "is a directory, not a database file" in result.stderr
+        assert "restore a backup" not in result.output
+
+
 def test_an_unexpected_error_says_so_and_exit_1(run, site, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire\nsecond line")

@@ -310,3 +310,13 @@ def test_a_config_change_of_any_size_is_saved_with_a_summarised_event(db):
     assert len(event.data["added"]) == 800 and len(event.data["removed"]) == 400
     huge_key = {"k" * 5000: 1}
     assert Stream.register("cam-1", "rtsp://cam/1", huge_key).config == huge_key
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u200b", "\ufeff", "\u00ad", "\U000e0041"])
+def test_names_refuse_unicode_format_characters(db, char):
+    """Issue 13, item 16: U+202E in a name reversed how the CLI's tables read."""
+    before = dump_tables()
+    with pytest.raises(ValidationError, match="format characters") as info:
+        Stream.register(f"cam{char}1", "rtsp://cam/1")
+    assert info.value.field == "name"
+    assert dump_tables() == before

@@ -369,9 +369,14 @@ SQL_FRAGMENTS = (
 )
 
 
+FORMAT_CHARACTERS = {"\u202e", "\ufeff", "\u200b", "\u2066", "\u00ad"}
+
+
 def texts(alphabet: st.SearchStrategy[str], max_length: int) -> st.SearchStrategy[str]:
     """Non-empty text up to ``max_length``, mixing SQL fragments, and now and then exactly that long."""
-    piece = st.one_of(st.sampled_from(SQL_FRAGMENTS), st.text(alphabet, min_size=1, max_size=12))
+    # Identifiers (PLAIN text) refuse format characters such as U+202E (issue 13); free text keeps them.
+    fragments = [f for f in SQL_FRAGMENTS if alphabet is not PLAIN or not FORMAT_CHARACTERS & set(f)]
+    piece = st.one_of(st.sampled_from(fragments), st.text(alphabet, min_size=1, max_size=12))
     mixed = st.lists(piece, min_size=1, max_size=5).map("".join).filter(lambda t: len(t) <= max_length)
     return st.one_of(mixed, mixed, alphabet.map(lambda c: c * max_length))
 

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import logging
 import os
-import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path

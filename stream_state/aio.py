@@ -170,16 +170,36 @@ class _SqliteConnection(pwasyncio.AsyncSqliteConnection):
     statements.
     """
 
+    # Set when a statement's caller was cancelled: the statement itself runs
+    # on in aiosqlite's thread (a BEGIN IMMEDIATE waiting for the lock takes
+    # the lock later), so the connection must be settled before reuse.
+    cancelled = False
+
     async def _execute(self, sql: str, params: Any = None) -> pwasyncio.CursorAdapter:
-        return await self.conn._execute(_sqlite_execute, self.conn._conn, sql, params or ())
+        try:
+            return await self.conn._execute(_sqlite_execute, self.conn._conn, sql, params or ())
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._acquire_lock()
         try:
             # sqlite3 steps one prepared statement through the rows, on aiosqlite's thread.
             await self.conn._execute(_sqlite_executemany, self.conn._conn, sql, rows)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
         finally:
             self._lock.release()
+
+    async def settle(self) -> None:
+        """After a cancellation: wait for the statements still queued, then roll back what is open."""
+        # aiosqlite runs one queue in order: this returns after everything before it.
+        if await self.conn._execute(_sqlite_in_transaction, self.conn._conn):
+            await self.conn._execute(_sqlite_rollback, self.conn._conn)
+            log.warning("rolled back the transaction a cancelled call left open")
+        self.cancelled = False
 
     def executescript(self, sql: str) -> None:
         """sqlite3's ``executescript``, which maintenance calls on ``db.connection()`` (VACUUM, pragmas)."""
@@ -202,6 +222,14 @@ def _sqlite_execute(conn: Any, sql: str, params: Any) -> pwasyncio.CursorAdapter
         )
     finally:
         cursor.close()
+
+
+def _sqlite_in_transaction(conn: Any) -> bool:
+    return bool(conn.in_transaction)
+
+
+def _sqlite_rollback(conn: Any) -> None:
+    conn.execute("ROLLBACK").close()
 
 
 def _sqlite_executemany(conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -252,7 +280,24 @@ class _PostgresConnection(pwasyncio.AsyncPostgresqlConnection):
     needs.
     """
 
+    cancelled = False
+
     async def _execute(self, sql: str, params: Any = None) -> pwasyncio.CursorAdapter:
+        try:
+            return await self._execute_once(sql, params)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    async def settle(self) -> None:
+        """After a cancellation: roll back a transaction the cancelled call left open."""
+        # asyncpg finishes (or cancels on the server) the interrupted query first.
+        if self.conn is not None and not self.conn.is_closed() and self.conn.is_in_transaction():
+            await self.conn.execute("ROLLBACK")
+            log.warning("rolled back the transaction a cancelled call left open")
+        self.cancelled = False
+
+    async def _execute_once(self, sql: str, params: Any = None) -> pwasyncio.CursorAdapter:
         if not _ASYNCPG_STATUS_EXECUTE:  # an asyncpg whose internals moved: pwasyncio's way
             return await super()._execute(sql, params)
         if params:
@@ -268,6 +313,9 @@ class _PostgresConnection(pwasyncio.AsyncPostgresqlConnection):
         try:
             # asyncpg pipelines the whole batch in one round trip.
             await self.conn.executemany(self._translate_placeholders(sql), list(rows))
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
         finally:
             self._lock.release()
 
@@ -296,6 +344,7 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
     serialise_writes: bool = False
 
     def _setup_state(self) -> None:
+        self._settling: set[asyncio.Future[None]] = set()
         self._writer = asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None
 
@@ -336,6 +385,40 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
                 return await self.run(fn, *args, **kwargs)  # type: ignore[attr-defined]
             finally:
                 await self._release_if_idle()
+
+    async def _release_conn(self, conn: Any) -> None:
+        """Give ``conn`` back to the pool; after a cancellation, only once it is clean.
+
+        A call cancelled mid-statement (``asyncio.wait_for`` timing out) may
+        leave the driver finishing a ``BEGIN`` that peewee never saw succeed:
+        pooled as it is, the connection would hold SQLite's write lock and
+        fail its next call with "cannot start a transaction within a
+        transaction". The settling runs as a task of its own: the cancelled
+        call returns at once (the statement may wait out the busy timeout
+        first, and a cancellation must not), a second cancellation cannot
+        stop it halfway, and the connection rejoins the pool when it is clean.
+        """
+        if not getattr(conn, "cancelled", False):
+            await super()._release_conn(conn)  # type: ignore[misc]
+            return
+        task = asyncio.ensure_future(self._settle_and_release(conn))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def close_pool(self) -> None:
+        while self._settling:  # connections still being cleaned after a cancellation
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
+        await super().close_pool()  # type: ignore[misc]
+
+    async def _settle_and_release(self, conn: Any) -> None:
+        try:
+            await conn.settle()
+        except Exception:
+            log.warning("could not clean a connection after a cancelled call; closing it", exc_info=True)
+            with contextlib.suppress(Exception):
+                await conn.close()
+            conn.cancelled = False
+        await super()._release_conn(conn)  # type: ignore[misc]
 
     async def _release_if_idle(self) -> None:
         if not self.in_transaction():  # type: ignore[attr-defined]

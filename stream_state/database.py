@@ -445,4 +445,5 @@ def backup_sqlite(
     if dest is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         dest = source.with_name(f"{source.name}.{label}.{stamp}.bak")
-    return backup_database(source, dest, force=force, method=method, busy_timeout=db._timeout)
+    busy_timeout = float(getattr(db, "_timeout", 30.0))
+    return backup_database(source, dest, force=force, method=method, busy_timeout=busy_timeout)

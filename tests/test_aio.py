@@ -718,3 +718,109 @@ def test_the_names_of_before_still_work_and_warn():
             assert getattr(aio, old) is getattr(aio, new)
     with pytest.raises(AttributeError):
         aio.no_such_verb  # noqa: B018
+
+
+# --- cancellation (issue 13, item 12) ------------------------------------------------------------
+
+
+def _open_transactions(db: aio.AsyncStateDatabase) -> list[Any]:
+    """Pooled connections that sit inside a transaction (none may)."""
+    pool = db._pool
+    if pool is None:
+        return []
+    if backend_is_sqlite(db):
+        return [c for c in list(pool._queue._queue) if c.conn._conn.in_transaction]
+    return [h for h in pool._holders if h._con is not None and h._con.is_in_transaction()]
+
+
+def backend_is_sqlite(db: aio.AsyncStateDatabase) -> bool:
+    return isinstance(db, aio.AsyncSqliteStateDatabase)
+
+
+async def _segment_cycle(cam: Stream, path: str, i: int) -> None:
+    segment = await aio.begin_segment(cam, path, started_at=at(10 * i))
+    await aio.checkpoint(segment, 100, at=at(10 * i + 5))
+    await aio.complete_segment(segment, ended_at=at(10 * i + 9), size_bytes=1000)
+
+
+def test_a_cancelled_call_rolls_back_and_returns_a_clean_connection_at_every_await(backend, monkeypatch):
+    """A cancellation at any statement of a segment cycle leaves no transaction open, no lock held,
+    and the next call works; the cycle is all there or not there at all (per transaction)."""
+    connection_class = aio._SqliteConnection if backend.name == "sqlite" else aio._PostgresConnection
+    real = connection_class._execute
+    plan = {"cancel_at": -1, "seen": 0}
+
+    async def execute(self, sql, params=None):
+        plan["seen"] += 1
+        if plan["seen"] == plan["cancel_at"]:
+            # Cancelled while the driver has the statement: what asyncio.wait_for does on a timeout.
+            asyncio.current_task().cancel()
+        return await real(self, sql, params)
+
+    monkeypatch.setattr(connection_class, "_execute", execute)
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        plan["seen"] = 0
+        await _segment_cycle(cam, "/rec/probe.mp4", 0)
+        statements = plan["seen"]
+        assert statements >= 6  # begin, checkpoint and complete each run a transaction
+        for k in range(1, statements + 1):
+            plan["seen"], plan["cancel_at"] = 0, k
+            task = asyncio.ensure_future(_segment_cycle(cam, f"/rec/{k}.mp4", k))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            plan["cancel_at"] = -1
+            while db._settling:
+                await asyncio.sleep(0.01)
+            assert _open_transactions(db) == [], f"cancelled at statement {k} of {statements}"
+            if backend.name == "sqlite":
+                other = __import__("sqlite3").connect(db.database, timeout=0, isolation_level=None)
+                other.execute("BEGIN IMMEDIATE")  # nobody holds the write lock
+                other.execute("ROLLBACK")
+                other.close()
+            # The next cycle works on whatever connection the pool hands out.
+            await _segment_cycle(cam, f"/rec/after-{k}.mp4", 1000 + k)
+
+        def consistent() -> None:
+            rows = list(Recording.select().where(Recording.stream == cam.id))
+            stream = Stream.get_by_id(cam.id)
+            assert stream.next_segment_index == len(rows), "index taken and row written together"
+            for row in rows:
+                if row.state == SegmentState.COMPLETE:
+                    assert row.ended_at is not None and row.size_bytes == 1000
+                else:
+                    assert row.state == SegmentState.RECORDING and row.ended_at is None
+            assert {f"/rec/after-{k}.mp4" for k in range(1, statements + 1)} <= {r.path for r in rows}
+
+        await aio.read(consistent)
+
+    run_async(backend, body)
+
+
+def test_a_timed_out_begin_segment_while_another_process_writes_does_not_keep_the_lock(backend, tmp_path):
+    """The reported case: wait_for(begin_segment, 0.3) times out behind another writer."""
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's single write lock; PostgreSQL is covered by the cancellation test")
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        import sqlite3
+
+        cam = await aio.register("cam-1", URI)
+        other = sqlite3.connect(db.database, timeout=5, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(aio.begin_segment(cam, tmp_path / "a.mp4", started_at=T0), 0.3)
+        assert time.perf_counter() - started < 2, "a cancellation returns at once"
+        other.execute("ROLLBACK")
+        for _ in range(100):
+            if not db._settling:
+                break
+            await asyncio.sleep(0.02)
+        other.execute("BEGIN IMMEDIATE")  # would wait out the busy timeout with the lock leaked
+        other.execute("ROLLBACK")
+        segment = await aio.begin_segment(cam, tmp_path / "b.mp4", started_at=T0)
+        assert segment.segment_index == 0 and await aio.count(Recording.select()) == 1
+
+    run_async(backend, body, busy_timeout=3)

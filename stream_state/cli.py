@@ -513,7 +513,23 @@ def _recording_json(r: Recording) -> dict:
         "size_bytes": r.size_bytes,
         "state": r.state,
         "archived": bool(r.archived),
+        "checkpoint_at": r.checkpoint_at,
+        # Media timing (when the segmenter gave it, it is also start and end).
+        "media_started_at": r.media_started_at,
+        "media_ended_at": r.media_ended_at,
+        "frame_count": r.frame_count,
+        "finalized": r.finalized,
+        "metadata": redact_data(r.metadata) if r.metadata is not None else None,
     }
+
+
+# Below this, whole seconds hide what matters (1-second segments, a GOP of
+# offset, a 0.4-second hole): times and lengths are shown to the millisecond.
+SHORT = dt.timedelta(minutes=1)
+
+
+def _precise(lengths: list[dt.timedelta | None]) -> bool:
+    return any(length is not None and length < SHORT for length in lengths)
 
 
 @cli.command()
@@ -539,15 +555,16 @@ def recordings(stream: str, since: dt.datetime, until: dt.datetime, limit: int |
             }
         )
         return
+    precise = _precise([r.duration for r in rows])
     _echo_table(
         ["id", "index", "start", "end", "length", "size", "state", "path"],
         [
             [
                 r.id,
                 r.segment_index,
-                format_time(r.started_at),
-                format_time(r.ended_at) if r.ended_at is not None else "(open)",
-                format_duration(r.duration),
+                format_time(r.started_at, precise=precise),
+                format_time(r.ended_at, precise=precise) if r.ended_at is not None else "(open)",
+                format_duration(r.duration, precise=precise),
                 format_size(r.size_bytes),
                 f"{r.state}{', archived' if r.archived else ''}",
                 r.path,
@@ -583,7 +600,7 @@ def gaps(stream: str, since: dt.datetime, until: dt.datetime, min_gap: dt.timede
     _check_window(since, until)
     with _database():
         found = history.resolve_stream(stream)
-        cover = history.coverage(found, since, until, tolerance=min_gap)
+        cover = history.coverage(found, since, until, tolerance=min_gap, reasons=True)
     if as_json:
         _echo_json(
             {
@@ -592,7 +609,21 @@ def gaps(stream: str, since: dt.datetime, until: dt.datetime, min_gap: dt.timede
                 "until": cover.until,
                 "min_gap_seconds": cover.tolerance.total_seconds(),
                 "gaps": [
-                    {"start": g.start, "end": g.end, "seconds": g.duration.total_seconds()}
+                    {
+                        "start": g.start,
+                        "end": g.end,
+                        "seconds": g.duration.total_seconds(),
+                        "why": redact_text(g.why),
+                        "reasons": [
+                            {
+                                "at": r.at,
+                                "type": r.type,
+                                "severity": r.severity,
+                                "message": redact_text(r.message),
+                            }
+                            for r in g.reasons
+                        ],
+                    }
                     for g in cover.gaps
                 ],
                 "recorded_seconds": cover.recorded.total_seconds(),
@@ -601,10 +632,19 @@ def gaps(stream: str, since: dt.datetime, until: dt.datetime, min_gap: dt.timede
             }
         )
         return
+    precise = _precise([g.duration for g in cover.gaps])
     _echo_table(
-        ["from", "to", "length"],
-        [[format_time(g.start), format_time(g.end), format_duration(g.duration)] for g in cover.gaps],
-        align="llr",
+        ["from", "to", "length", "why"],
+        [
+            [
+                format_time(g.start, precise=precise),
+                format_time(g.end, precise=precise),
+                format_duration(g.duration, precise=precise),
+                _one_line(redact_text(g.why)),
+            ]
+            for g in cover.gaps
+        ],
+        align="llrl",
         empty=f"no gaps in {found.name} between {format_time(since)} and {format_time(until)}",
     )
     if cover.gaps:

@@ -151,11 +151,13 @@ def zone_name(when: dt.datetime | None = None) -> str:
     return shown.strftime("%Z") or shown.strftime("%z")
 
 
-def format_duration(value: dt.timedelta | float | None) -> str:
-    """``0.4 s``, ``59 s``, ``3 min 4 s``, ``2 h 5 min``, ``3 d 4 h``."""
+def format_duration(value: dt.timedelta | float | None, *, precise: bool = False) -> str:
+    """``0.4 s``, ``59 s``, ``3 min 4 s``, ``2 h 5 min``, ``3 d 4 h`` (``1.234 s`` with ``precise``)."""
     if value is None:
         return "-"
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if precise and seconds < 60:
+        return f"{seconds:.3f} s"
     if seconds < 10:
         return f"{seconds:.1f} s"
     seconds = round(seconds)

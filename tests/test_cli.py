@@ -571,19 +571,52 @@ def test_gaps(run, site):
     result = run("gaps", "cam-1", "--since", SINCE, "--until", until)
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[1].split()[-2:] == ["2", "min"]
+    assert lines[0].split() == ["FROM", "TO", "LENGTH", "WHY"]
+    assert " 2 min " in lines[1]
     assert format_time(T0 + 2 * MINUTE) in lines[1] and format_time(T0 + 4 * MINUTE) in lines[1]
+    # Why: the health changes inside the hole, credentials masked.
+    assert (
+        "unknown -> degraded (auth via rtsp://admin:***@10.0.0.1); cam-1: degraded -> healthy" in lines[1]
+        and SECRET not in result.stdout
+    )
     assert lines[-1] == "2 gap(s), 4 min of 8 min not recorded (50.0% recorded)"
     data = run.json("gaps", "cam-1", "--since", SINCE, "--until", until)
     assert [(g["start"], g["end"], g["seconds"]) for g in data["gaps"]] == [
         (iso(T0 + 2 * MINUTE), iso(T0 + 4 * MINUTE), 120),
         (iso(T0 + 6 * MINUTE), until, 120),
     ]
+    reasons = data["gaps"][0]["reasons"]
+    assert [(r["at"], r["type"]) for r in reasons] == [
+        (iso(T0 + 2 * MINUTE), "health_changed"),
+        (iso(T0 + 4 * MINUTE), "health_changed"),
+    ]
+    assert data["gaps"][1]["reasons"] == [] and data["gaps"][1]["why"] == ""
     # A hole shorter than --min-gap is boundary jitter, not a gap.
     assert run.json("gaps", "cam-1", "--since", SINCE, "--until", until, "--min-gap", "3m")["gaps"] == []
     # An open segment covers up to now.
     assert run.json("gaps", "cam-2", "--since", iso(T0 + 10 * MINUTE), "--until", "now")["gaps"] == []
     assert run("gaps", "cam-2", "--since", iso(T0 + 10 * MINUTE)).stdout.startswith("no gaps in cam-2")
+
+
+def test_short_segments_show_milliseconds_and_json_has_their_media_timing(run, db):
+    cam = StreamFactory(name="cam-ms")
+    start = T0 + dt.timedelta(milliseconds=123)
+    first = cam.begin_segment("/rec/ms-0.mkv", media_started_at=start, metadata={"codec": "mjpeg"})
+    first.complete_segment(
+        media_ended_at=start + dt.timedelta(milliseconds=1234), frame_count=12, finalized=True, size_bytes=9
+    )
+    second = cam.begin_segment("/rec/ms-1.mkv", media_started_at=start + dt.timedelta(milliseconds=1634))
+    second.complete_segment(media_ended_at=start + dt.timedelta(milliseconds=2634), size_bytes=9)
+    window = ("--since", iso(T0), "--until", iso(T0 + dt.timedelta(seconds=3)))
+    table = run("recordings", "cam-ms", *window).stdout
+    assert format_time(start, precise=True) in table and "1.234 s" in table
+    holes = run("gaps", "cam-ms", *window, "--min-gap", "300ms").stdout
+    assert "0.400 s" in holes and format_time(start + dt.timedelta(milliseconds=1234), precise=True) in holes
+    data = run.json("recordings", "cam-ms", *window)["recordings"][0]
+    assert data["media_started_at"] == iso(start) and data["started_at"] == iso(start)
+    assert data["media_ended_at"] == iso(start + dt.timedelta(milliseconds=1234))
+    assert (data["frame_count"], data["finalized"], data["metadata"]) == (12, True, {"codec": "mjpeg"})
+    assert data["seconds"] == 1.234
 
 
 def test_usage_by_stream_volume_day_and_state(run, site):

@@ -34,6 +34,7 @@ import peewee as pw
 from .errors import ValidationError
 from .models import Event, Recording, Stream, SystemState, database_proxy
 from .models.recording import unlink_quietly
+from .probe import Playability, Probe
 from .states import EventType, SegmentState, Severity
 from .timeutil import from_millis, now_millis, to_millis
 
@@ -70,7 +71,9 @@ class OrphanFile:
     size_bytes: int
     modified_at: dt.datetime
     stream: str | None  # the stream it most likely belongs to
-    action: str  # "reported", "adopted", "deleted", or why not: "too young", "no stream", "refused"
+    action: (
+        str  # "reported", "adopted", "deleted", or why not: "too young", "no stream", "refused", "unplayable"
+    )
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,32 @@ class MissingFile:
 
 
 @dataclass(frozen=True)
+class UnplayableFile:
+    """A row that promises footage whose file the probe found unplayable (reported, never repaired)."""
+
+    recording_id: int
+    stream: str
+    path: str
+    state: SegmentState
+    reason: str
+
+
+@dataclass(frozen=True)
 class CheckReport:
     roots: tuple[RootStatus, ...]
     orphans: tuple[OrphanFile, ...]
     missing: tuple[MissingFile, ...]
     refused: tuple[str, ...]  # why a requested repair was not done
+    unplayable: tuple[UnplayableFile, ...] = ()  # only with a probe
 
     @property
     def clean(self) -> bool:
-        """True when rows and files agree on every identified root."""
-        return not self.orphans and not [m for m in self.missing if m.action != "found again"]
+        """True when rows and files agree on every identified root (and every probed file plays)."""
+        return (
+            not self.orphans
+            and not [m for m in self.missing if m.action != "found again"]
+            and not self.unplayable
+        )
 
     def count(self, action: str) -> int:
         return sum(1 for item in (*self.orphans, *self.missing) if item.action == action)
@@ -160,8 +179,17 @@ def check(
     init_roots: bool = False,
     suffixes: Iterable[str] = DEFAULT_SUFFIXES,
     now: dt.datetime | None = None,
+    probe: Probe | None = None,
 ) -> CheckReport:
-    """Compare rows and files under ``storage_roots``; repair only what is asked."""
+    """Compare rows and files under ``storage_roots``; repair only what is asked.
+
+    With a ``probe`` (``stream_state.probe.probe``, or the manager's own)
+    every file is also opened: a complete, interrupted or recovered row whose
+    file does not play is reported in ``unplayable``, and an adopted orphan
+    is dated from what plays (its media's length back from its mtime), and an
+    orphan that does not play is not adopted (action ``unplayable``): a row
+    must not promise footage. Reads every file's structure, so it is opt-in.
+    """
     if adopt_orphans and delete_orphans:
         raise ValidationError("delete_orphans", True, "choose adopt_orphans or delete_orphans, not both")
     if mark_missing and drop_missing:
@@ -175,7 +203,7 @@ def check(
     if not roots:
         raise ValidationError("storage_roots", [], "give at least one storage root")
 
-    statuses, orphans, missing, refused = [], [], [], []
+    statuses, orphans, missing, refused, unplayable = [], [], [], [], []
     for root in roots:
         files = _scan(root, suffixes)
         rows = _rows_under(root)
@@ -190,13 +218,15 @@ def check(
         orphan_found, missing_found = _compare(files, rows, root)
         orphans += _handle_orphans(
             orphan_found, rows, cutoff_ms, adopt_orphans and repair, delete_orphans and repair,
-            max_share, force, refused,
+            max_share, force, refused, probe,
         )  # fmt: skip
+        if probe is not None:
+            unplayable += _unplayable(files, rows, probe)
         missing += _handle_missing(
             missing_found, rows, cutoff_ms, mark_missing and repair, drop_missing and repair,
             max_share, force, refused,
         )  # fmt: skip
-    report = CheckReport(tuple(statuses), tuple(orphans), tuple(missing), tuple(refused))
+    report = CheckReport(tuple(statuses), tuple(orphans), tuple(missing), tuple(refused), tuple(unplayable))
     _record(report, now_ms)
     return report
 
@@ -267,7 +297,24 @@ def _guess_stream(path: str, rows: dict[str, dict], streams: list[tuple[str, int
     return None
 
 
-def _handle_orphans(orphans, rows, cutoff_ms, adopt, delete, max_share, force, refused) -> list[OrphanFile]:
+def _unplayable(
+    files: dict[str, os.stat_result], rows: dict[str, dict], probe: Probe
+) -> list[UnplayableFile]:
+    found = []
+    for path, row in sorted(rows.items()):
+        if path not in files or row["state"] not in _SETTLED:
+            continue
+        result = probe(path)
+        if result.playable is False:
+            found.append(
+                UnplayableFile(row["id"], row["stream_name"], path, SegmentState(row["state"]), result.reason)
+            )
+    return found
+
+
+def _handle_orphans(
+    orphans, rows, cutoff_ms, adopt, delete, max_share, force, refused, probe=None
+) -> list[OrphanFile]:
     streams = [
         (s.name, s.id) for s in Stream.select(Stream.name, Stream.id).where(Stream.removed_at.is_null())
     ]
@@ -299,15 +346,20 @@ def _handle_orphans(orphans, rows, cutoff_ms, adopt, delete, max_share, force, r
             elif guess is None:
                 action = "no stream"
             else:
-                _adopt(path, guess[1], info.st_size, mtime_ms)
-                action = "adopted"
+                playable = probe(path) if probe is not None else None
+                if playable is not None and playable.playable is False:
+                    # A row must not promise footage; the file stays for an operator.
+                    action = "unplayable"
+                else:
+                    _adopt(path, guess[1], info.st_size, mtime_ms, playable)
+                    action = "adopted"
         result.append(
             OrphanFile(path, info.st_size, from_millis(mtime_ms), guess[0] if guess else None, action)
         )
     return result
 
 
-def _adopt(path: str, stream_id: int, size: int, mtime_ms: int) -> None:
+def _adopt(path: str, stream_id: int, size: int, mtime_ms: int, playable: Playability | None = None) -> None:
     with database_proxy.atomic():
         claimed = (
             Stream.update(next_segment_index=Stream.next_segment_index + 1)
@@ -317,16 +369,25 @@ def _adopt(path: str, stream_id: int, size: int, mtime_ms: int) -> None:
         )
         # invariants 2, 3: a fresh index from the stream's counter, as begin_segment takes one
         index = next(iter(claimed)).next_segment_index - 1
-        # When the file started is unknown; its mtime is when it ended.
+        # Its mtime is when it ended; when it started is unknown unless a
+        # probe measured its media.
+        started_ms = mtime_ms
+        metadata: dict[str, object] = {"recovered_by": "check", "started_at_unknown": True}
+        if playable is not None and playable.known:
+            metadata["probe"] = playable.reason
+            if playable.duration is not None:
+                started_ms = mtime_ms - playable.duration // dt.timedelta(milliseconds=1)
+                metadata["started_at_unknown"] = False
         Recording.create_segment(
             SegmentState.RECOVERED,
             stream=stream_id,
             path=path,
             segment_index=index,
-            started_at=mtime_ms,
+            started_at=started_ms,
             ended_at=mtime_ms,
             size_bytes=size,
-            metadata={"recovered_by": "check", "started_at_unknown": True},
+            metadata=metadata,
+            **({} if playable is None or playable.finalized is None else {"finalized": playable.finalized}),
         )
 
 

@@ -59,6 +59,7 @@ from .errors import DatabaseUnavailable, StreamStateError, ValidationError
 from .maintenance import backup, incremental_vacuum, integrity_check, vacuum
 from .maintenance import purge as purge_old
 from .models import Event, Recording, database_proxy
+from .probe import probe as probe_file
 from .redact import redact_data, redact_text, redact_uri
 from .restore import Restorer
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention
@@ -1131,7 +1132,7 @@ def _check_problems(report: Any) -> int:
         if m.action not in _MISSING_SETTLED
         and not (m.state == SegmentState.MISSING and m.action == "reported")
     )
-    return roots + orphans + missing + len(report.refused)
+    return roots + orphans + missing + len(report.refused) + len(report.unplayable)
 
 
 @cli.command(name="check")
@@ -1147,6 +1148,14 @@ def _check_problems(report: Any) -> int:
     "unmounted disk looks just like that).",
 )
 @click.option("--init-roots", is_flag=True, help="Mark unmarked roots as this database's storage.")
+@click.option(
+    "--probe",
+    "use_probe",
+    is_flag=True,
+    help="Also open every file (Matroska, MP4/MOV structure; GStreamer's discoverer for others): "
+    "report rows whose file does not play, date adopted orphans from their media, never adopt one "
+    "that does not play.",
+)
 @click.option(
     "--min-age",
     type=DURATION,
@@ -1173,6 +1182,7 @@ def check_command(
     init_roots: bool,
     min_age: dt.timedelta,
     max_share: float,
+    use_probe: bool,
     as_json: bool,
 ) -> None:
     """Compare the recording rows with the files under each storage ROOT.
@@ -1197,6 +1207,7 @@ def check_command(
             max_share=max_share,
             force=force,
             init_roots=init_roots,
+            probe=probe_file if use_probe else None,
         )
     problems = _check_problems(report)
     if as_json:
@@ -1206,6 +1217,7 @@ def check_command(
                 "orphans": report.orphans,
                 "missing": report.missing,
                 "refused": report.refused,
+                "unplayable": report.unplayable,
                 "problems": problems,
             }
         )
@@ -1230,6 +1242,13 @@ def check_command(
             _echo_table(
                 ["id", "stream", "path", "state", "action"],
                 [[m.recording_id, m.stream, m.path, m.state, m.action] for m in report.missing],
+                align="r",
+            )
+        if report.unplayable:
+            click.echo(f"\n{len(report.unplayable)} row(s) whose file does not play:")
+            _echo_table(
+                ["id", "stream", "path", "state", "why"],
+                [[u.recording_id, u.stream, u.path, u.state, u.reason] for u in report.unplayable],
                 align="r",
             )
         for reason in report.refused:

@@ -200,3 +200,40 @@ def test_shutdown_never_completes_a_file_its_muxer_did_not_finalise(db, tmp_path
     Restorer(db).shutdown(now=T0 + dt.timedelta(minutes=1))
     states = [Recording.get_by_id(r.id).state for r in rows]
     assert states == [SegmentState.FAILED, SegmentState.INTERRUPTED, SegmentState.COMPLETE]
+
+
+def test_check_with_a_probe_reports_rows_that_do_not_play_and_adopts_only_what_plays(db, tmp_path):
+    import os
+
+    from stream_state import Recording, SegmentState
+    from stream_state.check import check
+    from stream_state.probe import probe as default_probe
+
+    from .factories import StreamFactory
+
+    stream = StreamFactory(name="cam-9")
+    root = tmp_path / "root"
+    (root / "cam-9").mkdir(parents=True)
+    broken = root / "cam-9" / "cam-9-0.mp4"
+    broken.write_bytes(mp4(moov=False))
+    row = stream.begin_segment(broken, started_at=T0)
+    row.complete_segment(ended_at=T0 + dt.timedelta(seconds=2), size_bytes=len(mp4(moov=False)))
+    good_orphan, bad_orphan = root / "cam-9" / "cam-9-7.mkv", root / "cam-9" / "cam-9-8.mp4"
+    good_orphan.write_bytes(mkv(15, cues=True))
+    bad_orphan.write_bytes(mp4(moov=False))
+    ended = T0 + dt.timedelta(minutes=5)
+    for path in (good_orphan, bad_orphan):
+        os.utime(path, (ended.timestamp(), ended.timestamp()))
+
+    plain = check([root], init_roots=True, now=T0 + dt.timedelta(hours=1))
+    assert plain.unplayable == ()  # without a probe no file is opened
+    report = check([root], adopt_orphans=True, now=T0 + dt.timedelta(hours=1), probe=default_probe)
+    (unplayable,) = report.unplayable
+    assert (unplayable.recording_id, unplayable.state) == (row.id, SegmentState.COMPLETE)
+    assert "moov" in unplayable.reason and not report.clean
+    actions = {os.path.basename(o.path): o.action for o in report.orphans}
+    assert actions == {"cam-9-7.mkv": "adopted", "cam-9-8.mp4": "unplayable"}
+    adopted = Recording.get(Recording.path == str(good_orphan))
+    assert adopted.state == SegmentState.RECOVERED and adopted.finalized is True
+    assert (adopted.started_at, adopted.ended_at) == (ended - dt.timedelta(seconds=1.5), ended)
+    assert not Recording.select().where(Recording.path == str(bad_orphan)).exists()

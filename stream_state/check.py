@@ -1,8 +1,9 @@
 """Compare the recording table with the files on the storage roots, both ways.
 
 ``check(roots)`` reports files with no row (orphans) and rows with no file
-(missing). It changes nothing unless asked: ``adopt_orphans`` makes rows
-(state ``recovered``) for orphan files, ``delete_orphans`` removes them,
+(missing): invariant 13, the one rule the database cannot check alone.
+It changes nothing unless asked: ``adopt_orphans`` makes rows (state
+``recovered``) for orphan files, ``delete_orphans`` removes them,
 ``mark_missing`` sets rows of missing files to ``missing`` and
 ``drop_missing`` deletes those rows.
 
@@ -441,6 +442,7 @@ def _drop(recording_id: int, old: SegmentState) -> None:
 
 
 def _record(report: CheckReport, now_ms: int) -> None:
+    # invariant 11: what check changed is written down (one event per run)
     counts = {
         action: report.count(action)
         for action in ("adopted", "deleted", "marked missing", "dropped", "found again")

@@ -1456,7 +1456,11 @@ def backup_command(dest: Path, force: bool, method: str, as_json: bool) -> None:
 @json_option
 @database_options
 def integrity(as_json: bool) -> None:
-    """Check the database file for damage and broken references; exits with 3 if any."""
+    """Check the database for damage, broken references and broken rules; exits with 3 if any.
+
+    The rules are numbered in docs/invariants.md; each one broken is reported
+    by its number with a few example rows.
+    """
     with _database():
         report = integrity_check()
     if as_json:
@@ -1465,6 +1469,7 @@ def integrity(as_json: bool) -> None:
                 "ok": report.ok,
                 "problems": report.problems,
                 "foreign_key_violations": [list(v) for v in report.foreign_key_violations],
+                "invariants": [v.as_dict() for v in report.invariants],
             }
         )
     else:
@@ -1473,7 +1478,19 @@ def integrity(as_json: bool) -> None:
         if report.foreign_key_violations:
             click.echo("rows pointing at nothing (table, rowid, parent table, constraint):")
             _echo_table(["table", "rowid", "parent", "fk"], [list(v) for v in report.foreign_key_violations])
-        click.echo("ok" if report.ok else "NOT OK: restore a backup, or see the SQLite docs on recovery")
+        for violation in report.invariants:
+            click.echo(f"invariant {violation.invariant} broken ({violation.rule})")
+            click.echo(f"  {violation.problem}: {violation.count}")
+            for example in violation.examples:
+                click.echo(f"    {example}")
+        if report.ok:
+            click.echo("ok")
+        elif report.problems or report.foreign_key_violations:
+            click.echo("NOT OK: restore a backup, or see the SQLite docs on recovery")
+        else:
+            click.echo(
+                "NOT OK: rows break the numbered rules above (docs/invariants.md); nothing was changed"
+            )
     if not report.ok:
         click.get_current_context().exit(EXIT_PROBLEMS)
 

@@ -55,7 +55,7 @@ class EnumField(pw.TextField):
 
 
 class GrowingIdField(pw.BigAutoField):
-    """A BIGINT primary key that is never handed out twice.
+    """A BIGINT primary key that is never handed out twice (invariant 4).
 
     SQLite reuses the largest rowid after that row is deleted, so a deleted
     newest segment's id could come back naming another file; AUTOINCREMENT

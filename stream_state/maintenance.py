@@ -9,7 +9,8 @@
 * ``backup(dest)``: a consistent copy while the recorder writes (one step of
   SQLite's online backup API, written atomically; see ``stream_state.backups``).
   PostgreSQL: use ``pg_dump`` (see ``BackupNotSupported``).
-* ``integrity_check()``: ``PRAGMA integrity_check`` and foreign-key checks.
+* ``integrity_check()``: ``PRAGMA integrity_check`` and foreign-key checks,
+  then the numbered rules of docs/invariants.md that rows can break.
 * ``Maintenance(db, policy).run_due(now)``: the one call a manager makes every
   minute; runs what is due, remembering in the database when each job last ran.
 """
@@ -32,6 +33,7 @@ from .backends import check_database_file, current_database, database_proxy, dia
 from .backups import BackupMethod
 from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
+from .invariants import InvariantViolation, check_invariants
 from .models import Event, MetricSample, MetricSeries, SystemState
 from .retention import RetentionPolicy, apply_retention, checkpoint_passive
 from .rollups import ROLLUP_SETTLE, refresh_rollups
@@ -308,23 +310,28 @@ class IntegrityReport:
     ok: bool
     problems: tuple[str, ...]
     foreign_key_violations: tuple[tuple, ...] = ()
+    # The package's own rules (docs/invariants.md) that rows break, by number.
+    invariants: tuple[InvariantViolation, ...] = ()
 
 
 def integrity_check() -> IntegrityReport:
-    """``PRAGMA integrity_check`` plus ``PRAGMA foreign_key_check`` (SQLite).
+    """The backend's own checks, then the package's numbered rules (docs/invariants.md).
 
-    PostgreSQL enforces its constraints itself; there only orphaned rows the
-    package could create are looked for.
+    On SQLite ``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check``;
+    PostgreSQL enforces its constraints itself. On both, every rule that the
+    database alone can show broken (``check_invariants()``).
     """
     db = current_database()
+    problems: tuple[str, ...] = ()
+    violations: tuple[tuple, ...] = ()
     if dialect(db).is_sqlite:
         problems = tuple(
             row[0] for row in db.execute_sql("PRAGMA integrity_check").fetchall() if row[0] != "ok"
         )
         violations = tuple(tuple(row) for row in db.execute_sql("PRAGMA foreign_key_check").fetchall())
-        return IntegrityReport(not problems and not violations, problems, violations)
-    db.execute_sql("SELECT 1")
-    return IntegrityReport(True, ())
+    # A damaged file answers queries wrongly or not at all: damage first.
+    broken = () if problems else check_invariants()
+    return IntegrityReport(not problems and not violations and not broken, problems, violations, broken)
 
 
 # --- the scheduler ---------------------------------------------------------------------------------

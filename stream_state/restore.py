@@ -392,6 +392,7 @@ class Restorer:
         return False, max(signs)
 
     def _open_segments(self) -> list[dict]:
+        # invariant 5: open (no end) is the same as recording
         query = (
             Recording.select(
                 Recording.id,
@@ -441,7 +442,7 @@ class Restorer:
         return repairs
 
     def _finish_deletes(self, dry_run: bool) -> list[Repair]:
-        """Complete deletes a crash interrupted: unlink if still there, then drop the row."""
+        """Complete deletes a crash interrupted: unlink if still there, then drop the row (invariant 7)."""
         rows = (
             Recording.select(Recording.id, Recording.stream, Stream.name.alias("stream_name"), Recording.path)
             .join(Stream)
@@ -471,7 +472,7 @@ class Restorer:
         return repairs
 
     def _finish_archive_moves(self, dry_run: bool, now_ms: int) -> list[Repair]:
-        """Finish or undo archive moves a crash interrupted; their rows are already repaired."""
+        """Finish or undo archive moves a crash interrupted, from the plan in the row (invariants 7, 9)."""
         rows = (
             Recording.select(
                 Recording.id, Recording.stream, Stream.name.alias("stream_name"), Recording.metadata

@@ -435,6 +435,7 @@ def checkpoint_passive() -> None:
 
 
 def _record_run(report: RetentionReport, now_ms: int) -> None:
+    # invariant 11: one event says what the run deleted
     if not report.segments and not report.alarms:
         return
     severity = Severity.CRITICAL if report.alarms else Severity.INFO

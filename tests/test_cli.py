@@ -851,7 +851,12 @@ def test_backup(run, site, backend, tmp_path):
 
 def test_integrity(run, site, backend, db):
     assert run("integrity").stdout == "ok\n"
-    assert run.json("integrity") == {"ok": True, "problems": [], "foreign_key_violations": []}
+    assert run.json("integrity") == {
+        "ok": True,
+        "problems": [],
+        "foreign_key_violations": [],
+        "invariants": [],
+    }
     if backend.name != "sqlite":
         return
     db.execute_sql("PRAGMA foreign_keys = OFF")
@@ -860,6 +865,20 @@ def test_integrity(run, site, backend, db):
     result = run("integrity")
     assert result.exit_code == 3 and "NOT OK" in result.stdout and "recording" in result.stdout
     assert run.json("integrity")["foreign_key_violations"][0][0] == "recording"
+
+
+def test_integrity_reports_a_broken_rule_by_its_number(run, site, db):
+    # A hand edit behind the package's back: the counter set back below used indexes.
+    db.execute_sql("UPDATE stream SET next_segment_index = 0 WHERE name = 'cam-1'")
+    result = run("integrity")
+    assert result.exit_code == 3
+    assert "invariant 3 broken (`next_segment_index` is greater than every index" in result.stdout
+    assert "a segment index not below its stream's next_segment_index: 4" in result.stdout
+    assert "recording " in result.stdout and "(cam-1 #0, complete," in result.stdout
+    assert result.stdout.rstrip().endswith("docs/invariants.md); nothing was changed")
+    data = run.json("integrity")
+    assert data["ok"] is False and [v["invariant"] for v in data["invariants"]] == [3]
+    assert data["invariants"][0]["count"] == 4 and len(data["invariants"][0]["examples"]) == 4
 
 
 # --- credentials ---------------------------------------------------------------------------------------

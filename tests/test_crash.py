@@ -1,6 +1,8 @@
 """Kill a manager-like child process with SIGKILL at random moments, then restore.
 
-STREAM_STATE_CRASH_ITERATIONS sets the number of kills per backend (default 20).
+After every kill the numbered rules of docs/invariants.md must hold; each
+assertion names the rule it checks. STREAM_STATE_CRASH_ITERATIONS sets the
+number of kills per backend (default 20).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 import peewee as pw
 
 from stream_state import Event, MetricSample, Recording, SegmentState, Stream, open_database
+from stream_state.invariants import check_invariants as broken_rules
 from stream_state.models import MetricSeries
-from stream_state.restore import Restorer
+from stream_state.restore import Repair, Restorer
+from stream_state.states import EventType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ITERATIONS = int(os.environ.get("STREAM_STATE_CRASH_ITERATIONS", "20"))
@@ -54,12 +58,25 @@ def run_child_and_kill(url: str, schema: str | None, media: Path, journal: Path,
         child.stderr.close()
 
 
-def check_invariants(db: pw.Database, media: Path, journal: list[list], iteration: int) -> None:
+def check_invariants(
+    db: pw.Database, media: Path, journal: list[list], iteration: int, repairs: tuple[Repair, ...] = ()
+) -> None:
     if isinstance(db, pw.SqliteDatabase):
         assert db.execute_sql("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert db.execute_sql("PRAGMA foreign_key_check").fetchall() == []
-    assert Recording.open_segments().count() == 0, "no segment is left recording"
-    assert Recording.select().where(Recording.state == SegmentState.DELETING.value).count() == 0
+    # invariants 2, 3, 4, 5, 8, 9, 10, 12: everything the database alone can show broken
+    assert broken_rules() == (), f"rules broken after kill {iteration}"
+    assert Recording.open_segments().count() == 0, "invariant 7: restore settled every open segment"
+    unfinished = Recording.select().where(
+        Recording.state.in_([SegmentState.DELETING.value, SegmentState.ARCHIVING.value])
+    )
+    assert unfinished.count() == 0, "invariant 7: no deleting or archiving row survives a restore"
+    # invariant 11: every repair restore reports is written as an event
+    repaired = {
+        event.data["recording_id"]
+        for event in Event.select().where(Event.type == EventType.SEGMENT_REPAIRED.value)
+    }
+    assert {r.recording_id for r in repairs} <= repaired, "invariant 11: a repair without its event"
 
     rows = {r.id: r for r in Recording.select()}
     deleting = {entry[1] for entry in journal if entry[0] == "deleting"}
@@ -69,19 +86,23 @@ def check_invariants(db: pw.Database, media: Path, journal: list[list], iteratio
         kind = entry[0]
         if kind == "begin":
             _, rec_id, stream_id, index, path = entry
-            assert index not in seen_index[stream_id], f"segment index {index} of stream {stream_id} reused"
+            assert index not in seen_index[stream_id], (
+                f"invariant 2: segment index {index} of stream {stream_id} reused"
+            )
             seen_index[stream_id].add(index)
             if rec_id in deleting:
                 continue  # a delete began; restore may have finished it
-            assert rec_id in rows, f"committed segment {rec_id} ({path}) is missing"
+            assert rec_id in rows, f"invariant 1: committed segment {rec_id} ({path}) is missing"
             assert rows[rec_id].path == path and rows[rec_id].segment_index == index
         elif kind == "complete" and entry[1] not in deleting:
             row = rows[entry[1]]
-            assert (row.state, row.size_bytes) == (SegmentState.COMPLETE, entry[2])
+            assert (row.state, row.size_bytes) == (SegmentState.COMPLETE, entry[2]), (
+                "invariant 8: a completed segment keeps its end and size"
+            )
         elif kind == "checkpoint" and entry[1] not in deleting:
             assert rows[entry[1]].size_bytes >= entry[2], "a restore never shrinks below a checkpoint"
         elif kind == "deleted":
-            assert entry[1] not in rows
+            assert entry[1] not in rows, "invariant 6: a deleted segment's row is gone"
         elif kind == "event":
             assert Event.get_or_none(Event.id == entry[1]) is not None, f"committed event {entry[1]} missing"
         elif kind == "metrics":
@@ -93,15 +114,19 @@ def check_invariants(db: pw.Database, media: Path, journal: list[list], iteratio
                     .count()
                 )
                 assert found == 1, f"committed metric sample of stream {stream_id} at {ts} missing"
-    assert deleted <= deleting
+    assert deleted <= deleting, "invariant 6: every deleted file's row said deleting first"
 
     for stream in Stream.select():
         top = Recording.select(pw.fn.MAX(Recording.segment_index)).where(Recording.stream == stream).scalar()
-        assert top is None or top < stream.next_segment_index, "next_segment_index is past every used index"
+        assert top is None or top < stream.next_segment_index, (
+            "invariant 3: next_segment_index is past every used index"
+        )
 
     on_disk = {str(path) for path in media.iterdir()}
     paths = {row.path for row in rows.values()}
-    assert on_disk <= paths, f"files without a row after kill {iteration}: {sorted(on_disk - paths)[:5]}"
+    assert on_disk <= paths, (
+        f"invariants 1, 13: files without a row after kill {iteration}: {sorted(on_disk - paths)[:5]}"
+    )
 
 
 def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path):
@@ -117,7 +142,7 @@ def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path)
         try:
             first = Restorer(db, session=f"parent-{iteration}").restore()
             journal = read_journal(journal_path)
-            check_invariants(db, media, journal, iteration)
+            check_invariants(db, media, journal, iteration, first.repairs)
             again = Restorer(db, session=f"parent-{iteration}").restore()
             assert again.repairs == () and again.streams == first.streams, (
                 "restore twice gives the same state"

@@ -1,4 +1,4 @@
-"""The one gate every change of a segment's state passes through.
+"""The one gate every change of a segment's state passes through (invariant 10).
 
 A segment's row moves between states (``recording`` -> ``complete``,
 ``complete`` -> ``deleting`` -> removed, ...) only here. Each move is a

@@ -40,7 +40,7 @@ class Recording(BaseModel):
     started_at = TimestampField()
     ended_at = TimestampField(null=True)  # NULL exactly while the segment is open
     checkpoint_at = TimestampField(null=True)  # last progress report of an open segment
-    size_bytes = pw.BigIntegerField(default=0, constraints=[pw.Check("size_bytes >= 0")])
+    size_bytes = pw.BigIntegerField(default=0, constraints=[pw.Check("size_bytes >= 0")])  # invariant 8
     state = EnumField(SegmentState, default=SegmentState.RECORDING)
     archived = pw.BooleanField(default=False)
     metadata = pw.JSONField(null=True)
@@ -54,9 +54,9 @@ class Recording(BaseModel):
 
     class Meta:
         table_name = "recording"
-        constraints = [pw.Check("ended_at IS NULL OR ended_at >= started_at")]
+        constraints = [pw.Check("ended_at IS NULL OR ended_at >= started_at")]  # invariant 8
         indexes = (
-            # A segment index is never reused within a stream.
+            # A segment index is never reused within a stream (invariant 2).
             (("stream", "segment_index"), True),
             # Time-range queries: start < until AND start >= since - max_length;
             # with end and state in the index, gaps and overlaps read only the index.
@@ -300,6 +300,7 @@ class Recording(BaseModel):
                 fresh.state,
                 SegmentState.FAILED,
                 values={"ended_at": when_ms, "size_bytes": size},
+                # invariant 11: the event commits with the change
                 event=lambda _moved: [
                     Event.build(
                         EventType.SEGMENT_FAILED,
@@ -507,7 +508,7 @@ def move_file(source: str, dest: str) -> None:
 
 
 def finish_archive(recording_id: int, plan: dict[str, Any]) -> None:
-    """Point the row at the archived copy and leave the ``archiving`` state."""
+    """Point the row at the archived copy and leave the ``archiving`` state (invariant 9)."""
     row = Recording.get_by_id(recording_id)
     metadata = {k: v for k, v in (row.metadata or {}).items() if k != "archive"}
     Recording.transition(
@@ -539,6 +540,8 @@ def undo_archive(recording_id: int, plan: dict[str, Any]) -> None:
 
 def unlink_quietly(path: str) -> int:
     """Remove a file if it is there; return its size (0 if it was already gone).
+
+    Callers mark the row ``deleting`` first (invariant 6).
 
     Other errors (permissions, a read-only disk) propagate: the row then stays
     ``deleting`` and the delete is retried later, rather than forgetting a

@@ -334,6 +334,7 @@ class Stream(BaseModel):
             if fresh.removed_at is not None:
                 self.removed_at = fresh.removed_at
                 return False
+            # invariant 12: a removed stream has no open segment
             open_count = Recording.open_segments().where(Recording.stream == self.id).count()
             if open_count:
                 raise InvalidTransition(
@@ -406,7 +407,10 @@ class Stream(BaseModel):
         check_database_file(db)
         sql = segment_statements(db)
         try:
+            # invariant 1: this transaction commits before the caller opens the file
             with db.atomic():
+                # invariants 2, 3, 12: the counter hands out the index and moves
+                # past it in one statement, which a removed stream does not match
                 claimed = db.execute_sql(sql.claim_index, (self.id,)).fetchone()
                 if claimed is None:
                     raise self._why_not_live()

@@ -79,6 +79,7 @@ from urllib.parse import quote
 import peewee as pw
 
 from .errors import DatabaseUnavailable, StreamStateError, ValidationError
+from .pgwatch import GRACE
 
 ASYNC_EXTRA_HINT = "pip install 'stream_state[async]'"
 
@@ -528,7 +529,13 @@ class AsyncPostgresStateDatabase(AsyncStateDatabase, PostgresDialect, pwasyncio.
             # A JSONField value is a peewee node, which the hand-written hot
             # path statements pass straight to the driver: asyncpg wants text.
             params = [_json_text(value) if isinstance(value, _JSON_NODES) else value for value in params]
-        return await super().aexecute_sql(sql, params)
+        try:
+            return await super().aexecute_sql(sql, params)
+        except TimeoutError as exc:  # asyncpg's command_timeout: the server stopped answering
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {self.display_url} did not answer within the command timeout; "
+                "the next call reconnects"
+            ) from exc
 
     async def _pool_acquire(self, pool: Any) -> _PostgresConnection:
         return _PostgresConnection(await pool.acquire())  # the caller bounds the wait
@@ -638,6 +645,8 @@ def _asyncpg_params(params: Mapping[str, Any], display_url: str) -> dict[str, An
             translated["ssl"] = str(value)
         elif key == "connect_timeout":
             translated["timeout"] = float(value)
+        elif key in _LIBPQ_TCP:
+            pass  # asyncpg has no such settings; command_timeout bounds a silent server instead
         else:
             unknown.append(key)
     if unknown:
@@ -648,7 +657,17 @@ def _asyncpg_params(params: Mapping[str, Any], display_url: str) -> dict[str, An
         )
     if settings:
         translated["server_settings"] = settings
+        statement_ms = settings.get("statement_timeout", "")
+        if statement_ms.isdigit() and int(statement_ms):
+            # A server that stops answering: the client gives up a little after
+            # the server would have cancelled the statement itself.
+            translated["command_timeout"] = int(statement_ms) / 1000 + GRACE
     return translated
+
+
+_LIBPQ_TCP = frozenset(
+    {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
+)
 
 
 def _libpq_options(options: str, display_url: str) -> dict[str, str]:

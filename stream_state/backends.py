@@ -20,11 +20,12 @@ This is the bottom layer: it imports no model and no service.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote, urlsplit
 
@@ -32,6 +33,7 @@ import peewee as pw
 from playhouse.pool import PooledPostgresqlDatabase
 
 from .errors import DatabaseUnavailable, StorageFull, StreamStateError, ValidationError
+from .pgwatch import Watchdog
 from .redact import redact_uri
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ class Dialect:
     needs_autoincrement: ClassVar[bool]
     # Run at the start of the migration transaction to serialise migrating processes.
     migration_lock_sql: ClassVar[str | None]
+    # Run in a transaction that may wait and run long (migrations): lifts the everyday timeouts.
+    unbounded_transaction_sql: ClassVar[tuple[str, ...]] = ()
 
     def index_hint(self, index: str) -> str:
         """A clause after a table name that makes the planner use ``index`` ("" where there is none)."""
@@ -217,6 +221,7 @@ class PostgresDialect(Dialect):
     without_rowid = False
     needs_autoincrement = False  # sequences never go back
     migration_lock_sql = "SELECT pg_advisory_xact_lock(hashtext('stream_state.migrate'))"
+    unbounded_transaction_sql = ("SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0")
 
     def json_param(self, field: pw.JSONField, value: object) -> object:
         # The field's wrapper is already a driver adapter (jsonb).
@@ -239,10 +244,22 @@ class PostgresDialect(Dialect):
 
     def translate_error(self, exc: BaseException) -> StreamStateError | None:
         original = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+        if original is exc and isinstance(exc.__cause__ or exc.__context__, Exception):
+            original = exc.__cause__ or exc.__context__  # peewee 4 keeps the driver's error as the cause
         # pgcode: psycopg2; sqlstate: asyncpg.
         code = getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)
         if code == "53100":  # disk_full
             return StorageFull(f"PostgreSQL at {self.display_url} is out of disk space: {original}")
+        if code == "57014":  # query_canceled: statement_timeout (the package cancels nothing else)
+            return DatabaseUnavailable(
+                f"PostgreSQL at {self.display_url} did not finish the statement within its "
+                f"statement_timeout ({str(original).strip()}); nothing of it was kept"
+            )
+        if code == "55P03":  # lock_not_available: lock_timeout
+            return DatabaseUnavailable(
+                f"PostgreSQL at {self.display_url}: waited lock_timeout for a lock another transaction "
+                f"holds ({str(original).strip()}); nothing of this call was kept, retry"
+            )
         if isinstance(exc, (pw.OperationalError, pw.InterfaceError)) and self._connection_lost():
             return DatabaseUnavailable(
                 f"lost the connection to {self.display_url} ({str(original).strip()}); "
@@ -433,8 +450,10 @@ class StreamStateSqliteDatabase(_TranslatesDriverErrors, SqliteDialect, pw.Sqlit
 class StreamStatePostgresDatabase(_TranslatesDriverErrors, PostgresDialect, PooledPostgresqlDatabase):
     """Pooled PostgreSQL with driver errors turned into the package's errors."""
 
-    def __init__(self, *args: Any, display_url: str = "", **kwargs: Any):
+    def __init__(self, *args: Any, display_url: str = "", watchdog: Watchdog | None = None, **kwargs: Any):
         self.display_url = display_url
+        # Bounds every statement's wait on a server that stopped answering (pgwatch).
+        self.watchdog = watchdog
         super().__init__(*args, **kwargs)
 
     def _connect(self) -> Any:
@@ -442,6 +461,44 @@ class StreamStatePostgresDatabase(_TranslatesDriverErrors, PostgresDialect, Pool
             return super()._connect()
         except Exception as exc:  # psycopg2.OperationalError and friends
             raise DatabaseUnavailable(f"cannot connect to {self.display_url}: {exc}".strip()) from exc
+
+    @contextlib.contextmanager
+    def _watched(self) -> Iterator[None]:
+        if self.watchdog is None:
+            yield
+            return
+        if self.is_closed():
+            self.connect()  # what the statement would do first; bounded by connect_timeout
+        with self.watchdog.watch(self._state.conn):
+            yield
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        with self._watched():
+            return super().execute_sql(sql, params)
+
+    def begin(self, *args: Any, **kwargs: Any) -> None:
+        with self._watched():
+            super().begin(*args, **kwargs)
+
+    def commit(self, *args: Any, **kwargs: Any) -> None:
+        with self._watched():
+            super().commit(*args, **kwargs)
+
+    def rollback(self, *args: Any, **kwargs: Any) -> None:
+        if self.is_closed():
+            super().rollback(*args, **kwargs)
+            return
+        with self._watched():
+            super().rollback(*args, **kwargs)
+
+    def executemany(self, cursor: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._watched():
+            super().executemany(cursor, sql, rows)
+
+    def close_all(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
+        super().close_all()
 
     def _connection_lost(self) -> bool:
         conn = self._state.conn

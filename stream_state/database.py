@@ -37,6 +37,7 @@ from .errors import (
     SchemaMismatch,
     ValidationError,
 )
+from .pgwatch import Watchdog, split_settings
 from .redact import redact_data, redact_text, redact_uri, split_userinfo
 
 log = logging.getLogger(__name__)
@@ -302,9 +303,21 @@ def _open_postgres(url: str, *, max_connections: int, **connect_params: Any) -> 
     database = unquote(parts.path.lstrip("/"))
     if not database:
         raise ValidationError("url", redact_uri(url), "no database name; use postgresql://host/dbname")
+    # Timeouts with defaults (pgwatch): connecting, dead peers, runaway
+    # statements, lock waits, and a server that stopped answering.
+    params, server, client = split_settings(params)
+    display_url = redact_uri(url)
+    watchdog = Watchdog(
+        {"dbname": database, **params},
+        unresponsive_after=client["unresponsive_after"],
+        probe_timeout=client["probe_timeout"],
+        statement_timeout_ms=server["statement_timeout"],
+        display_url=display_url,
+    )
     return StreamStatePostgresDatabase(
         database,
-        display_url=redact_uri(url),
+        display_url=display_url,
+        watchdog=watchdog,
         max_connections=max_connections,
         # Drop connections idle for 5 minutes so a restarted server or a
         # NAT timeout does not leave dead sockets in the pool.
@@ -372,9 +385,14 @@ def _migration_lock(db: pw.Database) -> Iterator[None]:
     A second process opening the same database at the same time waits here,
     then finds nothing left to do.
     """
-    with db.atomic():
+    watchdog = getattr(db, "watchdog", None)
+    with watchdog.unbounded() if watchdog is not None else contextlib.nullcontext(), db.atomic():
         lock = dialect(db).migration_lock_sql
         if lock is not None:
+            # A migration may wait for another process's and may run long:
+            # the everyday statement and lock timeouts do not apply to it.
+            for setting in dialect(db).unbounded_transaction_sql:
+                db.execute_sql(setting)
             db.execute_sql(lock)
         yield
 

@@ -12,7 +12,15 @@ server goes down: established connections break and new ones are refused.
     ...
     proxy.stop()             # outage
     proxy.start()            # back
+    proxy.freeze()           # the server stops answering but keeps every connection open
+    proxy.thaw()             # it answers again (what was held is delivered)
     proxy.close()
+
+While frozen, the proxy still reads what each side sends (so the sender's
+kernel sees its bytes acknowledged, as with a stopped server process whose
+kernel still runs) but forwards nothing, and new connections are accepted
+and then left waiting: TCP keepalives and ``tcp_user_timeout`` see a healthy
+peer, and only a client-side bound notices.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ class TcpProxy:
         self._running = threading.Event()
         self._live: set[socket.socket] = set()
         self._pumps: list[threading.Thread] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.accepted = 0  # connections taken since creation
         self.cut = 0  # live connections cut by stop()
         self.outages = 0  # stop() calls while running
@@ -81,7 +91,19 @@ class TcpProxy:
         for pump in pumps:
             pump.join(timeout=5)
 
+    def freeze(self) -> None:
+        """Stop forwarding in both directions, keeping every connection open."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    @property
+    def frozen(self) -> bool:
+        return not self._flowing.is_set()
+
     def close(self) -> None:
+        self.thaw()
         self.stop()
 
     def __enter__(self) -> TcpProxy:
@@ -136,6 +158,9 @@ class TcpProxy:
                 data = source.recv(_CHUNK)
                 if not data:
                     break
+                while not self._flowing.wait(0.05):  # frozen: hold the bytes
+                    if not self._running.is_set():
+                        return
                 sink.sendall(data)
         except OSError:
             pass

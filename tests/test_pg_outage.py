@@ -617,3 +617,94 @@ def test_a_connection_lost_at_commit_is_database_unavailable(backend, tmp_path, 
         assert COMMITTING_CALLS[call](cam, tmp_path), "the next call reconnects by itself"
     finally:
         db.close_all()
+
+
+# --- a frozen server (issue 13, item 13) ----------------------------------------------------------
+
+# What the README promises with the default settings: unresponsive_after (4 s) +
+# probe_timeout (3 s) + one watchdog tick, or connect_timeout (4 s) for a new connection.
+FROZEN_BOUND_SECONDS = 10
+
+
+def _timed(fn):
+    started = time.monotonic()
+    try:
+        fn()
+    except StreamStateError as exc:
+        return time.monotonic() - started, exc
+    return time.monotonic() - started, None
+
+
+def test_a_frozen_postgres_server_is_database_unavailable_within_the_bound_then_recovers(backend, tmp_path):
+    """The server keeps its connections open but answers nothing: no call hangs past the bound,
+    no raw driver error escapes, and the pool works again when the server answers."""
+    if backend.name != "postgres":
+        pytest.skip("a frozen PostgreSQL server")
+    url, params = backend.new_target()
+    target = urlsplit(url)
+    figures = []
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        db = open_database(_through_proxy(url, proxy.port), **params)  # the package's defaults
+        try:
+            cam = Stream.register("cam-1", "rtsp://10.0.0.1/s", recording=True)
+            first = cam.begin_segment(tmp_path / "0.mp4")
+            proxy.freeze()
+            # A statement on a pooled connection: the watchdog finds the server silent.
+            seconds, error = _timed(lambda: cam.begin_segment(tmp_path / "1.mp4"))
+            assert isinstance(error, DatabaseUnavailable), error
+            assert seconds <= FROZEN_BOUND_SECONDS, seconds
+            figures.append(f"statement {seconds:.1f} s")
+            # A new connection to the frozen server: connect_timeout.
+            seconds, error = _timed(lambda: cam.record_health("healthy"))
+            assert isinstance(error, DatabaseUnavailable), error
+            assert seconds <= FROZEN_BOUND_SECONDS, seconds
+            figures.append(f"new connection {seconds:.1f} s")
+            proxy.thaw()
+            recovered = None
+            for _ in range(3):
+                try:
+                    second = cam.begin_segment(tmp_path / "2.mp4")
+                    recovered = second
+                    break
+                except DatabaseUnavailable:
+                    continue
+            assert recovered is not None, "the pool works again once the server answers"
+            first.complete_segment(size_bytes=10)
+            paths = {r.path for r in Recording.select().where(Recording.stream == cam.id)}
+            assert str(tmp_path / "0.mp4") in paths and str(tmp_path / "2.mp4") in paths
+            assert db.watchdog.cut >= 1
+        finally:
+            proxy.thaw()
+            db.close_all()
+    _Figures.lines.append("frozen PostgreSQL server -> DatabaseUnavailable after " + ", ".join(figures))
+
+
+def test_postgres_timeouts_are_settable_and_never_a_raw_driver_error(backend):
+    if backend.name != "postgres":
+        pytest.skip("PostgreSQL's statement_timeout and lock_timeout")
+    url, params = backend.new_target()
+    db = open_database(f"{url}?statement_timeout=300&connect_timeout=3", lock_timeout=200, **params)
+    try:
+        assert db.execute_sql("SHOW statement_timeout").fetchone() == ("300ms",)
+        assert db.execute_sql("SHOW lock_timeout").fetchone() == ("200ms",)
+        assert db.connect_params["connect_timeout"] == "3" and db.connect_params["keepalives"] == 1
+        with pytest.raises(DatabaseUnavailable, match="statement_timeout"):
+            db.execute_sql("SELECT pg_sleep(2)")
+        cam = Stream.register("cam-1", "rtsp://10.0.0.1/s")
+        holder = pw.PostgresqlDatabase(db.database, **db.connect_params)
+        with holder.atomic():
+            holder.execute_sql("SELECT id FROM stream WHERE id = %s FOR UPDATE", (cam.id,))
+            with pytest.raises(DatabaseUnavailable, match="lock_timeout"):
+                cam.set_desired(recording=True)
+        holder.close()
+        assert cam.set_desired(recording=True) is True  # works once the lock is free
+    finally:
+        db.close_all()
+    with pytest.raises(stream_state_errors().ValidationError, match="statement_timeout"):
+        open_database(url, statement_timeout="soon", **params)
+
+
+def stream_state_errors():
+    import stream_state.errors
+
+    return stream_state.errors

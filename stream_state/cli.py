@@ -811,6 +811,13 @@ def usage(
     "--width", type=click.IntRange(400, 20_000), default=1600, show_default=True, help="Width in pixels."
 )
 @click.option("--title", help="Heading of the picture (default: streams and window).")
+@click.option(
+    "--ticks",
+    type=click.Choice([s.value for s in Severity]),
+    default="info",
+    show_default=True,
+    help="Events of at least this severity are ticks above the lanes (health changes are the band).",
+)
 @json_option
 @database_options
 def timeline_command(
@@ -822,6 +829,7 @@ def timeline_command(
     fit: bool,
     width: int,
     title: str | None,
+    ticks: str,
     as_json: bool,
 ) -> None:
     """Draw one lane per stream of STREAMS (default: every stream): spans, holes and why, health, events.
@@ -839,7 +847,7 @@ def timeline_command(
     timeline.require_plot()  # before touching the database: say what to install
     with _database():
         collected = timeline.collect(
-            list(streams) or None, since, until, width=width, tolerance=min_gap, fit=fit
+            list(streams) or None, since, until, width=width, tolerance=min_gap, fit=fit, ticks=ticks
         )
         started = time.perf_counter()
         written = timeline.render(timeline=collected, out=out, title=title)

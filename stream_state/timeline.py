@@ -35,6 +35,7 @@ import base64
 import bisect
 import dataclasses
 import datetime as dt
+import functools
 import html
 import io
 import json
@@ -352,12 +353,13 @@ def explain_hole(
             findings["unhealthy"].append(
                 f"{piece.health} from {clock(piece.start)}" + (f" ({piece.reason})" if piece.reason else "")
             )
-    before = [s for s in segments if s.end <= start + 1 and s.state not in _NOT_COVERING]
-    after = [s for s in segments if s.start >= end - 1 and s.state not in _NOT_COVERING]
+    numbered = [s for s in segments if s.index >= 0]  # read from the index alone: no number
+    before = [s for s in numbered if s.end <= start + 1 and s.state not in _NOT_COVERING]
+    after = [s for s in numbered if s.start >= end - 1 and s.state not in _NOT_COVERING]
     if before and after:
         low = max(before, key=lambda s: s.end).index
         high = min(after, key=lambda s: s.start).index
-        misplaced = [s for s in segments if low < s.index < high and (s.end <= start or s.start >= end)]
+        misplaced = [s for s in numbered if low < s.index < high and (s.end <= start or s.start >= end)]
         if misplaced:
             first = min(misplaced, key=lambda s: s.index)
             findings["clock problem"].append(
@@ -369,7 +371,7 @@ def explain_hole(
             findings["clock problem"].append(message)
     for seg in segments:
         if seg.state in _NOT_COVERING and seg.start < end and seg.end >= start - DOWN_SLACK_MS:
-            findings["file missing"].append(f"{os.path.basename(seg.path)} {seg.state}")
+            findings["file missing"].append(f"{os.path.basename(seg.path) or 'a segment'} {seg.state}")
     found = [reason for reason in HOLE_REASONS if findings[reason]]
     if not found:
         return Hole(start, end, "unknown", "unknown: no event or segment in the database explains it")
@@ -383,18 +385,22 @@ def _dedupe(items: list[str]) -> list[str]:
 
 def merge_ticks(events: Iterable[Tick], pixel_ms: float) -> list[Tick]:
     """One tick per ``pixel_ms``: the most severe event (the first of equals), with the count."""
-    merged: dict[int, Tick] = {}
+    merged: dict[int, list[Any]] = {}  # key -> [rank, tick, count]
+    rank_of = _SEVERITY_RANK.get
     for tick in events:
         key = int(tick.at // pixel_ms) if pixel_ms > 0 else tick.at
+        rank = rank_of(tick.severity, 0)
         found = merged.get(key)
         if found is None:
-            merged[key] = tick
+            merged[key] = [rank, tick, tick.count]
             continue
-        count = found.count + tick.count
-        if _SEVERITY_RANK.get(tick.severity, 0) > _SEVERITY_RANK.get(found.severity, 0):
-            found = tick
-        merged[key] = dataclasses.replace(found, count=count)
-    return sorted(merged.values(), key=lambda t: t.at)
+        found[2] += tick.count
+        if rank > found[0]:
+            found[0], found[1] = rank, tick
+    return [
+        tick if count == tick.count else dataclasses.replace(tick, count=count)
+        for _rank, tick, count in sorted(merged.values(), key=lambda item: item[1].at)
+    ]
 
 
 # --- reading the data ----------------------------------------------------------------------------------
@@ -573,15 +579,18 @@ def _lane(
     end = min(until_ms, to_millis(stream.removed_at)) if stream.removed_at else until_ms
     if end <= start:
         return Lane(stream.id, stream.name, since_ms, since_ms, (), (), (), (), 0)
+    segments: list[Segment] | None = None
+    rows: Any = []
     if detail:
-        segments: list[Segment] | None = _segments(stream, start, end, now_ms)
-        starts = [seg.start for seg in segments]
-        spans = merge_spans(segments, pixel_ms)
+        segments = whole = _segments(stream, start, end, now_ms)
+        starts = [seg.start for seg in whole]
+        spans = merge_spans(whole, pixel_ms)
     else:
-        segments = None
-        rows = segment_states(stream, from_millis(start), from_millis(end), now=from_millis(now_ms))
-        starts = [row[0] for row in rows]
-        spans = merge_states(rows, pixel_ms)
+        states = segment_states(stream, from_millis(start), from_millis(end), now=from_millis(now_ms))
+        starts = [row[0] for row in states]
+        spans = merge_states(states, pixel_ms)
+        # Enough for explain_hole's first look; no number (-1), no path.
+        rows = _LazySegments(states)
     created = to_millis(stream.created_at) if stream.created_at else start
     start = max(start, min(created, starts[0]) if starts else created)
     if end <= start:
@@ -594,25 +603,31 @@ def _lane(
         StatusChange(at, new, reason) for at, kind, _, _, new, reason in events if kind == "status_changed"
     ]
     clock_events = [(at, message or kind) for at, kind, _, message, _, _ in events if "clock" in kind]
-    holes = tuple(
-        explain_hole(
-            to_millis(gap.start),
-            to_millis(gap.end),
-            segments=nearby,
-            health=health,
-            system=system,
-            statuses=statuses,
-            clock_events=clock_events,
-            zone=zone,
-        )
-        for gap, nearby in _near_gaps(stream, starts, segments, cover.gaps, now_ms)
+    explain = functools.partial(
+        explain_hole, health=health, system=system, statuses=statuses, clock_events=clock_events, zone=zone
     )
+    holes = []
+    for gap, nearby in _near_gaps(starts, segments or rows, cover.gaps):
+        gap_start, gap_end = to_millis(gap.start), to_millis(gap.end)
+        if segments is not None:
+            holes.append(explain(gap_start, gap_end, segments=nearby + _neighbours(stream, nearby)))
+            continue
+        hole = explain(gap_start, gap_end, segments=nearby)
+        if hole.reason not in ("down", "unhealthy") and nearby:
+            # Read from the index alone, the segments have no numbers or
+            # paths: unless an event already explains the hole, read the few
+            # around it whole, for the clock check and the missing files' names.
+            whole = _segments(stream, nearby[0].start, nearby[-1].start + 1, now_ms)
+            hole = explain(gap_start, gap_end, segments=whole + _neighbours(stream, whole))
+        holes.append(hole)
+    shown = _SEVERITY_RANK[tick_severity]
+    health_changed = EventType.HEALTH_CHANGED.value
     ticks = merge_ticks(
         (
             Tick(at, kind, severity, message or kind, 1)
             for at, kind, severity, message, _, _ in events
-            if kind != EventType.HEALTH_CHANGED.value  # the health band shows those
-            and _SEVERITY_RANK.get(severity, 1) >= _SEVERITY_RANK[tick_severity]
+            if kind != health_changed  # the health band shows those
+            and _SEVERITY_RANK.get(severity, 1) >= shown
         ),
         pixel_ms * TICK_PX,
     )
@@ -622,7 +637,7 @@ def _lane(
         start=start,
         end=end,
         spans=tuple(spans),
-        holes=holes,
+        holes=tuple(holes),
         health=tuple(health),
         ticks=tuple(ticks),
         recorded_ms=cover.recorded // dt.timedelta(milliseconds=1),
@@ -684,16 +699,26 @@ def _segments(stream: Stream, start: int, end: int, now_ms: int) -> list[Segment
     return found
 
 
-def _near_gaps(
-    stream: Stream, starts: list[int], segments: list[Segment] | None, gaps: Sequence[Gap], now_ms: int
-) -> list[tuple[Any, list]]:
-    """Each gap with the segments that can explain it: those around it, and any numbered inside it.
+class _LazySegments:
+    """(start, end, state) rows seen as Segments (number -1, no path) only where sliced: near a hole."""
+
+    def __init__(self, rows: list[tuple[int, int, str]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, part: slice) -> list[Segment]:
+        return [Segment(-1, a, b, _SHOWN.get(state, state), 0, "") for a, b, state in self.rows[part]]
+
+
+def _near_gaps(starts: list[int], segments: Any, gaps: Sequence[Gap]) -> list[tuple[Gap, list[Segment]]]:
+    """Each gap with the segments around it (in start order).
 
     ``starts`` are the window's segment starts in order; a bisection finds
     the few segments before the gap (the one that ended where it begins is
     among them), those starting inside it and the first one after it, so a
-    week of segments is not scanned once per hole. Without ``segments`` (the
-    spans came from the index alone) those are read in full, gap by gap.
+    week of segments is not scanned once per hole.
     """
     found = []
     for gap in gaps:
@@ -701,15 +726,7 @@ def _near_gaps(
         lo = max(0, bisect.bisect_left(starts, gap_start - DOWN_SLACK_MS) - NEAR_BEFORE)
         hi = min(bisect.bisect_left(starts, gap_end) + 1, len(starts))
         hi = max(hi, bisect.bisect_right(starts, gap_end + DOWN_SLACK_MS))
-        if segments is not None:
-            nearby = segments[lo:hi]
-        elif hi > lo:
-            nearby = [
-                s for s in _segments(stream, starts[lo], starts[hi - 1] + 1, now_ms) if s.start >= starts[lo]
-            ]
-        else:
-            nearby = []
-        found.append((gap, nearby + _neighbours(stream, nearby)))
+        found.append((gap, segments[lo:hi]))
     return found
 
 

@@ -303,7 +303,7 @@ def segment_states(
         + " ORDER BY 1"
     )
     params = (stream_id, until_ms, since_ms, stream_id, since_ms, now_ms, stream_id, until_ms)
-    return [(int(start), int(end), state) for start, end, state in db.execute_sql(sql, params).fetchall()]
+    return db.execute_sql(sql, params).fetchall()
 
 
 def _gap_reasons(stream_id: int, holes: list[tuple[int, int]]) -> list[tuple[GapReason, ...]]:

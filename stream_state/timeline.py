@@ -85,6 +85,7 @@ HTML_SVG_ELEMENTS = 30_000
 # the index alone (states and times: 5x cheaper) and only the segments around
 # holes are read whole, to explain them.
 DETAIL_SEGMENTS = 300_000
+MAX_TOLD = 5  # event messages quoted in a hole's detail
 NEAR_BEFORE = 3  # segments before a hole looked at to explain it (they may overlap)
 DOWN_SLACK_MS = 1_000  # evidence this close to a hole's ends still explains it
 
@@ -315,6 +316,7 @@ def explain_hole(
     statuses: Sequence[StatusChange] = (),
     clock_events: Sequence[tuple[int, str]] = (),
     zone: dt.tzinfo | None = None,
+    told: Sequence[str] = (),
 ) -> Hole:
     """Why nothing was recorded in [start, end): the evidence in the window, in the order of HOLE_REASONS.
 
@@ -329,6 +331,9 @@ def explain_hole(
     * file missing: a segment in the hole has no usable file (failed,
       missing, being deleted);
     * unknown: none of these; nothing in the database says why.
+
+    ``told``: the messages of the events ``history.gaps`` finds in the hole
+    (``Gap.reasons``), added to the detail as they were written.
     """
     findings: dict[str, list[str]] = {reason: [] for reason in HOLE_REASONS}
 
@@ -373,10 +378,18 @@ def explain_hole(
         if seg.state in _NOT_COVERING and seg.start < end and seg.end >= start - DOWN_SLACK_MS:
             findings["file missing"].append(f"{os.path.basename(seg.path) or 'a segment'} {seg.state}")
     found = [reason for reason in HOLE_REASONS if findings[reason]]
+    # What the events in the hole said, as history.gaps tells it.
+    said = ""
+    if told:
+        said = (
+            "; events: "
+            + " | ".join(told[:MAX_TOLD])
+            + (f" (+{len(told) - MAX_TOLD} more)" if len(told) > MAX_TOLD else "")
+        )
     if not found:
-        return Hole(start, end, "unknown", "unknown: no event or segment in the database explains it")
+        return Hole(start, end, "unknown", "unknown: no event or segment in the database explains it" + said)
     detail = "; ".join(f"{reason}: {', '.join(_dedupe(findings[reason]))}" for reason in found)
-    return Hole(start, end, found[0], detail)
+    return Hole(start, end, found[0], detail + said)
 
 
 def _dedupe(items: list[str]) -> list[str]:
@@ -596,7 +609,7 @@ def _lane(
     if end <= start:
         return Lane(stream.id, stream.name, end, end, (), (), (), (), 0)
     since, until = from_millis(start), from_millis(end)
-    cover = coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms))
+    cover = coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms), reasons=True)
     health = _health(stream, start, end)
     events = _events(stream.id, start, end)
     statuses = [
@@ -609,16 +622,19 @@ def _lane(
     holes = []
     for gap, nearby in _near_gaps(starts, segments or rows, cover.gaps):
         gap_start, gap_end = to_millis(gap.start), to_millis(gap.end)
+        told = [reason.message for reason in gap.reasons]
         if segments is not None:
-            holes.append(explain(gap_start, gap_end, segments=nearby + _neighbours(stream, nearby)))
+            holes.append(
+                explain(gap_start, gap_end, segments=nearby + _neighbours(stream, nearby), told=told)
+            )
             continue
-        hole = explain(gap_start, gap_end, segments=nearby)
+        hole = explain(gap_start, gap_end, segments=nearby, told=told)
         if hole.reason not in ("down", "unhealthy") and nearby:
             # Read from the index alone, the segments have no numbers or
             # paths: unless an event already explains the hole, read the few
             # around it whole, for the clock check and the missing files' names.
             whole = _segments(stream, nearby[0].start, nearby[-1].start + 1, now_ms)
-            hole = explain(gap_start, gap_end, segments=whole + _neighbours(stream, whole))
+            hole = explain(gap_start, gap_end, segments=whole + _neighbours(stream, whole), told=told)
         holes.append(hole)
     shown = _SEVERITY_RANK[tick_severity]
     health_changed = EventType.HEALTH_CHANGED.value

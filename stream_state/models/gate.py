@@ -94,6 +94,8 @@ def _ids(ids: int | Iterable[int]) -> tuple[int, ...]:
 
 
 def _states(states: SegmentState | str | Iterable[SegmentState | str]) -> tuple[SegmentState, ...]:
+    if type(states) is SegmentState:  # the common case, cheaply
+        return (states,)
     if isinstance(states, str):
         states = (states,)
     try:
@@ -105,6 +107,10 @@ def _states(states: SegmentState | str | Iterable[SegmentState | str]) -> tuple[
     return found
 
 
+# The stored text of each state, looked up rather than read through the enum's descriptor.
+_VALUE = {state: state.value for state in SegmentState}
+
+
 def _pk(model: type[pw.Model]) -> pw.Field:
     return cast(pw.Field, model._meta.primary_key)
 
@@ -113,7 +119,28 @@ def _quote(db: pw.Database, name: str) -> str:
     return name.join(db.quote)
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """One shape of change: its statement, and the fields whose values it takes (JSON or not)."""
+
+    sql: str
+    fields: tuple[tuple[pw.Field, bool], ...]
+
+
 @lru_cache(maxsize=256)
+def _shape(
+    model: type[pw.Model],
+    param: str,
+    quote: str,
+    removing: bool,
+    columns: tuple[str, ...],
+    n_ids: int,
+    n_from: int,
+) -> _Shape:
+    fields = tuple((f := model._meta.fields[c], isinstance(f, pw.JSONField)) for c in columns)
+    return _Shape(_spelled(model, param, quote, removing, columns, n_ids, n_from), fields)
+
+
 def _spelled(
     model: type[pw.Model],
     param: str,
@@ -173,35 +200,34 @@ def change(
     did not change raises (``NotFound``, ``InvalidTransition`` naming its
     current state, or the guard's error) and nothing is written.
     """
+    # This runs for every segment of every stream (complete_segment): the
+    # common case (enum states, one id) takes the short ways.
     froms = _states(from_)
-    target = None if to is None else SegmentState(to)
+    target = to if to is None or type(to) is SegmentState else SegmentState(to)
     for state in froms:
         if target is None:
             check_segment_removal(state)
         else:
             check_segment_transition(state, target)
-    wanted = _ids(ids)
+    wanted = (ids,) if type(ids) is int else _ids(ids)
     if not wanted:
         return Transition(froms, target, (), ())
-    meta = model._meta
-    db = meta.database
+    db = model._meta.database
     columns = tuple(values) if values else ()
     if "state" in columns:
         raise ValidationError("values", "state", "the state is the gate's to set: pass it as `to`")
-    sql = _spelled(model, db.param, db.quote, target is None, columns, len(wanted), len(froms))
+    shape = _shape(model, db.param, db.quote, target is None, columns, len(wanted), len(froms))
+    sql = shape.sql
     params: list[Any] = []
     if target is not None:
-        params.append(target.value)
-        for name in columns:
-            field = meta.fields[name]
+        params.append(_VALUE[target])
+        for name, (field, is_json) in zip(columns, shape.fields, strict=True):
             value = values[name]  # type: ignore[index]
             params.append(
-                dialect(db).json_param(field, value)
-                if isinstance(field, pw.JSONField)
-                else field.db_value(value)
+                dialect(db).json_param(cast(pw.JSONField, field), value) if is_json else field.db_value(value)
             )
     params += wanted
-    params += [state.value for state in froms]
+    params += [_VALUE[state] for state in froms]
     if guard is not None:
         fragment, extra = guard.where(db)
         sql = f"{sql} AND ({fragment})"

@@ -260,6 +260,17 @@ class SplitmuxRecorder:
             written = self._jobs.empty() and not self._busy
         return DrainResult(not unclosed, written, tuple(unclosed), time.monotonic() - began)
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued database write is done; False if ``timeout`` ran out first."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while not (self._jobs.empty() and not self._busy):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(min(0.05, remaining))
+        return True
+
     def close(self, timeout: float = 5.0) -> None:
         """Disconnect from GStreamer and stop the writer (after its queue, or after ``timeout``)."""
         for obj, handler in self._handlers:

@@ -17,10 +17,11 @@ Three ways to name the files, in the same process and on the same database:
   all. The floor: what any ``format-location-full`` handler costs from Python.
 * **naive**: the plumbing managers wrote by hand: ``stream.begin_segment``
   inside the callback, ``complete_segment`` in the message handler, both on
-  the streaming thread. Slower than the same calls from a Python thread: a
-  callback from a thread Python did not create gets a fresh thread state each
-  time, so peewee's thread-local connection does not survive from one
-  callback to the next and every call opens the database again.
+  the streaming thread. A callback from a thread Python did not create gets a
+  fresh thread state each time, so peewee's thread-local connection does not
+  survive from one callback to the next: unless the callback closes it (as
+  here), every call opens a new connection and leaks the last (on PostgreSQL
+  the pool runs dry within a few dozen segments).
 * **recorder**: ``SplitmuxRecorder`` (database work on its writer thread; the
   callback waits for the row at most ``callback_budget``).
 
@@ -92,7 +93,9 @@ def bare(Gst: Any, directory: Path, segments: int) -> list[float]:
     return costs
 
 
-def naive(Gst: Any, directory: Path, stream: Stream, segments: int) -> tuple[list[float], int]:
+def naive(
+    Gst: Any, db: pw.Database, directory: Path, stream: Stream, segments: int
+) -> tuple[list[float], int]:
     pipe = pipeline(Gst, segments)
     sink = pipe.get_by_name("sink")
     costs: list[float] = []
@@ -107,6 +110,10 @@ def naive(Gst: Any, directory: Path, stream: Stream, segments: int) -> tuple[lis
             rows[path] = stream.begin_segment(path)
         except Exception:
             errors += 1
+        finally:
+            # The callback's thread state dies when it returns: hand the
+            # connection back now, or every callback leaks one (a pool runs dry).
+            db.close()
         costs.append(time.perf_counter() - began)
         return path
 
@@ -122,6 +129,8 @@ def naive(Gst: Any, directory: Path, stream: Stream, segments: int) -> tuple[lis
                 row.complete_segment(size_bytes=0)
             except Exception:
                 errors += 1
+            finally:
+                db.close()
         costs[-1] += time.perf_counter() - began
 
     bus = pipe.get_bus()
@@ -140,6 +149,7 @@ def recorder(
     rec = SplitmuxRecorder(stream, sink, "{root}/{stream}-{index:08d}.mkv", root=directory, stall_after=None)
     rec.start()
     run_pipeline(Gst, pipe, 600)
+    rec.flush(timeout=60)
     costs = [a + b for a, b in zip(rec.times.location, rec.times.closed, strict=False)]
     return costs, rec
 
@@ -203,7 +213,7 @@ def main() -> None:
         stream = Stream.register("bench", "videotestsrc://local/1", recording=True)
         floor_costs = bare(Gst, work, args.segments)
         floor = statistics.median(floor_costs) * 1000
-        naive_costs, naive_errors = naive(Gst, work, stream, args.segments)
+        naive_costs, naive_errors = naive(Gst, db, work, stream, args.segments)
         rec_costs, rec = recorder(Gst, work, stream, args.segments)
         rec.close()
         print()
@@ -215,7 +225,7 @@ def main() -> None:
 
         release = threading.Event()
         holder = hold_lock(db, stream, release)
-        naive_stalled, stalled_errors = naive(Gst, work, stream, args.stalled_segments)
+        naive_stalled, stalled_errors = naive(Gst, db, work, stream, args.stalled_segments)
         before = Recording.select().count()
         pipe_costs, stalled_rec = recorder_stalled(Gst, work, stream, args.stalled_segments, release)
         holder.join()

@@ -52,7 +52,8 @@ signal.signal(signal.SIGINT, lambda *_: stop.set())
 while not stop.wait(0.5):
     pass
 for pipeline, recorder in running:
-    print(f"drained {recorder.stream.name}: {recorder.drain(timeout=10)}", flush=True)
+    drained = recorder.drain(timeout=10)
+    print(f"{recorder.stream.name}: last file finalised: {drained.finalized}", flush=True)
     pipeline.set_state(Gst.State.NULL)
     recorder.close()
 print(f"clean shutdown: {len(Restorer(db).shutdown().closed)} segment(s) left open", flush=True)

@@ -436,6 +436,14 @@ class SplitmuxRecorder:
         return future
 
     def _write_loop(self) -> None:
+        try:
+            self._write_until_stopped()
+        finally:
+            # This thread's connection goes back (to the pool, on PostgreSQL).
+            with contextlib.suppress(Exception):
+                Recording._meta.database.close()
+
+    def _write_until_stopped(self) -> None:
         next_checkpoint = time.monotonic() + self.checkpoint_interval
         while not (self._stop.is_set() and self._jobs.empty()):
             try:

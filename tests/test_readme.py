@@ -38,3 +38,9 @@ def test_the_readme_asyncio_session_runs(tmp_path, monkeypatch):
     printed = []
     exec(compile(session, str(README), "exec"), {"print": lambda *a: printed.append(a)})
     assert printed and printed[0][1] == ["health_changed", "stream_registered"]
+
+
+def test_the_readme_shows_the_example_manager_as_it_is():
+    example = (README.parent / "examples" / "manager.py").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert example in blocks, "README's copy of examples/manager.py differs from the file"

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import peewee as pw
 import pytest
@@ -193,8 +194,8 @@ def test_a_sigstopped_source_is_a_gap_with_its_reason(db, tmp_path):
 def start_manager(target, tmp_path: Path, ext: str, fragment: float, size: str = "160x120"):
     url, params = target
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    if params:
-        env["PGOPTIONS"] = params["options"]
+    if params:  # the test's PostgreSQL schema rides in the URL, as a manager's options would
+        url = f"{url}{'&' if '?' in url else '?'}options={quote(params['options'])}"
     command = [sys.executable, str(REPO_ROOT / "examples" / "manager.py"), "--db", url]
     command += ["--root", str(tmp_path / "rec"), "--muxer", ext, "--fragment", str(fragment), "--size", size]
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

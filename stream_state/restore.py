@@ -22,7 +22,7 @@ import peewee as pw
 
 from .models import Event, Recording, Stream, SystemState, database_proxy
 from .models.base import check_database_file
-from .models.gate import Transition
+from .models.gate import Transition, batched_events
 from .models.recording import finish_archive, undo_archive, unlink_quietly
 from .probe import Playability, Probe, probe
 from .redact import redact_data, redact_uri
@@ -527,36 +527,39 @@ class Restorer:
         if not repairs:
             return
         # One transaction; each change goes through the gate with its event
-        # (invariant 11). A row someone else settled in the meantime is
-        # refused by the gate's compare-and-set and gets no event.
+        # (invariant 11), the events gathered and written together at the end
+        # of the batch, then those of archive moves: in the order of the
+        # repairs. A row someone else settled in the meantime is refused by
+        # the gate's compare-and-set and gets no event.
         with self.db.atomic():
             applied = []
-            for repair in repairs:
-                if repair.applied:
-                    # Archive moves were already settled through the gate
-                    # while their files were looked at; only the events remain.
-                    applied.append(_repair_event(repair, kind, now_ms))
-                elif repair.new_state is None:
-                    # invariants 6, 7: the file is gone; the deleting row goes too
-                    Recording.finish_delete(
-                        repair.recording_id,
-                        event=_events_of(repair, kind, now_ms),
-                    )
-                else:
-                    # invariants 5, 7: an open row is settled from what the disk shows
-                    values: dict[str, Any] = {
-                        "ended_at": to_millis(repair.ended_at),
-                        "size_bytes": repair.size_bytes,
-                    }
-                    if repair.finalized is not None:
-                        values["finalized"] = repair.finalized
-                    Recording.transition(
-                        repair.recording_id,
-                        repair.old_state,
-                        repair.new_state,
-                        values=values,
-                        event=_events_of(repair, kind, now_ms),
-                    )
+            with batched_events(self.db):
+                for repair in repairs:
+                    if repair.applied:
+                        # Archive moves were already settled through the gate
+                        # while their files were looked at; only the events remain.
+                        applied.append(_repair_event(repair, kind, now_ms))
+                    elif repair.new_state is None:
+                        # invariants 6, 7: the file is gone; the deleting row goes too
+                        Recording.finish_delete(
+                            repair.recording_id,
+                            event=_events_of(repair, kind, now_ms),
+                        )
+                    else:
+                        # invariants 5, 7: an open row is settled from what the disk shows
+                        values: dict[str, Any] = {
+                            "ended_at": to_millis(repair.ended_at),
+                            "size_bytes": repair.size_bytes,
+                        }
+                        if repair.finalized is not None:
+                            values["finalized"] = repair.finalized
+                        Recording.transition(
+                            repair.recording_id,
+                            repair.old_state,
+                            repair.new_state,
+                            values=values,
+                            event=_events_of(repair, kind, now_ms),
+                        )
             if applied:
                 Event.bulk_create(applied, batch_size=200)
 

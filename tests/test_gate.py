@@ -137,6 +137,30 @@ def test_the_event_is_written_with_the_change_and_only_when_something_changed(db
     assert state_of(rec.id) == "missing", "the change and its event commit together or not at all"
 
 
+def test_batched_events_are_written_together_at_the_end_with_their_changes(db):
+    a, b, c = segments(3)
+
+    def note(moved):
+        return [Event.build("gate_test", a.stream_id, data={"id": moved.changed[0]})]
+
+    with count_queries() as counter, gate.batched_events(db):
+        for rec in (a, b):
+            Recording.transition(rec.id, "complete", "missing", event=note)
+        Recording.transition(a.id, "complete", "missing", event=note)  # refused: no event
+        assert Event.select().where(Event.type == "gate_test").count() == 0, "not yet written"
+    inserts = [q for q in counter.get_queries() if q.msg[0].startswith('INSERT INTO "event"')]
+    assert len(inserts) == 1
+    assert [e.data["id"] for e in Event.select().where(Event.type == "gate_test").order_by(Event.id)] == [
+        a.id,
+        b.id,
+    ]
+    with pytest.raises(RuntimeError), gate.batched_events(db):
+        Recording.transition(c.id, "complete", "missing", event=note)
+        raise RuntimeError("the caller fails before the batch ends")
+    assert state_of(c.id) == "complete", "the changes and their events commit together or not at all"
+    assert Event.select().where(Event.type == "gate_test").count() == 2
+
+
 def test_a_row_is_removed_only_from_deleting(db):
     a, b = segments(2)
     Recording.transition(a.id, "complete", "deleting")

@@ -39,14 +39,17 @@ the provisional file, which ``check`` adopts.
 
 Threads: GStreamer calls the recorder on its streaming threads; the recorder
 needs no GLib main loop of its own (it listens with a synchronous bus
-handler). From an asyncio manager (``stream_state.aio``) create it as usual
-and ``await asyncio.to_thread(recorder.drain, 10)``: its writes go through
-the synchronous models on its writer thread, so the database must be opened
-with ``open_database`` (the synchronous one) in that process.
+handler). From an asyncio manager (``stream_state.aio``) pass
+``run=run_on_loop(asyncio.get_running_loop())`` and the ``start_index`` from
+``await aio.restore()``: the writer thread then makes its calls through
+``aio.run`` on the loop (the models are bound to the async database there),
+and ``drain``/``close`` are awaited with ``asyncio.to_thread`` because they
+wait for writes that need the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import contextlib
@@ -156,6 +159,7 @@ class SplitmuxRecorder:
         split_after_stall: bool = True,
         retry_delay: float = 0.2,
         wall_clock: Callable[[], int] = time.time_ns,
+        run: Callable[..., Any] | None = None,
     ):
         require_gstreamer()
         if not isinstance(stream, Stream):
@@ -183,6 +187,10 @@ class SplitmuxRecorder:
         self.split_after_stall = split_after_stall
         self.retry_delay = retry_delay
         self._wall_ns = wall_clock
+        # How the writer thread calls the models: directly, or through an
+        # asyncio manager's loop (run_on_loop) when the database is aio's.
+        self._run_db: Callable[..., Any] = run or _call_directly
+        self._direct = run is None
         self.times = CallbackTimes()
         self._lock = threading.Lock()
         self._fragments: dict[str, Fragment] = {}  # by the location splitmuxsink knows
@@ -213,6 +221,10 @@ class SplitmuxRecorder:
         if self._writer is not None:
             return self
         if start_index is None:
+            if not self._direct:
+                raise ValidationError(
+                    "start_index", None, "give it (the restored stream's next_segment_index) when run= is set"
+                )
             start_index = Stream.select(Stream.next_segment_index).where(Stream.id == self.stream.id).scalar()
         self.sink.set_property("start-index", int(start_index))
         self._handlers.append((self.sink, self.sink.connect("format-location-full", self._on_location)))
@@ -440,8 +452,9 @@ class SplitmuxRecorder:
             self._write_until_stopped()
         finally:
             # This thread's connection goes back (to the pool, on PostgreSQL).
-            with contextlib.suppress(Exception):
-                Recording._meta.database.close()
+            if self._direct:
+                with contextlib.suppress(Exception):
+                    Recording._meta.database.close()
 
     def _write_until_stopped(self) -> None:
         next_checkpoint = time.monotonic() + self.checkpoint_interval
@@ -481,8 +494,11 @@ class SplitmuxRecorder:
 
     def _run(self, kind: str, payload: Any) -> Any:
         if kind == "begin":
-            row = self.stream.begin_segment(
-                path_template=self.template, storage=self.storage, media_started_at=payload
+            row = self._run_db(
+                self.stream.begin_segment,
+                path_template=self.template,
+                storage=self.storage,
+                media_started_at=payload,
             )
             os.makedirs(os.path.dirname(row.path) or ".", exist_ok=True)
             return row
@@ -510,8 +526,12 @@ class SplitmuxRecorder:
             # Renamed before splitmuxsink had created the file: rename again now it is closed.
             _rename_quietly(fragment.location, row.path)
         media_end = max(media_end, row.started_at)
-        row.complete_segment(
-            media_ended_at=media_end, frame_count=frames, finalized=True, size_bytes=_size(row.path)
+        self._run_db(
+            row.complete_segment,
+            media_ended_at=media_end,
+            frame_count=frames,
+            finalized=True,
+            size_bytes=_size(row.path),
         )
 
     def _checkpoint(self) -> None:
@@ -519,7 +539,7 @@ class SplitmuxRecorder:
             open_rows = [f.row for f in self._fragments.values() if not f.closed and f.row is not None]
         for row in open_rows:
             try:
-                row.checkpoint(_size(row.path))
+                self._run_db(row.checkpoint, _size(row.path))
             except (StreamStateError, *RETRYABLE) as exc:
                 log.info("checkpoint of %s skipped: %s", row.path, exc)
 
@@ -531,14 +551,38 @@ class SplitmuxRecorder:
             if self._stalled_since is None and silent >= self.stall_after:
                 self._stalled_since = self._last_frame_wall
                 if self.report_stalls:
-                    self.stream.record_health(HealthState.UNHEALTHY, f"no frames for {silent:.1f} s")
+                    self._run_db(
+                        self.stream.record_health, HealthState.UNHEALTHY, f"no frames for {silent:.1f} s"
+                    )
             elif self._stalled_since is not None and silent < self.stall_after:
                 lasted = now - self._stalled_since
                 self._stalled_since = None
                 if self.report_stalls:
-                    self.stream.record_health(HealthState.HEALTHY, f"frames again after {lasted:.1f} s")
+                    self._run_db(
+                        self.stream.record_health, HealthState.HEALTHY, f"frames again after {lasted:.1f} s"
+                    )
         except (StreamStateError, *RETRYABLE) as exc:
             log.warning("stall of %s not recorded: %s", self.stream.name, exc)
+
+
+def _call_directly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def run_on_loop(loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> Callable[..., Any]:
+    """A ``run=`` for a manager on ``stream_state.aio``: the writer's calls go through ``aio.run``.
+
+    The recorder's writer thread then waits for the loop (never the
+    streaming thread); the loop never waits for the database. Call
+    ``drain`` and ``close`` with ``await asyncio.to_thread(...)``: they wait
+    for writes that need the loop.
+    """
+    from . import aio
+
+    def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(aio.run(fn, *args, **kwargs), loop).result(timeout)
+
+    return call
 
 
 def _size(path: str) -> int:

@@ -58,6 +58,7 @@ REASON_TYPES = (
     EventType.STREAM_REMOVED,
     EventType.DESIRED_CHANGED,
 )
+SYSTEM_REASON_TYPES = (EventType.RESTORED, EventType.CLEAN_SHUTDOWN)
 REASON_LEAD_MS = 500
 
 
@@ -311,19 +312,25 @@ def _gap_reasons(stream_id: int, holes: list[tuple[int, int]]) -> list[tuple[Gap
     if not holes:
         return []
     lo, hi = holes[0][0] - REASON_LEAD_MS, holes[-1][1]
+
+    def branch(where: Any, kinds: Sequence[str]) -> Any:
+        return Event.select(
+            Event.ts, Event.type, Event.severity, Event.message, Event.stream, Event.id
+        ).where(where & (Event.ts >= lo) & (Event.ts <= hi) & Event.type.in_([str(k) for k in kinds]))
+
+    # Two branches: the stream's own events on the (stream, ts) index, and
+    # the system events (a restore, a clean stop: the only reason types
+    # written without a stream) on the (type, ts) index; "+ 0" keeps SQLite
+    # off the (stream, ts) index, where NULL would mean every system event
+    # of the window. As one "stream = ? OR stream IS NULL" the planner
+    # walked the type index over every stream's health and status changes
+    # (300,000 rows a week on 1,000 streams: a third of a second a call).
     query = (
-        Event.select(Event.ts, Event.type, Event.severity, Event.message, Event.stream)
-        .where(
-            (Event.ts >= lo)
-            & (Event.ts <= hi)
-            & Event.type.in_([str(kind) for kind in REASON_TYPES])
-            & ((Event.stream == stream_id) | Event.stream.is_null())
-        )
-        .order_by(Event.ts, Event.id)
-        .tuples()
-    )
+        branch(Event.stream == stream_id, REASON_TYPES)
+        + branch((Event.stream + 0).is_null(), SYSTEM_REASON_TYPES)
+    ).order_by(pw.SQL("1"), pw.SQL("6"))
     found: list[list[GapReason]] = [[] for _ in holes]
-    for ts, kind, severity, message, event_stream in query:
+    for ts, kind, severity, message, event_stream, _id in query.tuples():
         ts_ms = ts if isinstance(ts, int) else to_millis(ts)
         for i, (start, end) in enumerate(holes):
             if start - REASON_LEAD_MS <= ts_ms <= end:

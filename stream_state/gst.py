@@ -73,10 +73,10 @@ from .models.stream import require_path_template
 from .states import HealthState
 
 try:  # the [gstreamer] extra: Debian's python3-gi + gir1.2-gstreamer-1.0
-    import gi
+    import gi  # type: ignore[import-not-found]  # PyGObject ships no stubs
 
     gi.require_version("Gst", "1.0")
-    from gi.repository import Gst
+    from gi.repository import Gst  # type: ignore[import-not-found]
 except (ImportError, ValueError) as exc:  # pragma: no cover - exercised where GStreamer is missing
     Gst = None
     GST_MISSING: str | None = f"GStreamer's Python bindings are not installed ({exc})"
@@ -88,6 +88,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "{root}/{stream}/{stream}-{index:08d}.mkv"
 # Errors worth retrying: the database is unreachable, locked or restarting.
 RETRYABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, pw.OperationalError, pw.InterfaceError)
+# A checkpoint or a stall report that fails is logged and skipped, never retried.
+_SKIPPABLE: tuple[type[BaseException], ...] = (StreamStateError, *RETRYABLE)
 _NS_PER_MS = 1_000_000
 
 
@@ -540,7 +542,7 @@ class SplitmuxRecorder:
         for row in open_rows:
             try:
                 self._run_db(row.checkpoint, _size(row.path))
-            except (StreamStateError, *RETRYABLE) as exc:
+            except _SKIPPABLE as exc:
                 log.info("checkpoint of %s skipped: %s", row.path, exc)
 
     def _watch_stall(self, now: float) -> None:
@@ -561,7 +563,7 @@ class SplitmuxRecorder:
                     self._run_db(
                         self.stream.record_health, HealthState.HEALTHY, f"frames again after {lasted:.1f} s"
                     )
-        except (StreamStateError, *RETRYABLE) as exc:
+        except _SKIPPABLE as exc:
             log.warning("stall of %s not recorded: %s", self.stream.name, exc)
 
 

@@ -201,6 +201,7 @@ class SplitmuxRecorder:
         self._last_frame_end_rt: int | None = None
         self._stalled_since: float | None = None
         self._eos_seen = False
+        self._last_closed = False  # the fragment EOS closes, the last one, is closed
         self._jobs: queue.Queue[tuple[str, Any, concurrent.futures.Future[Any]]] = queue.Queue()
         self._busy = 0  # jobs taken but not finished
         self._idle = threading.Condition(self._lock)
@@ -267,12 +268,16 @@ class SplitmuxRecorder:
         with self._idle:
             while time.monotonic() < deadline:
                 unclosed = [f.location for f in self._fragments.values() if not f.closed]
-                if not unclosed and self._jobs.empty() and not self._busy:
+                # With async-finalize the last file may not even be asked for
+                # yet when the others are closed: wait for the close EOS causes.
+                last = self._last_closed or not self._fragments
+                if last and not unclosed and self._jobs.empty() and not self._busy:
                     break
                 self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             unclosed = [f.location for f in self._fragments.values() if not f.closed]
+            finalized = not unclosed and (self._last_closed or not self._fragments)
             written = self._jobs.empty() and not self._busy
-        return DrainResult(not unclosed, written, tuple(unclosed), time.monotonic() - began)
+        return DrainResult(finalized, written, tuple(unclosed), time.monotonic() - began)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued database write is done; False if ``timeout`` ran out first."""
@@ -352,13 +357,17 @@ class SplitmuxRecorder:
             frames = 0
             last_end = None
             # A fragment closed by a split ends where the next one starts (its
-            # first frame excluded); at EOS the message gives the last frame's
-            # start, and every frame seen belongs to this last fragment.
-            take_all = self._eos_seen and fragment is not None and fragment.number == self._newest_fragment()
+            # first frame excluded). The last fragment, closed by EOS, is given
+            # its last frame's start instead: after EOS, a close that no seen
+            # frame lies beyond takes every frame left.
+            take_all = self._eos_seen and not any(rt > end_rt for rt, _ in self._frames)
             while self._frames and (take_all or self._frames[0][0] < end_rt):
                 _, frame_end = self._frames.popleft()
                 frames += 1
                 last_end = frame_end if last_end is None else max(last_end, frame_end)
+            if take_all:
+                self._last_closed = True
+                self._idle.notify_all()
         if fragment is None:
             log.warning("splitmuxsink closed %s, which this recorder did not name", location)
             return
@@ -371,9 +380,6 @@ class SplitmuxRecorder:
             return  # frames are counted on the first (video) input only
         mask = Gst.PadProbeType.BUFFER | Gst.PadProbeType.EVENT_DOWNSTREAM
         self._probes.append((pad, pad.add_probe(mask, self._on_buffer)))
-
-    def _newest_fragment(self) -> int:
-        return max((f.number for f in self._fragments.values()), default=-1)
 
     def _on_buffer(self, pad: Any, info: Any) -> Any:
         if info.type & Gst.PadProbeType.EVENT_DOWNSTREAM:

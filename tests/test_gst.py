@@ -124,6 +124,50 @@ def test_segments_follow_the_template_and_rows_match_the_files_and_their_media(d
     assert recorder.times.pending_names == 0
 
 
+def test_overlapping_fragments_of_a_gop_encoder_keep_rows_and_files_in_step(db, tmp_path):
+    """VP8 with 1-second GOPs and async-finalize: fragment N+1 is named before N is closed."""
+    if Gst.ElementFactory.find("vp8enc") is None:
+        pytest.skip("vp8enc is not installed (gstreamer1.0-plugins-good)")
+    stream = Stream.register("cam-gop", "videotestsrc://local/4", recording=True)
+    pipeline = Gst.parse_launch(
+        "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=10/1 "
+        "! vp8enc keyframe-max-dist=10 deadline=1 "
+        "! splitmuxsink name=sink async-finalize=true muxer-factory=matroskamux max-size-time=1000000000"
+    )
+    sink = pipeline.get_by_name("sink")
+    order: list[str] = []
+    sink.connect("format-location-full", lambda element, fragment, sample: order.append(f"name {fragment}"))
+    bus = pipeline.get_bus()
+
+    def closed(bus, message):
+        structure = message.get_structure()
+        if structure is not None and structure.get_name() == "splitmuxsink-fragment-closed":
+            order.append(f"close {structure.get_string('location')[-10:-5]}")
+
+    recorder = SplitmuxRecorder(stream, sink, "{root}/{stream}/{index:05d}.webm", root=tmp_path).start()
+    bus.connect("sync-message::element", closed)
+    pipeline.set_state(Gst.State.PLAYING)
+    time.sleep(3.6)
+    result = recorder.drain(timeout=10)
+    pipeline.set_state(Gst.State.NULL)
+    recorder.close()
+    assert result.finalized and result.written, result
+    overlapped = [
+        n
+        for n in range(len(rows_of(stream)) - 1)
+        if order.index(f"name {n + 1}") < order.index(f"close {n:05d}")
+    ]
+    assert overlapped, order  # at least one file was named before the one before it closed
+    rows = rows_of(stream)
+    assert [row.path for row in rows] == sorted(str(p) for p in (tmp_path / "cam-gop").iterdir())
+    assert len(rows) >= 4
+    for row in rows:
+        found = probe(row.path)
+        assert row.state == SegmentState.COMPLETE and found.finalized
+        assert abs(seconds(row.ended_at - row.started_at) - seconds(found.duration)) <= 0.050, row.path
+        assert row.frame_count == round(seconds(found.duration) * 10)
+
+
 def test_a_restart_resumes_at_the_next_index_without_overwriting(db, tmp_path):
     stream = Stream.register("cam-2", "videotestsrc://local/2", recording=True)
     record(stream, tmp_path, "mkv", 1.5)

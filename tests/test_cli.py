@@ -619,6 +619,24 @@ def test_short_segments_show_milliseconds_and_json_has_their_media_timing(run, d
     assert data["seconds"] == 1.234
 
 
+def test_check_probe_reports_a_complete_row_whose_file_does_not_play(run, db, tmp_path):
+    from .test_probe import mp4
+
+    cam = StreamFactory(name="cam-probe")
+    root = tmp_path / "probe-root"
+    root.mkdir()
+    broken = root / "cam-probe-0.mp4"
+    broken.write_bytes(mp4(moov=False))
+    cam.begin_segment(broken, started_at=T0).complete_segment(ended_at=T0 + MINUTE, size_bytes=1)
+    plain = run("check", root, "--init-roots")
+    assert plain.exit_code == 0 and "does not play" not in plain.stdout  # files are not opened by default
+    probed = run("check", root, "--probe")
+    assert probed.exit_code == 3, probed.output
+    assert "1 row(s) whose file does not play" in probed.stdout and "no moov atom" in probed.stdout
+    data = run.json("check", root, "--probe")
+    assert [(u["path"], u["state"]) for u in data["unplayable"]] == [(str(broken), "complete")]
+
+
 def test_usage_by_stream_volume_day_and_state(run, site):
     result = run("usage")
     assert result.exit_code == 0

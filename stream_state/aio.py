@@ -108,6 +108,7 @@ from .models import Event, MetricSample, Recording, Stream, database_proxy  # no
 from .models.metric import Sample  # noqa: E402
 from .probe import Probe  # noqa: E402
 from .probe import probe as default_probe  # noqa: E402
+from .pwtypes import exception_wrapper  # noqa: E402
 from .restore import RestoredState, Restorer, ShutdownReport  # noqa: E402
 from .states import HealthState, Severity, StreamStatus  # noqa: E402
 
@@ -350,7 +351,7 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
         self._writer_task: asyncio.Task[Any] | None = None
 
     def cursor(self, named_cursor: Any = None) -> _BridgeCursor:
-        return _BridgeCursor(pwasyncio.await_(self.aconnect()))
+        return _BridgeCursor(pwasyncio.await_(self.aconnect()))  # type: ignore[attr-defined]
 
     async def _acquire_conn_async(self) -> Any:
         # pwasyncio's version wraps both steps in asyncio.wait_for, which on
@@ -359,7 +360,7 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
         try:
             async with asyncio.timeout(timeout):
                 pool = self._pool or await self._ensure_pool()  # type: ignore[attr-defined]
-                with pw.__exception_wrapper__:
+                with exception_wrapper:
                     conn = await self._pool_acquire(pool)  # type: ignore[attr-defined]
         except TimeoutError as exc:
             raise DatabaseUnavailable(
@@ -736,10 +737,10 @@ async def _open(
         )
     # Fail here, not at the first call, if the pool cannot be made.
     try:
-        await db.aconnect()  # type: ignore[attr-defined]
-        await db.aclose()  # type: ignore[attr-defined]
+        await db.aconnect()
+        await db.aclose()
     except BaseException:
-        await db.close_pool()  # type: ignore[attr-defined]
+        await db.close_pool()
         raise
     database_proxy.initialize(db)
     log.info("opened %s for asyncio (pool of %d)", target.display_url, pool_size)

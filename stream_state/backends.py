@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote, urlsplit
 
@@ -34,6 +34,7 @@ from playhouse.pool import PooledPostgresqlDatabase
 
 from .errors import DatabaseUnavailable, StorageFull, StreamStateError, ValidationError
 from .pgwatch import Watchdog
+from .pwtypes import M
 from .redact import redact_uri
 
 log = logging.getLogger(__name__)
@@ -324,7 +325,7 @@ def current_database() -> pw.Database:
     return database_proxy.obj
 
 
-def locked(query: pw.ModelSelect) -> pw.ModelSelect:
+def locked(query: pw.ModelSelect[M]) -> pw.ModelSelect[M]:
     """``SELECT ... FOR UPDATE`` where the backend has it.
 
     PostgreSQL needs the row lock for read-then-write transactions; SQLite has
@@ -405,6 +406,10 @@ class StreamStateSqliteDatabase(_TranslatesDriverErrors, SqliteDialect, pw.Sqlit
     """
 
     _identity: tuple[int, int] | None = None
+    # pw.SqliteDatabase's own, set in its __init__, missing from peewee's types.
+    _timeout: float
+    _pragmas: list[tuple[str, Any]]
+    _add_conn_hooks: Callable[[sqlite3.Connection], None]
 
     def _connect(self) -> sqlite3.Connection:
         self.verify_file()

@@ -26,6 +26,7 @@ from .errors import ValidationError
 from .models import MetricSeries, SystemState
 from .models.rollups import ROLLUP_WATERMARK_KEY, MetricRollupStale, read_watermark, watermark_value
 from .models.usage import USAGE_FILL_SQL, RecordingUsage
+from .pwtypes import exception_wrapper, tuple_rows
 from .timeutil import HOUR_MS, MINUTE_MS, from_millis, now_millis, to_millis
 from .validate import require_duration_ms
 
@@ -149,7 +150,7 @@ def invalidate_rollups(
         if hi <= since_ms:
             return 0
         if series_ids is None:
-            series_ids = [series_id for (series_id,) in MetricSeries.select(MetricSeries.id).tuples()]
+            series_ids = [series_id for (series_id,) in tuple_rows(MetricSeries.select(MetricSeries.id))]
         hours = range(since_ms // HOUR_MS * HOUR_MS, hi, HOUR_MS)
         marks = [(series_id, hour) for series_id in series_ids for hour in hours]
         MetricRollupStale.mark(db, marks)
@@ -270,7 +271,7 @@ def _recompute_stale(db: pw.Database, watermark: int) -> int:
     if stale:
         p = db.param
         # One key range per mark; a set-based DELETE would read every rollup row.
-        with pw.__exception_wrapper__:
+        with exception_wrapper:
             db.cursor().executemany(
                 f'DELETE FROM "metric_rollup" WHERE "series_id" = {p} AND "width_ms" IN ({MINUTE_MS}, '
                 f'{HOUR_MS}) AND "bucket_start" >= {p} AND "bucket_start" < {p}',

@@ -18,6 +18,9 @@ __all__ = [
 
 
 class BaseModel(pw.Model):
+    # Set on every instance by peewee (the fields changed since the last save); not in its types.
+    _dirty: set[str]
+
     class Meta:
         database = database_proxy
         legacy_table_names = False

@@ -29,6 +29,7 @@ class Event(BaseModel):
     ts = TimestampField(default=utc_now)
     # NULL for system events (a clean stop, a maintenance run).
     stream = pw.ForeignKeyField(Stream, null=True, backref="events", on_delete="RESTRICT", index=False)
+    stream_id: int | None  # the foreign key's column, set by peewee
     type = pw.TextField()
     severity = EnumField(Severity, default=Severity.INFO)
     message = pw.TextField(null=True)

@@ -27,6 +27,7 @@ import peewee as pw
 
 from ..errors import DatabaseUnavailable, NotFound, StorageFull, StreamStateError, ValidationError
 from ..fields import TimestampField
+from ..pwtypes import exception_wrapper, tuple_rows
 from ..timeutil import from_millis, now_millis, to_millis, utc_now
 from ..validate import require_count, require_number, require_text
 from .base import BaseModel, WithoutRowidOnSqlite, current_database, dialect
@@ -187,7 +188,10 @@ def _prepare(items: Sequence[Any], single: bool) -> list[_SeriesSpec]:
     item: Any = None
     # The previous sample's series and time: consecutive samples often share
     # one (a series' history) or the other (a tick across every series).
-    last_name = last_stream = last_labels = last_at = _UNSEEN
+    last_name: Any = _UNSEEN
+    last_stream: Any = _UNSEEN
+    last_labels: Any = _UNSEEN
+    last_at: Any = _UNSEEN
     add: Callable[[int | float], None] | None = None
     ts = 0
     try:
@@ -278,7 +282,7 @@ def _executemany(db: pw.Database, sql: str, rows: Iterable[Sequence[Any]], count
     """
     if _sql_log.isEnabledFor(logging.DEBUG):
         _sql_log.debug((sql, (f"<executemany: {count} rows>",)))
-    with pw.__exception_wrapper__:
+    with exception_wrapper:
         dialect(db).executemany(db.cursor(), sql, rows)
 
 
@@ -316,7 +320,9 @@ class MetricSeries(BaseModel):
         return series
 
     @classmethod
-    def matching(cls, name: str, stream: StreamArg = None, labels: LabelsArg = None) -> pw.ModelSelect:
+    def matching(
+        cls, name: str, stream: StreamArg = None, labels: LabelsArg = None
+    ) -> pw.ModelSelect[MetricSeries]:
         """Series called ``name`` that carry at least ``labels`` (a subset match).
 
         ``stream=None`` matches every stream and none; add
@@ -404,7 +410,9 @@ class MetricSeries(BaseModel):
         wanted = list(dict.fromkeys(spec.stream_id for spec in specs if spec.stream_id is not None))
         existing: set[int] = set()
         for chunk in pw.chunked(wanted, _KEYS_PER_SELECT):
-            existing.update(sid for (sid,) in Stream.select(Stream.id).where(Stream.id.in_(chunk)).tuples())
+            existing.update(
+                sid for (sid,) in tuple_rows(Stream.select(Stream.id).where(Stream.id.in_(chunk)))
+            )
         for stream_id in wanted:
             if stream_id not in existing:
                 raise NotFound("stream", stream_id)
@@ -505,7 +513,7 @@ class MetricSample(BaseModel):
                 from .rollups import MetricRollupStale
 
                 MetricRollupStale.note_late_samples(
-                    (series_ids[i], min(specs[i].samples[0::2]), max(specs[i].samples[0::2]))
+                    (series_ids[i], int(min(specs[i].samples[0::2])), int(max(specs[i].samples[0::2])))
                     for i in range(len(specs))
                 )
         except pw.IntegrityError as exc:
@@ -520,17 +528,18 @@ class MetricSample(BaseModel):
     @classmethod
     def for_series(
         cls,
-        series: MetricSeries | int | pw.SelectQuery,
+        series: MetricSeries | int | pw.Select,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
-    ) -> pw.ModelSelect:
+    ) -> pw.ModelSelect[MetricSample]:
         """Samples of one series (or of every series a query selects), oldest first.
 
         ``since`` is inclusive and ``until`` exclusive, so consecutive windows
         never count a sample twice. ``series`` may be a ``MetricSeries``, its
         id, or a query such as ``MetricSeries.matching("fps")``.
         """
-        if isinstance(series, pw.SelectQuery):
+        order: tuple[Any, ...]
+        if isinstance(series, pw.Select):
             condition = cls.series.in_(series.select(MetricSeries.id).order_by())
             order = (cls.ts, cls.series)
         else:
@@ -542,7 +551,7 @@ class MetricSample(BaseModel):
         query = cls.select().where(condition)
         since_ms = None if since is None else to_millis(since, "since")
         until_ms = None if until is None else to_millis(until, "until")
-        if since_ms is not None and until_ms is not None and until_ms < since_ms:
+        if since is not None and since_ms is not None and until_ms is not None and until_ms < since_ms:
             raise ValidationError("until", until, f"before since={since.isoformat()}")
         if since_ms is not None:
             query = query.where(cls.ts >= since_ms)

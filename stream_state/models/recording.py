@@ -83,12 +83,12 @@ class Recording(BaseModel):
     # --- queries ---------------------------------------------------------------------------
 
     @classmethod
-    def open_segments(cls) -> pw.ModelSelect:
+    def open_segments(cls) -> pw.ModelSelect[Recording]:
         """Segments still being written, oldest first (served by the partial index)."""
         return cls.select().where(cls.ended_at.is_null()).order_by(cls.started_at, cls.id)
 
     @classmethod
-    def for_stream(cls, stream: Stream | int) -> pw.ModelSelect:
+    def for_stream(cls, stream: Stream | int) -> pw.ModelSelect[Recording]:
         """A stream's segments in recording order."""
         return cls.select().where(cls.stream == stream).order_by(cls.stream, cls.started_at, cls.id)
 
@@ -367,7 +367,7 @@ class Recording(BaseModel):
             fresh = locked(cls.select().where(cls.id == self.id)).first()
             if fresh is None:
                 raise NotFound("recording", self.path)
-            if dest_root is None:
+            if root is None:
                 if fresh.state not in ARCHIVABLE:
                     raise InvalidTransition(
                         "segment", fresh.state, "archived", "only finished segments are archived"

@@ -15,6 +15,7 @@ from typing import Any
 
 import peewee as pw
 
+from ..pwtypes import exception_wrapper
 from ..timeutil import HOUR_MS
 from .base import BaseModel, WithoutRowidOnSqlite, current_database, dialect
 from .metric import MetricSeries
@@ -66,7 +67,7 @@ class MetricRollupStale(BaseModel):
         watermark = read_watermark(db, share=True)
         if watermark is None:
             return 0
-        marks = []
+        marks: list[tuple[int, int]] = []
         for series_id, first_ts, last_ts in ranges:
             if first_ts < watermark:
                 hour = first_ts // HOUR_MS * HOUR_MS
@@ -86,7 +87,7 @@ class MetricRollupStale(BaseModel):
             f'INSERT INTO "{table}" ("{series}", "{hour}") VALUES ({p}, {p}) '
             f'ON CONFLICT ("{series}", "{hour}") DO NOTHING'
         )
-        with pw.__exception_wrapper__:
+        with exception_wrapper:
             db.cursor().executemany(sql, marks)
 
 

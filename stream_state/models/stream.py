@@ -86,7 +86,7 @@ class Stream(BaseModel):
     # --- queries -------------------------------------------------------------------
 
     @classmethod
-    def active(cls) -> pw.ModelSelect:
+    def active(cls) -> pw.ModelSelect[Stream]:
         """Streams that have not been removed, by name."""
         return cls.select().where(cls.removed_at.is_null()).order_by(cls.name)
 

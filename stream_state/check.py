@@ -36,6 +36,7 @@ from .errors import ValidationError
 from .models import Event, Recording, Stream, SystemState, database_proxy
 from .models.recording import unlink_quietly
 from .probe import Playability, Probe
+from .pwtypes import dict_rows
 from .states import EventType, SegmentState, Severity
 from .timeutil import from_millis, now_millis, to_millis
 
@@ -115,7 +116,7 @@ class CheckReport:
         )
 
     def count(self, action: str) -> int:
-        return sum(1 for item in (*self.orphans, *self.missing) if item.action == action)
+        return sum(o.action == action for o in self.orphans) + sum(m.action == action for m in self.missing)
 
 
 # --- storage root identity -----------------------------------------------------------------
@@ -233,7 +234,7 @@ def check(
 
 
 def _scan(root: Path, suffixes: frozenset[str]) -> dict[str, os.stat_result]:
-    found = {}
+    found: dict[str, os.stat_result] = {}
     if not root.is_dir():
         return found
     for directory, _dirs, names in os.walk(root):
@@ -263,9 +264,8 @@ def _rows_under(root: Path) -> dict[str, dict]:
         .join(Stream)
         # substr() rather than LIKE: paths may contain % and _.
         .where(pw.fn.SUBSTR(Recording.path, 1, len(prefix)) == prefix)
-        .dicts()
     )
-    return {row["path"]: row for row in query}
+    return {row["path"]: row for row in dict_rows(query)}
 
 
 def _compare(files: dict[str, os.stat_result], rows: dict[str, dict], root: Path) -> tuple[list, list]:

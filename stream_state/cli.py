@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import click
 import peewee as pw
@@ -441,7 +441,7 @@ def migrate(status: bool, rollback: bool, yes: bool, as_json: bool) -> None:
             done = pending
     db = connect_database(url)
     try:
-        result = {
+        result: dict[str, Any] = {
             "database": _display_url(url),
             "action": "status" if status else "rollback" if rollback else "migrate",
             "done": done,
@@ -690,7 +690,7 @@ def _usage_key(row: history.UsageRow, by: str) -> str:
     if by == "volume":
         return row.storage or "(none)"
     if by == "day":
-        return row.day.isoformat()
+        return str(row.day)  # a date's ISO form
     return str(row.state)
 
 
@@ -742,8 +742,8 @@ def usage(
     with _database():
         rows = history.storage_usage(_USAGE_BY[by], since=since, until=until)
     if by == "day":
-        rows.sort(key=lambda row: row.day)
-    total = {
+        rows.sort(key=lambda row: row.day or dt.date.min)
+    total: dict[str, Any] = {
         "segments": sum(r.segments for r in rows),
         "size_bytes": sum(r.size_bytes for r in rows),
         "seconds": sum(r.duration.total_seconds() for r in rows),
@@ -888,11 +888,16 @@ def timeline_command(
 # --- events --------------------------------------------------------------------------------------------
 
 
+def _stream_name(event: Event) -> str | None:
+    """The stream's name that ``history.events`` reads with each event (joined, not a column)."""
+    return getattr(event, "stream_name", None)
+
+
 def _event_json(event: Event) -> dict:
     return {
         "id": event.id,
         "ts": event.ts,
-        "stream": event.stream_name,
+        "stream": _stream_name(event),
         "type": event.type,
         "severity": event.severity,
         "message": redact_text(event.message) if event.message else event.message,
@@ -950,7 +955,7 @@ def events(
             [
                 format_time(e.ts),
                 e.severity,
-                e.stream_name or "-",
+                _stream_name(e) or "-",
                 e.type,
                 redact_text(e.message or ""),
             ]
@@ -1314,7 +1319,7 @@ def retention(
     policy = RetentionPolicy(
         default=RetentionRule(max_age_days, max_bytes),
         volumes=volumes,
-        archived_when_full=archived_when_full,
+        archived_when_full=cast(Literal["alarm", "delete"], archived_when_full),
     )
     with _database(), _progress("deleting segments", as_json) as progress:
         report = apply_retention(policy, dry_run=dry_run, progress=progress)

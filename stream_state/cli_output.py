@@ -20,7 +20,7 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -237,7 +237,7 @@ class Progress:
     the line is finished at the end.
     """
 
-    def __init__(self, label: str, enabled: bool, file: IO[str] | None = None):
+    def __init__(self, label: str, enabled: bool, file: TextIO | None = None):
         self.label = label
         self.enabled = enabled
         self.file = file or sys.stderr

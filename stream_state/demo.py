@@ -48,6 +48,7 @@ from .cli_output import (
 from .database import open_database
 from .errors import StreamStateError
 from .models import Event, MetricSample, MetricSeries, Recording, Stream, database_proxy
+from .pwtypes import tuple_rows
 from .redact import redact_text
 from .restore import Restorer
 from .states import HealthState, StreamStatus
@@ -288,7 +289,8 @@ def _run_and_kill(workdir: Path, echo: Callable[[str], None]) -> _Run:
             child.kill()
             child.wait()
         pump.join(timeout=5)  # it ends at the pipe's end of file
-        child.stdout.close()
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 def _gap_reason(stream_id: int, gap: history.Gap, until: dt.datetime) -> str:
@@ -363,7 +365,7 @@ def _report(workdir: Path, run: _Run, echo: Callable[[str], None]) -> None:
 
         echo("")
         echo("Storage used:")
-        usage = sorted(history.storage_usage("stream"), key=lambda row: row.stream)
+        usage = sorted(history.storage_usage("stream"), key=lambda row: row.stream or "")
         table(
             ["stream", "segments", "size"],
             [[u.stream, u.segments, format_size(u.size_bytes)] for u in usage]
@@ -374,7 +376,7 @@ def _report(workdir: Path, run: _Run, echo: Callable[[str], None]) -> None:
         echo(f"  on disk: {len(files)} files, {format_size(sum(p.stat().st_size for p in files))}")
 
         session = from_millis(run.session_ms)
-        events = Counter(t for (t,) in Event.select(Event.type).where(Event.ts >= session).tuples())
+        events = Counter(t for (t,) in tuple_rows(Event.select(Event.type).where(Event.ts >= session)))
         samples = MetricSample.select().where(MetricSample.ts >= session).count()
         echo("")
         echo(
@@ -395,7 +397,9 @@ def run_demo(
     """Run the whole demo; return the working directory (removed unless kept)."""
     temporary = directory is None
     # Absolute: the recorder runs in the directory and finds its database by this path.
-    workdir = Path(tempfile.mkdtemp(prefix="stream-state-demo-") if temporary else directory).resolve()
+    workdir = Path(
+        tempfile.mkdtemp(prefix="stream-state-demo-") if directory is None else directory
+    ).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{workdir / DB_NAME}"
     echo("stream-state demo: a simulated recorder, killed in the middle of its segments, then restored.")

@@ -35,6 +35,7 @@ from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
 from .invariants import InvariantViolation, check_invariants
 from .models import Event, MetricSample, MetricSeries, SystemState
+from .pwtypes import tuple_rows
 from .retention import RetentionPolicy, apply_retention, checkpoint_passive
 from .rollups import ROLLUP_SETTLE, refresh_rollups
 from .states import EventType, Severity
@@ -97,7 +98,9 @@ def purge_events(
                 where &= condition
             ids = [
                 row[0]
-                for row in Event.select(Event.id).where(where).order_by(Event.ts).limit(batch_size).tuples()
+                for row in tuple_rows(
+                    Event.select(Event.id).where(where).order_by(Event.ts).limit(batch_size)
+                )
             ]
             if not ids:
                 break
@@ -133,7 +136,7 @@ def purge_samples(
     deleted = batches = 0
     # A list, not a live cursor: the checkpoint between batches cannot run
     # while this connection still has a statement open.
-    for series_id in [row[0] for row in MetricSeries.select(MetricSeries.id).tuples()]:
+    for series_id in [row[0] for row in tuple_rows(MetricSeries.select(MetricSeries.id))]:
         while True:
             # The ts of the batch_size-th oldest old sample bounds this batch.
             bound = (

@@ -25,6 +25,7 @@ from .models.base import check_database_file
 from .models.gate import Transition, batched_events
 from .models.recording import finish_archive, undo_archive, unlink_quietly
 from .probe import Playability, Probe, probe
+from .pwtypes import dict_rows
 from .redact import redact_data, redact_uri
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus, desired_state
 from .timeutil import from_millis, now_millis, to_millis
@@ -409,7 +410,7 @@ class Restorer:
             .where(Recording.ended_at.is_null())
             .order_by(Recording.id)
         )
-        return [_raw_times(row) for row in query.dicts()]
+        return [_raw_times(row) for row in dict_rows(query)]
 
     def _reconcile(self, open_rows: list[dict], now_ms: int, *, clean: bool) -> list[Repair]:
         repairs = []
@@ -451,10 +452,9 @@ class Restorer:
                 (Recording.state != SegmentState.COMPLETE.value)
                 & (Recording.state == SegmentState.DELETING.value)
             )
-            .dicts()
         )
         repairs = []
-        for row in rows:
+        for row in dict_rows(rows):
             freed = 0 if dry_run else unlink_quietly(row["path"])
             repairs.append(
                 Repair(
@@ -482,10 +482,9 @@ class Restorer:
                 (Recording.state != SegmentState.COMPLETE.value)
                 & (Recording.state == SegmentState.ARCHIVING.value)
             )
-            .dicts()
         )
         repairs = []
-        for row in rows:
+        for row in dict_rows(rows):
             plan = (row["metadata"] or {}).get("archive") or {}
             source, dest = plan.get("from"), plan.get("to")
             previous = SegmentState(plan.get("previous_state", SegmentState.COMPLETE))
@@ -547,6 +546,7 @@ class Restorer:
                         )
                     else:
                         # invariants 5, 7: an open row is settled from what the disk shows
+                        assert repair.ended_at is not None, "a settled segment always gets an end time"
                         values: dict[str, Any] = {
                             "ended_at": to_millis(repair.ended_at),
                             "size_bytes": repair.size_bytes,

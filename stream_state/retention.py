@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -29,6 +29,7 @@ from .backends import dialect
 from .errors import ValidationError
 from .models import Event, Recording, Stream, database_proxy
 from .models.recording import unlink_quietly
+from .pwtypes import tuple_rows
 from .states import EventType, SegmentState, Severity
 from .timeutil import now_millis, to_millis
 from .validate import require_days
@@ -175,7 +176,7 @@ def plan_for_volume(
     oldest_first: Sequence[Candidate],
     deficit: int,
     archived_when_full: str,
-    skip: set[int] = frozenset(),
+    skip: Set[int] = frozenset(),
 ) -> VolumePlan:
     """Oldest recordings on a volume to delete until ``deficit`` bytes are freed.
 
@@ -396,9 +397,11 @@ def delete_recordings(
             rows = []
             if batch:
                 rows = list(
-                    Recording.select(Recording.id, Recording.path)
-                    .where(Recording.id.in_(batch) & Recording.state.in_(deletable))
-                    .tuples()
+                    tuple_rows(
+                        Recording.select(Recording.id, Recording.path).where(
+                            Recording.id.in_(batch) & Recording.state.in_(deletable)
+                        )
+                    )
                 )
                 if rows:
                     # invariant 6: rows say "deleting" (committed) before their files go

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import NotFound, ValidationError
 from ..models import Stream
+from ..pwtypes import tuple_rows
 from ..timeutil import to_millis
 from ..validate import require_count, require_text
 
@@ -74,18 +75,17 @@ def stream_ids(streams: Any, field: str = "streams") -> list[int] | None:
     plain_ids = [i for i in ids if i not in known]
     if plain_ids:
         # One query for all of them, however many.
-        found_ids = {i for (i,) in Stream.select(Stream.id).where(Stream.id.in_(plain_ids)).tuples()}
+        found_ids = {i for (i,) in tuple_rows(Stream.select(Stream.id).where(Stream.id.in_(plain_ids)))}
         for stream_id in plain_ids:
             if stream_id not in found_ids:
                 raise NotFound("stream", stream_id)
     if names:
         # Live streams first, then the most recently removed: like resolve_stream.
         by_name: dict[str, int] = {}
-        rows = (
+        rows = tuple_rows(
             Stream.select(Stream.name, Stream.id)
             .where(Stream.name.in_(names))
             .order_by(Stream.removed_at.is_null(False), Stream.removed_at.desc())
-            .tuples()
         )
         for name, stream_id in rows:
             by_name.setdefault(name, stream_id)
@@ -107,7 +107,7 @@ def window(since: dt.datetime, until: dt.datetime) -> tuple[int, int]:
 def optional_window(since: dt.datetime | None, until: dt.datetime | None) -> tuple[int | None, int | None]:
     since_ms = None if since is None else to_millis(since, "since")
     until_ms = None if until is None else to_millis(until, "until")
-    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+    if since is not None and since_ms is not None and until_ms is not None and until_ms <= since_ms:
         raise ValidationError("until", until, f"must be after since={since.isoformat()}")
     return since_ms, until_ms
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ValidationError
 from ..models import Event, Stream
+from ..pwtypes import tuple_rows
 from ..states import EventType, HealthState
 from ._args import optional_window, resolve_stream
 
@@ -45,7 +46,7 @@ def current_health(include_removed: bool = False) -> list[StreamHealth]:
     )
     if not include_removed:
         query = query.where(Stream.removed_at.is_null())
-    rows = query.order_by(Stream.name, Stream.id).tuples()
+    rows = tuple_rows(query.order_by(Stream.name, Stream.id))
     return [
         StreamHealth(
             stream_id=stream_id,
@@ -108,7 +109,7 @@ def health_transitions(
             new=_health(new),
             reason=reason,
         )
-        for event_id, at, event_stream_id, name, old, new, reason in query.tuples()
+        for event_id, at, event_stream_id, name, old, new, reason in tuple_rows(query)
     ]
 
 

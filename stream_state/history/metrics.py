@@ -19,6 +19,7 @@ from ..backends import current_database
 from ..errors import ValidationError
 from ..models import MetricSample, MetricSeries, Stream
 from ..models.rollups import ROLLUP_WATERMARK_KEY, watermark_value
+from ..pwtypes import tuple_rows
 from ..redact import redact_data
 from ..timeutil import HOUR_MS, MINUTE_MS, from_millis
 from ..validate import require_count, require_duration_ms
@@ -55,7 +56,9 @@ class SeriesBuckets:
     buckets: tuple[Bucket, ...]
 
 
-def metric_samples(series: MetricSeries | int, since: dt.datetime, until: dt.datetime) -> pw.ModelSelect:
+def metric_samples(
+    series: MetricSeries | int, since: dt.datetime, until: dt.datetime
+) -> pw.ModelSelect[MetricSample]:
     """Raw samples of one series in [since, until), oldest first (a query: add ``.tuples()``...)."""
     series_id = MetricSeries.existing_id(series)
     since_ms, until_ms = window(since, until)
@@ -217,10 +220,9 @@ def metric_points(
         points = [
             SamplePoint(time=ts, series_id=s.id, value=value)
             for s in matched
-            for ts, value in metric_samples(s, since, until)
-            .select(MetricSample.ts, MetricSample.value)
-            .limit(limit)
-            .tuples()
+            for ts, value in tuple_rows(
+                metric_samples(s, since, until).select(MetricSample.ts, MetricSample.value).limit(limit)
+            )
         ]
     else:
         by_series = metric_buckets_matching(name, since, until, step, stream=stream, labels=labels)
@@ -233,14 +235,17 @@ def metric_points(
     stream_ids = {s.stream_id for s in matched if s.stream_id is not None}
     names: dict[int, str] = {}
     if stream_ids:
-        names = dict(Stream.select(Stream.id, Stream.name).where(Stream.id.in_(stream_ids)).tuples())
+        names = dict(tuple_rows(Stream.select(Stream.id, Stream.name).where(Stream.id.in_(stream_ids))))
     points.sort(key=lambda p: (p.time, p.series_id))
     return MetricPoints(
         name=name,
         since=since,
         until=until,
         step=step,
-        series=tuple(SeriesInfo(s.id, names.get(s.stream_id), s.labels or {}) for s in matched),
+        series=tuple(
+            SeriesInfo(s.id, None if s.stream_id is None else names.get(s.stream_id), s.labels or {})
+            for s in matched
+        ),
         points=tuple(points[:limit]),
     )
 

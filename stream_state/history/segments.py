@@ -158,7 +158,9 @@ def _overlap_sql(db: pw.Database, closed_columns: str, open_columns: str, extra_
     )
 
 
-def recordings(stream: Stream | int | str, since: dt.datetime, until: dt.datetime) -> pw.ModelSelect:
+def recordings(
+    stream: Stream | int | str, since: dt.datetime, until: dt.datetime
+) -> pw.ModelSelect[Recording]:
     """Segments of ``stream`` overlapping [since, until), open ones included, in recording order.
 
     A segment overlaps when it starts before ``until`` and ends after
@@ -181,7 +183,7 @@ def recordings(stream: Stream | int | str, since: dt.datetime, until: dt.datetim
     )
 
 
-def latest_segments(streams: Iterable[Stream | int | str] | None = None) -> pw.ModelSelect:
+def latest_segments(streams: Iterable[Stream | int | str] | None = None) -> pw.ModelSelect[Recording]:
     """The latest segment (highest segment index) of every stream, or of ``streams``, by stream id.
 
     One index probe per stream on (stream_id, segment_index). Streams without

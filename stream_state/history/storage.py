@@ -16,6 +16,7 @@ import peewee as pw
 from ..errors import ValidationError
 from ..models import Stream
 from ..models.usage import RecordingUsage
+from ..pwtypes import dict_rows
 from ..states import SegmentState
 from ..timeutil import from_millis
 from ..validate import require_choice, require_text
@@ -101,7 +102,7 @@ def storage_usage(
         query = query.where(U.state.in_(state_values))
     query = query.group_by(*group).order_by(total_bytes.desc(), *group)
     rows = []
-    for row in query.dicts():
+    for row in dict_rows(query):
         rows.append(
             UsageRow(
                 stream_id=row.get("stream_id"),

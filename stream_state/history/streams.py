@@ -9,6 +9,7 @@ from typing import Any
 import peewee as pw
 
 from ..models import Recording, Stream
+from ..pwtypes import tuple_rows
 from ..redact import redact_data, redact_uri
 from ..states import HealthState, StreamStatus, desired_state
 
@@ -80,11 +81,12 @@ def stream_overview(include_removed: bool = False) -> list[StreamOverview]:
     if not include_removed:
         query = query.where(Stream.removed_at.is_null())
     streams = list(query)
-    open_counts = dict(
-        Recording.select(Recording.stream, pw.fn.COUNT(Recording.id))
-        .where(Recording.ended_at.is_null())
-        .group_by(Recording.stream)
-        .tuples()
+    open_counts: dict[int, int] = dict(
+        tuple_rows(
+            Recording.select(Recording.stream, pw.fn.COUNT(Recording.id))
+            .where(Recording.ended_at.is_null())
+            .group_by(Recording.stream)
+        )
     )
     return [
         StreamOverview(

@@ -296,6 +296,7 @@ class MetricSeries(BaseModel):
     key = pw.TextField(unique=True)
     name = pw.TextField(index=True)
     stream = pw.ForeignKeyField(Stream, null=True, backref="metric_series", on_delete="RESTRICT")
+    stream_id: int | None  # the foreign key's column, set by peewee
     labels = pw.JSONField(default=dict)
     created_at = TimestampField(default=utc_now)
 

@@ -22,19 +22,11 @@ from stream_state.backends import (
 from stream_state.errors import DatabaseUnavailable
 from stream_state.models import MetricRollup, MetricSample, Recording
 
+from .test_layers import MODULES, layer_of
+
 PACKAGE = Path(__file__).resolve().parent.parent / "stream_state"
-# The base layer: no model, no service.
-BASE_MODULES = (
-    "backends",
-    "database",
-    "errors",
-    "fields",
-    "redact",
-    "states",
-    "timeutil",
-    "transitions",
-    "validate",
-)
+# The base layer: no model, no service (the layers are declared once, in tests/test_layers.py).
+BASE_MODULES = tuple(sorted(name for name in MODULES if layer_of(name) == "base"))
 
 
 def test_only_the_backends_module_asks_which_backend_a_database_is():

@@ -836,7 +836,7 @@ async def close_database_async(db: AsyncStateDatabase | None = None) -> None:
     a later call opens a new pool.
     """
     db = db or current_database()
-    await db.close_pool()  # type: ignore[attr-defined]
+    await db.close_pool()
 
 
 # --- the generic bridge ------------------------------------------------------------------

@@ -245,8 +245,9 @@ class PostgresDialect(Dialect):
 
     def translate_error(self, exc: BaseException) -> StreamStateError | None:
         original = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
-        if original is exc and isinstance(exc.__cause__ or exc.__context__, Exception):
-            original = exc.__cause__ or exc.__context__  # peewee 4 keeps the driver's error as the cause
+        cause = exc.__cause__ or exc.__context__
+        if original is exc and isinstance(cause, Exception):
+            original = cause  # peewee 4 keeps the driver's error as the cause
         # pgcode: psycopg2; sqlstate: asyncpg.
         code = getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)
         if code == "53100":  # disk_full

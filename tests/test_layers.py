@@ -40,7 +40,6 @@ LAYERS: list[tuple[str, list[str]]] = [
             "check",
             "rollups",
             "sessions",
-            "backups",
             "compaction",
             "invariants",
             "tick",
@@ -64,6 +63,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "pwtypes",
             "probe",
             "codec",
+            "pgwatch",
+            "backups",
         ],
     ),
 ]

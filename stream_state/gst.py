@@ -128,12 +128,19 @@ class DrainResult:
     seconds: float
 
 
+TIMES_KEPT = 10_000
+
+
 @dataclasses.dataclass
 class CallbackTimes:
-    """Seconds spent on the streaming thread per call, kept for benchmarks and health pages."""
+    """Seconds spent on the streaming thread per call (the last TIMES_KEPT), for benchmarks."""
 
-    location: list[float] = dataclasses.field(default_factory=list)
-    closed: list[float] = dataclasses.field(default_factory=list)
+    location: collections.deque[float] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=TIMES_KEPT)
+    )
+    closed: collections.deque[float] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=TIMES_KEPT)
+    )
     pending_names: int = 0  # fragments named provisionally because the database was slow
 
 
@@ -195,7 +202,9 @@ class SplitmuxRecorder:
         self._direct = run is None
         self.times = CallbackTimes()
         self._lock = threading.Lock()
-        self._fragments: dict[str, Fragment] = {}  # by the location splitmuxsink knows
+        # By the location splitmuxsink knows; a fragment leaves once its row is complete.
+        self._fragments: dict[str, Fragment] = {}
+        self._named = 0  # fragments named so far
         self._frames: collections.deque[tuple[int, int]] = collections.deque()  # (rt, end) ns
         self._last_frame_wall: float | None = None
         self._last_frame_end_rt: int | None = None
@@ -270,12 +279,12 @@ class SplitmuxRecorder:
                 unclosed = [f.location for f in self._fragments.values() if not f.closed]
                 # With async-finalize the last file may not even be asked for
                 # yet when the others are closed: wait for the close EOS causes.
-                last = self._last_closed or not self._fragments
+                last = self._last_closed or not self._named
                 if last and not unclosed and self._jobs.empty() and not self._busy:
                     break
                 self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             unclosed = [f.location for f in self._fragments.values() if not f.closed]
-            finalized = not unclosed and (self._last_closed or not self._fragments)
+            finalized = not unclosed and (self._last_closed or not self._named)
             written = self._jobs.empty() and not self._busy
         return DrainResult(finalized, written, tuple(unclosed), time.monotonic() - began)
 
@@ -305,6 +314,7 @@ class SplitmuxRecorder:
 
     @property
     def fragments(self) -> list[Fragment]:
+        """The files splitmuxsink is writing, or has closed but whose row is not complete yet."""
         with self._lock:
             return sorted(self._fragments.values(), key=lambda f: f.number)
 
@@ -334,6 +344,7 @@ class SplitmuxRecorder:
         fragment = Fragment(fragment_id, location, start_rt, media_started_at, row=row)
         with self._lock:
             self._fragments[location] = fragment
+            self._named += 1
         if row is None:
             # Runs on the writer thread right after the row is committed,
             # before any later job (this fragment's completion among them).
@@ -527,6 +538,13 @@ class SplitmuxRecorder:
         log.info("fragment %s takes its row's name %s", fragment.location, row.path)
 
     def _complete(self, fragment: Fragment, media_end: dt.datetime, frames: int) -> None:
+        try:
+            self._complete_row(fragment, media_end, frames)
+        finally:
+            with self._lock:
+                self._fragments.pop(fragment.location, None)
+
+    def _complete_row(self, fragment: Fragment, media_end: dt.datetime, frames: int) -> None:
         row = fragment.row
         if row is None:
             return  # never got a row: the file stays for check to adopt

@@ -603,35 +603,7 @@ def gaps(stream: str, since: dt.datetime, until: dt.datetime, min_gap: dt.timede
         found = history.resolve_stream(stream)
         cover = history.coverage(found, since, until, tolerance=min_gap, reasons=True)
     if as_json:
-        _echo_json(
-            {
-                "stream": found.name,
-                "since": cover.since,
-                "until": cover.until,
-                "min_gap_seconds": cover.tolerance.total_seconds(),
-                "gaps": [
-                    {
-                        "start": g.start,
-                        "end": g.end,
-                        "seconds": g.duration.total_seconds(),
-                        "why": redact_text(g.why),
-                        "reasons": [
-                            {
-                                "at": r.at,
-                                "type": r.type,
-                                "severity": r.severity,
-                                "message": redact_text(r.message),
-                            }
-                            for r in g.reasons
-                        ],
-                    }
-                    for g in cover.gaps
-                ],
-                "recorded_seconds": cover.recorded.total_seconds(),
-                "window_seconds": cover.window.total_seconds(),
-                "recorded_share": cover.share,
-            }
-        )
+        _echo_json({"stream": found.name, **cover.as_dict()})
         return
     precise = _precise([g.duration for g in cover.gaps])
     _echo_table(

@@ -92,3 +92,18 @@ def test_a_restored_state_as_plain_data_masks_credentials(db, tmp_path):
     assert data["summary"] == state.summary
     assert SECRET not in to_json(data)
     assert state.streams[0].desired == "recording"
+
+
+def test_coverage_as_plain_data_has_the_gaps_and_their_reasons(db, tmp_path):
+    cam = Stream.register("cam-1", "rtsp://10.0.0.1/s")
+    first = cam.begin_segment(tmp_path / "a.ts", started_at=T0)
+    first.complete_segment(T0 + dt.timedelta(seconds=10), 1)
+    cam.record_health("unhealthy", reason="no frames", at=T0 + dt.timedelta(seconds=10))
+    second = cam.begin_segment(tmp_path / "b.ts", started_at=T0 + dt.timedelta(seconds=30))
+    second.complete_segment(T0 + dt.timedelta(seconds=60), 1)
+    cover = h.coverage(cam, T0, T0 + dt.timedelta(seconds=60), reasons=True)
+    data = json.loads(to_json(cover.as_dict()))
+    assert data["window_seconds"] == 60.0 and data["recorded_seconds"] == 40.0
+    [gap] = data["gaps"]
+    assert (gap["start"], gap["seconds"]) == ("2026-11-26T02:00:10Z", 20.0)
+    assert [r["type"] for r in gap["reasons"]] == ["health_changed"] and gap["why"]

@@ -21,6 +21,7 @@ import peewee as pw
 from ..backends import current_database, dialect
 from ..models import Event, Recording, Stream
 from ..models.recording import LONG_SEGMENT_MS
+from ..redact import redact_text
 from ..states import EventType, SegmentState, Severity
 from ..timeutil import from_millis, now_millis, to_millis
 from ..validate import require_duration_ms
@@ -72,6 +73,15 @@ class GapReason:
     message: str
     stream_id: int | None  # None for system events (a restore, a clean shutdown)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON, credentials in the message masked."""
+        return {
+            "at": self.at,
+            "type": self.type,
+            "severity": self.severity,
+            "message": redact_text(self.message),
+        }
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Gap:
@@ -94,6 +104,16 @@ class Gap:
     @property
     def duration(self) -> dt.timedelta:
         return self.end - self.start
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (``stream-state gaps --json``), credentials masked."""
+        return {
+            "start": self.start,
+            "end": self.end,
+            "seconds": self.duration.total_seconds(),
+            "why": redact_text(self.why),
+            "reasons": [reason.as_dict() for reason in self.reasons],
+        }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -120,6 +140,18 @@ class Coverage:
     def missing(self) -> dt.timedelta:
         """Total length of the reported gaps."""
         return sum((gap.duration for gap in self.gaps), dt.timedelta())
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (``stream-state gaps --json``), credentials masked."""
+        return {
+            "since": self.since,
+            "until": self.until,
+            "min_gap_seconds": self.tolerance.total_seconds(),
+            "gaps": [gap.as_dict() for gap in self.gaps],
+            "recorded_seconds": self.recorded.total_seconds(),
+            "window_seconds": self.window.total_seconds(),
+            "recorded_share": self.share,
+        }
 
 
 def _bound_sql(p: str) -> str:

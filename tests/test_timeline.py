@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from stream_state import Event, EventType, HealthState, Severity, Stream, StreamStatus, ValidationError
 from stream_state import timeline as tl
 from stream_state.cli import cli
-from stream_state.history.segments import recordings, segment_states
+from stream_state.history.segments import gaps, recordings, segment_states
 from stream_state.timeline import HealthPiece, Segment, StatusChange, SystemEvent, explain_hole, merge_spans
 from stream_state.timeutil import to_millis
 
@@ -261,6 +261,25 @@ def test_segment_states_are_the_recordings_read_from_the_index(db):
         to_millis(at(250)),  # the checkpoint is later than now
         "recording",
     )
+
+
+def test_gap_reasons_are_the_streams_and_the_systems_events_in_each_hole(db):
+    cam = Stream.register("cam-r", "rtsp://10.0.0.5/r", recording=True)
+    other = Stream.register("cam-o", "rtsp://10.0.0.6/o", recording=True)
+    for start, end in ((0, 10), (20, 30), (30.3, 40), (41, 50)):
+        record(cam, start, end)
+    cam.record_health(HealthState.UNHEALTHY, reason="no frames", at=at(15))
+    other.record_health(HealthState.UNHEALTHY, reason="not mine", at=at(15))
+    Event.record("motion", at=at(15))  # a system event, but not a reason type
+    Event.record(EventType.RESTORED, data={"clean_shutdown": False}, message="back", at=at(19.9))
+    cam.set_status(StreamStatus.STARTING, reason="again", at=at(40.8))  # in the last hole's lead
+    found = gaps(cam, at(0), at(50), tolerance=dt.timedelta(milliseconds=200), now=at(60))
+    assert [(g.start, g.end) for g in found] == [(at(10), at(20)), (at(30), at(30.3)), (at(40), at(41))]
+    assert [[r.message for r in g.reasons] for g in found] == [
+        ["cam-r: unknown -> unhealthy (no frames)", "back"],
+        [],
+        ["cam-r: stopped -> starting (again)"],
+    ]
 
 
 # --- the pictures ----------------------------------------------------------------------------------------

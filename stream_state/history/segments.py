@@ -11,6 +11,7 @@ branch of the query.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
@@ -364,13 +365,19 @@ def _gap_reasons(stream_id: int, holes: list[tuple[int, int]]) -> list[tuple[Gap
         + branch((Event.stream + 0).is_null(), SYSTEM_REASON_TYPES)
     ).order_by(pw.SQL("1"), pw.SQL("6"))
     found: list[list[GapReason]] = [[] for _ in holes]
-    for ts, kind, severity, message, event_stream, _id in query.tuples():
-        ts_ms = ts if isinstance(ts, int) else to_millis(ts)
-        for i, (start, end) in enumerate(holes):
-            if start - REASON_LEAD_MS <= ts_ms <= end:
-                found[i].append(
-                    GapReason(from_millis(ts_ms), kind, _severity(severity), message or kind, event_stream)
-                )
+    ends = [end for _start, end in holes]
+    sql, params = query.sql()
+    # Stored values (epoch ms), not models: a week of a stream is hundreds of events.
+    for ts, kind, severity, message, event_stream, _id in current_database().execute_sql(sql, params):
+        ts_ms = int(ts)
+        # Holes are disjoint and in order: the first one ending at or after
+        # the event, and the next ones while their lead reaches back to it.
+        i = bisect.bisect_left(ends, ts_ms)
+        while i < len(holes) and holes[i][0] - REASON_LEAD_MS <= ts_ms:
+            found[i].append(
+                GapReason(from_millis(ts_ms), kind, _severity(severity), message or kind, event_stream)
+            )
+            i += 1
     return [tuple(reasons) for reasons in found]
 
 

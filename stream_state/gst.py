@@ -238,10 +238,14 @@ class SplitmuxRecorder:
                     "start_index", None, "give it (the restored stream's next_segment_index) when run= is set"
                 )
             start_index = Stream.select(Stream.next_segment_index).where(Stream.id == self.stream.id).scalar()
-        self.sink.set_property("start-index", int(start_index))
-        self._handlers.append((self.sink, self.sink.connect("format-location-full", self._on_location)))
         self._pipeline = self._top_pipeline()
         bus = self._pipeline.get_bus()
+        if bus is None:
+            raise ValidationError(
+                "splitmuxsink", self.sink.get_name(), "add it to its pipeline before start()"
+            )
+        self.sink.set_property("start-index", int(start_index))
+        self._handlers.append((self.sink, self.sink.connect("format-location-full", self._on_location)))
         bus.enable_sync_message_emission()
         self._handlers.append((bus, bus.connect("sync-message::element", self._on_element_message)))
         self._handlers.append((self.sink, self.sink.connect("pad-added", self._on_pad_added)))

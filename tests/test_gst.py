@@ -415,3 +415,29 @@ def test_an_asyncio_manager_records_through_its_loop(backend, tmp_path):
     assert [row.path for row in rows] == files and len(rows) >= 3
     assert all(row.state == SegmentState.COMPLETE and row.finalized for row in rows)
     assert [os.path.basename(row.path) for row in rows] == [f"{row.segment_index:08d}.mkv" for row in rows]
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def test_the_recorder_refuses_what_cannot_work_and_writes_nothing(db, tmp_path):
+    from stream_state import ValidationError
+
+    from .dbdump import dump_tables
+
+    stream = Stream.register("cam-bad", "videotestsrc://local/5")
+    before = dump_tables()
+    lone = Gst.ElementFactory.make("splitmuxsink")
+    with pytest.raises(ValidationError) as info:
+        SplitmuxRecorder(stream, lone, root=tmp_path).start()
+    assert info.value.field == "splitmuxsink" and "pipeline" in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        SplitmuxRecorder(stream, Gst.ElementFactory.make("fakesink"), root=tmp_path)
+    assert info.value.field == "splitmuxsink"
+    with pytest.raises(ValidationError) as info:
+        SplitmuxRecorder(stream, lone, "{root}/{stream}.mkv", root=tmp_path)
+    assert info.value.field == "path_template" and "{index}" in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        SplitmuxRecorder(stream, lone, root=tmp_path, callback_budget=0)
+    assert info.value.field == "callback_budget"
+    assert dump_tables() == before

@@ -26,6 +26,10 @@ STREAMS = 4
 HEALTH = [HealthState.HEALTHY, HealthState.HEALTHY, HealthState.DEGRADED, HealthState.UNHEALTHY]
 
 
+def workload_name(seed: int) -> str:
+    return f"crash-workload-{seed}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -35,7 +39,13 @@ def main() -> None:
     parser.add_argument("--pg-schema")
     args = parser.parse_args()
 
-    extra = {"options": f"-c search_path={args.pg_schema}"} if args.pg_schema else {}
+    # The application name lets the parent wait until the server has finished
+    # this process's last transaction (tests/test_crash.py).
+    extra = (
+        {"options": f"-c search_path={args.pg_schema}", "application_name": workload_name(args.seed)}
+        if args.pg_schema
+        else {}
+    )
     open_database(args.url, **extra)
     Restorer().restore()
     rng = random.Random(args.seed)

@@ -26,6 +26,8 @@ from stream_state.models import MetricSeries
 from stream_state.restore import Repair, Restorer
 from stream_state.states import EventType
 
+from .crash_workload import workload_name
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ITERATIONS = int(os.environ.get("STREAM_STATE_CRASH_ITERATIONS", "20"))
 
@@ -129,6 +131,24 @@ def check_invariants(
     )
 
 
+def wait_for_server_side_of(db: pw.Database, application_name: str, timeout: float = 30) -> None:
+    """Wait until PostgreSQL has ended the killed child's backend.
+
+    A SIGKILL can land after the child sent COMMIT: the server still commits,
+    a moment later. Restoring before that would miss what the commit wrote,
+    which no real restart could (the next manager starts well after).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (alive,) = db.execute_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        ).fetchone()
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the killed workload's PostgreSQL backend ({application_name}) did not end")
+
+
 def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path):
     url, params = backend.new_target()
     schema = params["options"].split("=", 1)[1] if params else None
@@ -140,6 +160,8 @@ def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path)
         run_child_and_kill(url, schema, media, journal_path, seed0 + iteration)
         db = open_database(url, **params)
         try:
+            if isinstance(db, pw.PostgresqlDatabase):
+                wait_for_server_side_of(db, workload_name(seed0 + iteration))
             first = Restorer(db, session=f"parent-{iteration}").restore()
             journal = read_journal(journal_path)
             check_invariants(db, media, journal, iteration, first.repairs)

@@ -195,7 +195,6 @@ class StreamGuard:
     """A stand-in for the owner check: only rows of one stream may change."""
 
     stream_id: int
-    key: str = "stream"
 
     def where(self, db: pw.Database) -> tuple[str, Sequence[Any]]:
         return f'"stream_id" = {db.param}', (self.stream_id,)

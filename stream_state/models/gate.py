@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, cast
@@ -66,14 +66,12 @@ class Transition:
 class Guard(Protocol):
     """An extra condition a row must meet for the gate to change it.
 
-    ``key`` names the fragment's shape; ``where(db)`` returns a SQL fragment
-    over the recording table in ``db``'s placeholder style and its
-    parameters (ANDed into the gate's statement); ``why_refused(ids)`` says
-    why rows that exist and were in a ``from_`` state were still refused
-    (None when the guard did not refuse them).
+    ``where(db)`` returns a SQL fragment over the recording table in
+    ``db``'s placeholder style and its parameters (ANDed into the gate's
+    statement); ``why_refused(ids)`` says why rows that exist and were in a
+    ``from_`` state were still refused (None when the guard did not refuse
+    them), for ``strict`` calls to raise.
     """
-
-    key: Hashable
 
     def where(self, db: pw.Database) -> tuple[str, Sequence[Any]]: ...
 

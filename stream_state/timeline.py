@@ -130,6 +130,7 @@ MAX_MARKER_LABELS = 12
 # Up to this many holes each is an artist of its own (an SVG group with its
 # reason as <title>); beyond, one hatched collection per reason.
 MAX_HOLE_ARTISTS = 2_000
+HATCH_PX = 6  # period of a hole's stripes in a PNG
 _SEVERITY_RANK = {severity.value: rank for rank, severity in enumerate(Severity)}
 _NOT_COVERING = {SegmentState.FAILED.value, SegmentState.MISSING.value, SegmentState.DELETING.value}
 _BAD_HEALTH = {HealthState.UNHEALTHY.value, HealthState.FAILED.value}
@@ -969,26 +970,32 @@ def _draw(timeline: Timeline, *, title: str | None = None, elements: bool = True
     hole_boxes: dict[str, list] = {}
     for i, lane in enumerate(lanes):
         gid = f"lane-{i}"
-        boxes, colours = [], []
-        for span in lane.spans:
-            x0, x1 = x(span.start), x(span.end)
-            x1 = max(x1, x0 + min_w)
-            boxes.append([(x0, i + span_lo), (x1, i + span_lo), (x1, i + span_hi), (x0, i + span_hi)])
-            colours.append(SPAN_COLOURS.get(span.state, "#737373"))
-        spans = PolyCollection(boxes, facecolors=colours, edgecolors="none", linewidths=0, gid=gid)
-        ax.add_collection(spans, autolim=False)
+        # A group per lane (its <title> names the stream) where the output
+        # keeps groups; one collection for every lane in a PNG.
+        if elements:
+            boxes: list[Any] = []
+            colours: list[str] = []
+            for span in lane.spans:
+                x0, x1 = x(span.start), x(span.end)
+                x1 = max(x1, x0 + min_w)
+                boxes.append([(x0, i + span_lo), (x1, i + span_lo), (x1, i + span_hi), (x0, i + span_hi)])
+                colours.append(SPAN_COLOURS.get(span.state, "#737373"))
+            spans = PolyCollection(boxes, facecolors=colours, edgecolors="none", linewidths=0, gid=gid)
+            ax.add_collection(spans, autolim=False)
         titles[gid] = (
             f"{lane.name}: {sum(s.segments for s in lane.spans)} segment(s), "
             f"{_size(sum(s.size_bytes for s in lane.spans))}, {_duration(lane.recorded_ms)} recorded, "
             f"{len(lane.holes)} hole(s)"
         )
-        for piece in lane.health:
+        for piece in lane.health if elements else ():
             x0, x1 = x(piece.start), max(x(piece.end), x(piece.start) + min_w)
             bands.append([(x0, i + band_lo), (x1, i + band_lo), (x1, i + band_hi), (x0, i + band_hi)])
             band_colours.append(HEALTH_COLOURS.get(piece.health, "#e0e0e0"))
         for k, hole in enumerate(lane.holes):
             x0 = x(hole.start)
             w = max(x(hole.end) - x0, min_w)
+            if not elements:
+                continue  # painted with the spans
             if not separate_holes:
                 box = [(x0, i + span_lo), (x0 + w, i + span_lo), (x0 + w, i + span_hi), (x0, i + span_hi)]
                 hole_boxes.setdefault(hole.reason, []).append(box)
@@ -1011,10 +1018,23 @@ def _draw(timeline: Timeline, *, title: str | None = None, elements: bool = True
                 f"{lane.name}: hole {_clock(hole.start, zone)} - {_clock(hole.end, zone)} "
                 f"({_duration(hole.end - hole.start)}): {hole.detail}"
             )
-        for tick in lane.ticks:
+        for tick in lane.ticks if elements else ():
             tick_x.append(x(tick.at))
             tick_y.append(i + (tick_lo + tick_hi) / 2)
             tick_colours.append(SEVERITY_COLOURS.get(tick.severity, "#737373"))
+    if not elements:
+        # A PNG: spans and health bands painted into an image of exactly the
+        # axes' pixels (a few hundred thousand rectangles cost seconds as
+        # paths, a tenth of that as array slices).
+        ax.imshow(
+            _raster(timeline, lane_px, (span_lo, span_hi), (band_lo, band_hi), (tick_lo, tick_hi)),
+            extent=(x_lo, x_hi, n - 0.5, -0.5),
+            origin="upper",
+            interpolation="none",
+            aspect="auto",
+            zorder=1,
+            gid="spans",
+        )
     for reason, boxes in hole_boxes.items():
         gid = f"holes-{reason.replace(' ', '-')}"
         ax.add_collection(
@@ -1029,9 +1049,10 @@ def _draw(timeline: Timeline, *, title: str | None = None, elements: bool = True
             autolim=False,
         )
         titles[gid] = f"{len(boxes)} hole(s): {reason} (the HTML page tells each one's reason)"
-    ax.add_collection(
-        PolyCollection(bands, facecolors=band_colours, edgecolors="none", gid="health"), autolim=False
-    )
+    if bands:
+        ax.add_collection(
+            PolyCollection(bands, facecolors=band_colours, edgecolors="none", gid="health"), autolim=False
+        )
     if tick_x:
         # One marker path stamped at every tick: far cheaper than a line each.
         tick_pt = (tick_hi - tick_lo) * lane_px * 72 / DPI
@@ -1138,6 +1159,63 @@ def _draw(timeline: Timeline, *, title: str | None = None, elements: bool = True
     x_left = ax.transData.transform((x(timeline.since), 0))[0]
     x_right = ax.transData.transform((x(timeline.until), 0))[0]
     return _Drawn(figure, titles, lane_rows, (x_left, x_right))
+
+
+def _raster(
+    timeline: Timeline,
+    lane_px: int,
+    span: tuple[float, float],
+    band: tuple[float, float],
+    tick: tuple[float, float],
+) -> Any:
+    """RGBA pixels of the lanes' spans, holes, health bands, ticks: lane_px rows a lane, a pixel a column."""
+    import numpy as np
+    from matplotlib.colors import to_rgba
+
+    columns = timeline.width - LABEL_PX - RIGHT_PX
+    lanes = max(len(timeline.lanes), 1)
+    image = np.zeros((lanes * lane_px, columns, 4), dtype=np.uint8)
+    scale = columns / (timeline.until - timeline.since)
+    rgba: dict[str, Any] = {}
+
+    def colour(name: str) -> Any:
+        if name not in rgba:
+            rgba[name] = np.array([round(255 * c) for c in to_rgba(name)], dtype=np.uint8)
+        return rgba[name]
+
+    def rows(i: int, part: tuple[float, float]) -> slice:
+        return slice(round((i + 0.5 + part[0]) * lane_px), max(round((i + 0.5 + part[1]) * lane_px), 1))
+
+    def paint(target: slice, start: int, end: int, name: str) -> None:
+        c0 = max(0, int((start - timeline.since) * scale))
+        c1 = min(columns, max(c0 + 1, int(-(-(end - timeline.since) * scale // 1))))
+        if c0 < columns and c1 > 0:
+            image[target, c0:c1] = colour(name)
+
+    for i, lane in enumerate(timeline.lanes):
+        span_rows, band_rows, tick_rows = rows(i, span), rows(i, band), rows(i, tick)
+        for piece in lane.health:
+            paint(band_rows, piece.start, piece.end, HEALTH_COLOURS.get(piece.health, "#e0e0e0"))
+        for s in lane.spans:
+            paint(span_rows, s.start, s.end, SPAN_COLOURS.get(s.state, "#737373"))
+        for hole in lane.holes:
+            c0 = max(0, int((hole.start - timeline.since) * scale))
+            c1 = min(columns, max(c0 + 1, int(-(-(hole.end - timeline.since) * scale // 1))))
+            if c0 >= columns or c1 <= 0:
+                continue
+            block = image[span_rows, c0:c1]
+            block[:] = colour("white")
+            # A hole's hatch: white with diagonal stripes of its reason's colour.
+            diagonal = np.add.outer(np.arange(span_rows.start, span_rows.stop), np.arange(c0, c1)) % HATCH_PX
+            block[diagonal < 2] = colour(HOLE_COLOURS[hole.reason])
+            if c1 - c0 > 2:  # an outline, as the vector drawing has
+                for edge in (block[0], block[-1], block[:, 0], block[:, -1]):
+                    edge[:] = colour(HOLE_COLOURS[hole.reason])
+        for t in lane.ticks:
+            c0 = int((t.at - timeline.since) * scale)
+            if 0 <= c0 < columns:
+                image[tick_rows, c0] = colour(SEVERITY_COLOURS.get(t.severity, "#737373"))
+    return image
 
 
 # --- files -------------------------------------------------------------------------------------------

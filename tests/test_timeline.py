@@ -332,6 +332,28 @@ def test_png_sizes_are_sane(db, tmp_path):
     assert _png_size(one)[0] == 800 and _png_size(one)[1] < height
 
 
+def test_png_pixels_show_the_spans_and_each_hole_in_its_reasons_colour(db):
+    night()
+    found = collected(since=at(-1))
+    lane_px = tl._lane_px(len(found.lanes))
+    image = tl._raster(found, lane_px, (tl.SPAN_LO, tl.SPAN_HI), (0.22, 0.40), (-0.46, -0.30))
+    assert image.shape == (4 * lane_px, tl.DEFAULT_WIDTH - tl.LABEL_PX - tl.RIGHT_PX, 4)
+    columns = image.shape[1]
+
+    def pixels(lane: int, seconds: float) -> set[tuple[int, ...]]:
+        column = int((to_millis(at(seconds)) - found.since) / (found.until - found.since) * columns)
+        middle = round((lane + 0.5 + tl.SPAN_MIDDLE) * lane_px)
+        return {tuple(int(v) for v in image[row, column]) for row in range(middle - 3, middle + 3)}
+
+    def rgba(name: str) -> tuple[int, ...]:
+        return tuple(round(255 * v) for v in matplotlib.colors.to_rgba(name))
+
+    for lane, (window, reason, _words) in enumerate(EXPECTED.values()):
+        inside = pixels(lane, sum(window) / 2)
+        assert rgba(tl.HOLE_COLOURS[reason]) in inside and rgba("white") in inside, (lane, inside)
+    assert pixels(0, 50) == {rgba(tl.SPAN_COLOURS["complete"])}
+
+
 def test_render_without_out_returns_the_figure(db):
     night()
     figure = tl.render(since=at(0), until=at(200), now=at(300))

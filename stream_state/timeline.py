@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, cast
 from xml.etree import ElementTree
 
+from .cli_output import format_duration, format_size
 from .errors import StreamStateError, ValidationError
 from .history import resolve_stream
 from .history.eventlog import MAX_PAGE, events
@@ -859,29 +860,6 @@ def _clock(ms: int, zone: dt.tzinfo | None, date: bool = False) -> str:
     return f"{text}.{when.microsecond // 1000:03d}"
 
 
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
-def _duration(ms: float) -> str:
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
 # --- drawing ---------------------------------------------------------------------------------------------
 
 
@@ -984,7 +962,8 @@ def _draw(timeline: Timeline, *, title: str | None = None, elements: bool = True
             ax.add_collection(spans, autolim=False)
         titles[gid] = (
             f"{lane.name}: {sum(s.segments for s in lane.spans)} segment(s), "
-            f"{_size(sum(s.size_bytes for s in lane.spans))}, {_duration(lane.recorded_ms)} recorded, "
+            f"{format_size(sum(s.size_bytes for s in lane.spans))}, "
+            f"{format_duration(lane.recorded_ms / 1000)} recorded, "
             f"{len(lane.holes)} hole(s)"
         )
         for piece in lane.health if elements else ():
@@ -1016,7 +995,7 @@ def _draw(timeline: Timeline, *, title: str | None = None, elements: bool = True
             )
             titles[gid] = (
                 f"{lane.name}: hole {_clock(hole.start, zone)} - {_clock(hole.end, zone)} "
-                f"({_duration(hole.end - hole.start)}): {hole.detail}"
+                f"({format_duration((hole.end - hole.start) / 1000)}): {hole.detail}"
             )
         for tick in lane.ticks if elements else ():
             tick_x.append(x(tick.at))
@@ -1535,7 +1514,7 @@ def usage_chart(
         for k, (bar, day) in enumerate(zip(bars, days, strict=True)):
             if per[group].get(day):
                 bar.set_gid(f"usage-{n}-{k}")
-                titles[f"usage-{n}-{k}"] = f"{day.isoformat()} {group}: {_size(per[group][day])}"
+                titles[f"usage-{n}-{k}"] = f"{day.isoformat()} {group}: {format_size(per[group][day])}"
         base = [b + h for b, h in zip(base, heights, strict=True)]
     every = max(1, len(days) // 15)
     ax.set_xticks(xs[::every], [d.isoformat() for d in days][::every], rotation=30, ha="right", fontsize=8)

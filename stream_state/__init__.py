@@ -29,6 +29,7 @@ from .errors import (
     StorageFull,
     StreamRemoved,
     StreamStateError,
+    TickFailed,
     ValidationError,
 )
 from .maintenance import BackupNotSupported, Maintenance, UpkeepPolicy
@@ -37,6 +38,7 @@ from .models.metric import Sample
 from .restore import RestoredState, Restorer, StreamSnapshot
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
+from .tick import Tick, TickFailure, TickReport, tick
 
 __version__ = "0.1.0"
 
@@ -69,10 +71,15 @@ __all__ = [
     "StreamSnapshot",
     "StreamStateError",
     "StreamStatus",
+    "Tick",
+    "TickFailed",
+    "TickFailure",
+    "TickReport",
     "UpkeepPolicy",
     "ValidationError",
     "VolumeFloor",
     "__version__",
     "connect_database",
     "open_database",
+    "tick",
 ]

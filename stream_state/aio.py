@@ -111,6 +111,7 @@ from .probe import probe as default_probe  # noqa: E402
 from .pwtypes import exception_wrapper  # noqa: E402
 from .restore import RestoredState, Restorer, ShutdownReport  # noqa: E402
 from .states import HealthState, Severity, StreamStatus  # noqa: E402
+from .tick import Tick, TickReport  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ __all__ = [
     "by_name",
     "checkpoint",
     "close_database_async",
+    "commit_tick",
     "complete_segment",
     "count",
     "current_database",
@@ -150,6 +152,7 @@ __all__ = [
     "set_desired",
     "set_status",
     "shutdown",
+    "tick",
     "update_config",
 ]
 
@@ -160,8 +163,12 @@ __all__ = [
 class _BridgeCursor(pwasyncio.DummyCursor):
     """pwasyncio's cursor plus ``executemany``, which the metric batch path hands its rows to."""
 
+    rowcount = -1
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        pwasyncio.await_(self.conn.executemany(sql, rows))
+        # The rows changed, where the driver tells (sqlite3 sums them): a tick checks them.
+        changed = pwasyncio.await_(self.conn.executemany(sql, rows))
+        self.rowcount = changed if isinstance(changed, int) else -1
 
 
 class _SqliteConnection(pwasyncio.AsyncSqliteConnection):
@@ -184,11 +191,11 @@ class _SqliteConnection(pwasyncio.AsyncSqliteConnection):
             self.cancelled = True
             raise
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
         await self._acquire_lock()
         try:
             # sqlite3 steps one prepared statement through the rows, on aiosqlite's thread.
-            await self.conn._execute(_sqlite_executemany, self.conn._conn, sql, rows)
+            return int(await self.conn._execute(_sqlite_executemany, self.conn._conn, sql, rows))
         except asyncio.CancelledError:
             self.cancelled = True
             raise
@@ -234,8 +241,10 @@ def _sqlite_rollback(conn: Any) -> None:
     conn.execute("ROLLBACK").close()
 
 
-def _sqlite_executemany(conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-    conn.executemany(sql, rows).close()
+def _sqlite_executemany(conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+    cursor = conn.executemany(sql, rows)
+    cursor.close()
+    return int(cursor.rowcount)
 
 
 def _sqlite_executescript(conn: Any, sql: str) -> None:
@@ -1048,6 +1057,30 @@ async def record_metric(
 async def record_many(samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
     """``MetricSample.record_many``: many samples in one transaction; how many were written."""
     return await run(MetricSample.record_many, samples)
+
+
+# --- one commit per tick --------------------------------------------------------------------
+
+
+async def commit_tick(tick: Tick) -> TickReport:
+    """``tick.commit()``: write a tick gathered with ``stream_state.Tick()`` in one transaction.
+
+    Gathering the calls (``tick.checkpoint(...)``, ``tick.record_many(...)``)
+    touches no database, so it needs no ``await``; only the commit does.
+    """
+    return await run(tick.commit)
+
+
+@contextlib.asynccontextmanager
+async def tick() -> AsyncIterator[Tick]:
+    """``async with aio.tick() as tick:`` gathers a tick and commits it at the end of the block.
+
+    A block that raises writes nothing; a refused call raises ``TickFailed``
+    (see ``stream_state.tick``).
+    """
+    gathered = Tick()
+    yield gathered
+    await commit_tick(gathered)
 
 
 # --- restart --------------------------------------------------------------------------------

@@ -105,3 +105,22 @@ class StreamRemoved(NotFound):
         )
         self.kind = "stream"
         self.key = name
+
+
+class TickFailed(StreamStateError):
+    """A tick (``stream_state.tick()``) was not written: the database refused some of its calls.
+
+    ``failures`` names each refused call (``TickFailure``: its position in the
+    tick, what it was, the error); ``remaining`` is a ``Tick`` with every
+    other call, ready to ``commit()``. Nothing of the tick was committed.
+    """
+
+    def __init__(self, failures: list[Any], remaining: Any, calls: int):
+        self.failures = failures
+        self.remaining = remaining
+        shown = "; ".join(f"call {f.index} ({f.call}): {f.error}" for f in failures[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(
+            f"tick not written: {len(failures)} of {calls} calls refused: {shown}{more}; "
+            "nothing of the tick was committed (commit .remaining to write the others)"
+        )

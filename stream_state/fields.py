@@ -67,3 +67,21 @@ class GrowingIdField(pw.BigAutoField):
         if dialect(self.model._meta.database).needs_autoincrement:
             return pw.NodeList((node, pw.SQL("AUTOINCREMENT")))
         return node
+
+
+class BytesField(pw.Field):
+    """Bytes: BLOB on SQLite, bytea on PostgreSQL, the same DDL as ``BlobField``.
+
+    ``BlobField`` wraps values in the psycopg2 driver's ``Binary`` when the
+    model is bound, which the asyncio face (asyncpg) does not have; every
+    driver here takes plain ``bytes`` as they are. Read back as ``bytes``
+    (psycopg2 returns a memoryview).
+    """
+
+    field_type = "BLOB"
+
+    def db_value(self, value: Any) -> Any:
+        return None if value is None else bytes(value)
+
+    def python_value(self, value: Any) -> bytes | None:
+        return None if value is None else bytes(value)

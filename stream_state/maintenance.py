@@ -34,7 +34,7 @@ from .backups import BackupMethod
 from .database import backup_sqlite
 from .errors import StreamStateError, ValidationError
 from .invariants import InvariantViolation, check_invariants
-from .models import Event, MetricSample, MetricSeries, SystemState
+from .models import Event, MetricBlock, MetricSample, MetricSeries, SystemState
 from .pwtypes import tuple_rows
 from .retention import RetentionPolicy, apply_retention, checkpoint_passive
 from .rollups import ROLLUP_SETTLE, refresh_rollups
@@ -124,10 +124,12 @@ def purge_samples(
     pause_seconds: float = 0.01,
     progress: Callable[[int], None] | None = None,
 ) -> PurgeReport:
-    """Delete raw metric samples older than ``older_than_days`` (rollups are kept separately).
+    """Delete metric samples older than ``older_than_days``, raw and compacted (rollups are kept).
 
     Walks each series' own (series, ts) key range in batches: every DELETE is
-    an index range of at most ``batch_size`` rows.
+    an index range of at most ``batch_size`` rows. Compacted hours
+    (``metric_block``) older than the cutoff are dropped whole, one
+    statement per series.
     """
     older_than_days = _check_days("older_than_days", older_than_days)
     now_ms = now_millis() if now is None else to_millis(now, "now")
@@ -163,6 +165,14 @@ def purge_samples(
             if bound is None:
                 break
             time.sleep(pause_seconds)
+        # Compacted hours: whole blocks go at once; the hour the cutoff cuts is re-encoded.
+        with current_database().atomic():
+            count = MetricBlock.purge(current_database(), series_id, cutoff)
+        if count:
+            deleted += count
+            batches += 1
+            if progress:
+                progress(deleted)
     return PurgeReport(samples=deleted, batches=batches, seconds=time.perf_counter() - started)
 
 
@@ -352,6 +362,7 @@ class UpkeepPolicy:
     intervals: Mapping[str, float] = field(
         default_factory=lambda: {
             "rollups": 300,
+            "compact": 3600,
             "retention": 3600,
             "purge": 86400,
             "incremental_vacuum": 600,
@@ -376,7 +387,8 @@ class Maintenance:
     A job that fails is retried at the next call and does not stop the others.
     """
 
-    JOBS = ("rollups", "retention", "purge", "incremental_vacuum", "wal_checkpoint", "optimize")
+    # compact after rollups: it only takes hours the rollups already cover.
+    JOBS = ("rollups", "compact", "retention", "purge", "incremental_vacuum", "wal_checkpoint", "optimize")
 
     def __init__(self, db: pw.Database | None = None, policy: UpkeepPolicy | None = None):
         if db is not None and database_proxy.obj is not db:
@@ -415,6 +427,11 @@ class Maintenance:
     def _run_rollups(self, now_ms: int) -> dict:
         report = refresh_rollups(until=from_millis(now_ms) - ROLLUP_SETTLE)
         return dataclasses.asdict(report)
+
+    def _run_compact(self, now_ms: int) -> dict:
+        from .compaction import compact_samples
+
+        return dataclasses.asdict(compact_samples(from_millis(now_ms)))
 
     def _run_retention(self, now_ms: int) -> dict:
         return apply_retention(self.policy.retention, now=from_millis(now_ms)).as_dict()

@@ -644,6 +644,7 @@ NO_VERB = {
     MetricSample.for_series,
     MetricSeries.matching,
     MetricSeries.existing_id,
+    MetricSeries.set_resolution,  # a setting, not a manager's call: aio.run(series.set_resolution, 1)
 }
 BRIDGE = {
     "open_database_async",
@@ -655,6 +656,8 @@ BRIDGE = {
     "first",
     "count",
     "atomic",
+    "tick",  # gathers stream_state.Tick calls (no database) and commits them: the bridge of Tick.commit
+    "commit_tick",
 }
 
 
@@ -824,3 +827,29 @@ def test_a_timed_out_begin_segment_while_another_process_writes_does_not_keep_th
         assert segment.segment_index == 0 and await aio.count(Recording.select()) == 1
 
     run_async(backend, body, busy_timeout=3)
+
+
+def test_a_tick_is_gathered_in_the_loop_and_committed_through_the_bridge(backend):
+    import stream_state
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        segment = await aio.begin_segment(cam, "/rec/a.mp4", started_at=T0)
+        async with aio.tick() as tick:
+            tick.checkpoint(segment, 10, at=at(1))
+            tick.record_health(cam, "degraded", at=at(1))
+            tick.record_many([("fps", 1.0, cam, None, at(1)), ("kbps", 2.0, cam, None, at(1))])
+        assert await aio.count(MetricSample.select()) == 2
+        (row,) = await aio.fetch(Recording.select())
+        assert row.size_bytes == 10 and cam.health == "degraded"
+        await aio.complete_segment(segment, ended_at=at(2), size_bytes=11)
+        stale = stream_state.Tick()
+        stale.checkpoint(segment, 12, at=at(3))
+        stale.record_many([("fps", 3.0, cam, None, at(3))])
+        with pytest.raises(stream_state.TickFailed) as caught:
+            await aio.commit_tick(stale)
+        assert await aio.count(MetricSample.select()) == 2
+        report = await aio.commit_tick(caught.value.remaining)
+        assert report.samples == 1 and await aio.count(MetricSample.select()) == 3
+
+    run_async(backend, body)

@@ -1126,3 +1126,43 @@ def test_late_samples_written_by_record_many_keep_rollups_exact(db):
     args = (series, t0, t0 + dt.timedelta(hours=3), dt.timedelta(hours=1))
     assert h.metric_buckets(*args) == h.metric_buckets(*args, source="raw")
     assert h.metric_buckets(*args)[0].max == 1000.0 and h.metric_buckets(*args)[1].min == -7.0
+
+
+def test_segment_rows_are_the_recordings_as_plain_rows(db, segments):
+    one, _, rows = segments
+    rng = random.Random(16)
+    for since, until in random_windows(rng, rows, 60):
+        models = list(h.recordings(one, from_millis(since), from_millis(until)))
+        plain = h.segment_rows(one, from_millis(since), from_millis(until))
+        fields = (
+            "id",
+            "stream_id",
+            "path",
+            "storage",
+            "segment_index",
+            "started_at",
+            "ended_at",
+            "size_bytes",
+            "checkpoint_at",
+            "media_started_at",
+            "media_ended_at",
+            "frame_count",
+            "finalized",
+            "metadata",
+        )
+        assert [tuple(getattr(r, f) for f in fields) for r in plain] == [
+            tuple(getattr(m, f) for f in fields) for m in models
+        ], (since, until)
+        assert [(r.state, r.archived, r.duration) for r in plain] == [
+            (m.state, m.archived, m.duration) for m in models
+        ]
+    since, until = from_millis(rows[50]["started_at"]), from_millis(rows[150]["started_at"])
+    assert [r.id for r in h.segment_rows(one, since, until, limit=3)] == [
+        m.id for m in h.recordings(one, since, until).limit(3)
+    ]
+    with count_queries() as counter:
+        h.segment_rows(one, since, until)
+    assert counter.count == 1
+    assert_uses_indexes(db, lambda: h.segment_rows(one, since, until))
+    with pytest.raises(ValidationError, match="limit"):
+        h.segment_rows(one, since, until, limit=0)

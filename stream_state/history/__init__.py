@@ -1,11 +1,12 @@
 """Read-side questions about the past: what was recorded, where the holes are, what used the disk,
 what happened, and how the metrics looked. One module per noun:
 
-- ``segments``: ``recordings``, ``latest_segments``, ``coverage``, ``gaps``
+- ``segments``: ``recordings``, ``segment_rows``, ``latest_segments``, ``coverage``, ``gaps``
 - ``storage``: ``storage_usage``, ``segment_counts``
 - ``eventlog``: ``events``
 - ``health``: ``current_health``, ``health_transitions``
-- ``metrics``: ``metric_samples``, ``metric_buckets``, ``metric_buckets_matching``, ``metric_points``
+- ``metrics``: ``metric_values``, ``metric_samples``, ``metric_buckets``, ``metric_buckets_matching``,
+  ``metric_points``
 - ``streams``: ``stream_overview`` (each stream now, with its open segments)
 
 (the modules are not named after a function they hold, so that
@@ -60,6 +61,7 @@ from .metrics import (
     metric_buckets_matching,
     metric_points,
     metric_samples,
+    metric_values,
 )
 from .segments import (
     COVERING_STATES,
@@ -67,10 +69,12 @@ from .segments import (
     Coverage,
     Gap,
     GapReason,
+    SegmentRow,
     coverage,
     gaps,
     latest_segments,
     recordings,
+    segment_rows,
 )
 from .storage import UsageRow, segment_counts, storage_usage
 from .streams import StreamOverview, stream_overview
@@ -106,6 +110,7 @@ __all__ = [
     "RecordingUsage",
     "RollupReport",
     "SamplePoint",
+    "SegmentRow",
     "SeriesBuckets",
     "SeriesInfo",
     "StreamHealth",
@@ -122,12 +127,14 @@ __all__ = [
     "metric_buckets_matching",
     "metric_points",
     "metric_samples",
+    "metric_values",
     "note_late_samples",
     "rebuild_usage",
     "recordings",
     "refresh_rollups",
     "resolve_stream",
     "segment_counts",
+    "segment_rows",
     "storage_usage",
     "stream_overview",
 ]

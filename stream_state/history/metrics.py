@@ -4,7 +4,9 @@
 ``stream_state.rollups.refresh_rollups``) with raw samples for the parts they
 do not cover (ragged edges, the recent part past the rollup watermark, hours
 marked stale by late writes), so its answer is always the one the raw
-samples give.
+samples give. Hours that ``compact_samples`` moved into ``metric_block`` rows
+are read from their blocks wherever raw samples would be (an hour has one or
+the other, never both: models/blocks.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import peewee as pw
 
 from ..backends import current_database
 from ..errors import ValidationError
-from ..models import MetricSample, MetricSeries, Stream
+from ..models import MetricBlock, MetricSample, MetricSeries, Stream
 from ..models.rollups import ROLLUP_WATERMARK_KEY, watermark_value
 from ..pwtypes import tuple_rows
 from ..redact import redact_data
@@ -56,10 +58,38 @@ class SeriesBuckets:
     buckets: tuple[Bucket, ...]
 
 
+def metric_values(
+    series: MetricSeries | int, since: dt.datetime, until: dt.datetime, *, limit: int | None = None
+) -> list[tuple[dt.datetime, float]]:
+    """Every sample of one series in [since, until) as (time, value), oldest first: compacted and raw.
+
+    Two queries: the blocks of the range and the raw rows (``metric_samples``);
+    ``limit`` keeps the first n.
+    """
+    series_id = MetricSeries.existing_id(series)
+    since_ms, until_ms = window(since, until)
+    db = current_database()
+    stamps, values = MetricBlock.samples_in(db, [series_id], since_ms, until_ms).get(series_id, ([], []))
+    p = db.param
+    bound = "" if limit is None else f" LIMIT {int(limit)}"
+    raw = db.execute_sql(
+        f'SELECT "ts", "value" FROM "metric_sample" WHERE "series_id" = {p} AND "ts" >= {p} AND "ts" < {p} '
+        f'ORDER BY "ts"{bound}',
+        (series_id, since_ms, until_ms),
+    ).fetchall()
+    found = list(zip(stamps, values, strict=True)) + [(int(ts), float(value)) for ts, value in raw]
+    found.sort(key=lambda pair: pair[0])
+    return [(from_millis(ts), value) for ts, value in found[:limit]]
+
+
 def metric_samples(
     series: MetricSeries | int, since: dt.datetime, until: dt.datetime
 ) -> pw.ModelSelect[MetricSample]:
-    """Raw samples of one series in [since, until), oldest first (a query: add ``.tuples()``...)."""
+    """Raw samples of one series in [since, until), oldest first (a query: add ``.tuples()``...).
+
+    Only the raw head: hours that ``compact_samples`` moved into blocks are
+    not in it. ``metric_values`` reads both.
+    """
     series_id = MetricSeries.existing_id(series)
     since_ms, until_ms = window(since, until)
     return (
@@ -220,9 +250,7 @@ def metric_points(
         points = [
             SamplePoint(time=ts, series_id=s.id, value=value)
             for s in matched
-            for ts, value in tuple_rows(
-                metric_samples(s, since, until).select(MetricSample.ts, MetricSample.value).limit(limit)
-            )
+            for ts, value in metric_values(s, since, until, limit=limit)
         ]
     else:
         by_series = metric_buckets_matching(name, since, until, step, stream=stream, labels=labels)
@@ -265,8 +293,9 @@ def _buckets(
     widths = tuple(width for width in ROLLUP_WIDTHS if step_ms % width == 0) if source == "auto" else ()
     watermark = None
     stale: dict[int, set[int]] = {}
+    blocks: dict[int, set[int]] | None = None  # compacted hours per series, when known
     if widths:
-        watermark, stale = _rollup_state(db, series_ids, since_ms, until_ms)
+        watermark, stale, blocks = _rollup_state(db, series_ids, since_ms, until_ms)
     if watermark is None:
         widths = ()
     plans: dict[tuple[tuple[int, int, int], ...], list[int]] = {}
@@ -289,18 +318,42 @@ def _buckets(
             found[3] = max(found[3], high)
             if last_key > found[4]:
                 found[4], found[5] = last_key, last
+    # Compacted hours where the plan reads raw samples: their blocks, decoded.
+    for plan, ids in plans.items():
+        for width, lo, hi in plan:
+            if width:
+                continue
+            wanted = ids
+            if blocks is not None:
+                first = lo // HOUR_MS * HOUR_MS
+                wanted = [i for i in ids if any(first <= hour < hi for hour in blocks.get(i, ()))]
+                if not wanted:
+                    continue  # no block where raw samples are read: no query
+            for series_id, (stamps, values) in MetricBlock.samples_in(db, wanted, lo, hi).items():
+                for ts, value in zip(stamps, values, strict=True):
+                    key = (series_id, ts // step_ms * step_ms)
+                    found = merged.get(key)
+                    if found is None:
+                        merged[key] = [1, value, value, value, ts, value]
+                        continue
+                    found[0] += 1
+                    found[1] += value
+                    if value < found[2]:
+                        found[2] = value
+                    if value > found[3]:
+                        found[3] = value
+                    if ts > found[4]:
+                        found[4], found[5] = ts, value
     result: dict[int, list[Bucket]] = {}
+    width = dt.timedelta(milliseconds=step_ms)
     for (series_id, bucket), (count, total, low, high, _, last) in sorted(merged.items()):
-        result.setdefault(series_id, []).append(
-            Bucket(
-                start=from_millis(bucket),
-                end=from_millis(bucket + step_ms),
-                count=count,
-                sum=float(total),
-                min=float(low),
-                max=float(high),
-                last=float(last),
-            )
+        start = from_millis(bucket)
+        found_list = result.get(series_id)
+        if found_list is None:
+            found_list = result[series_id] = []
+        # Positional: a week of hours is 168 of these per series, on every chart refresh.
+        found_list.append(
+            Bucket(start, start + width, count, float(total), float(low), float(high), float(last))
         )
     return result
 
@@ -387,22 +440,25 @@ def _arm_sql(width: int, lo: int, hi: int, step: int, series_ids: list[int]) -> 
 
 def _rollup_state(
     db: pw.Database, series_ids: list[int], since_ms: int, until_ms: int
-) -> tuple[int | None, dict[int, set[int]]]:
-    """The rollup watermark and the stale hours of ``series_ids`` in the range: one query."""
+) -> tuple[int | None, dict[int, set[int]], dict[int, set[int]]]:
+    """The rollup watermark, the stale and the compacted hours of ``series_ids`` in range: one query."""
     p = db.param
     ids = ", ".join(str(int(i)) for i in series_ids)
     first_hour = since_ms // HOUR_MS * HOUR_MS
     rows = db.execute_sql(
-        f'SELECT NULL, NULL, "value" FROM "system_state" WHERE "key" = {p} '
-        f'UNION ALL SELECT "series_id", "hour_start", NULL FROM "metric_rollup_stale" '
+        f'SELECT NULL, NULL, "value", 0 FROM "system_state" WHERE "key" = {p} '
+        f'UNION ALL SELECT "series_id", "hour_start", NULL, 1 FROM "metric_rollup_stale" '
+        f'WHERE "series_id" IN ({ids}) AND "hour_start" >= {p} AND "hour_start" < {p} '
+        f'UNION ALL SELECT "series_id", "hour_start", NULL, 2 FROM "metric_block" '
         f'WHERE "series_id" IN ({ids}) AND "hour_start" >= {p} AND "hour_start" < {p}',
-        (ROLLUP_WATERMARK_KEY, first_hour, until_ms),
+        (ROLLUP_WATERMARK_KEY, first_hour, until_ms, first_hour, until_ms),
     ).fetchall()
     watermark = None
     stale: dict[int, set[int]] = {}
-    for series_id, hour, value in rows:
-        if series_id is None:
+    blocks: dict[int, set[int]] = {}
+    for series_id, hour, value, kind in rows:
+        if kind == 0:
             watermark = watermark_value(value)
         else:
-            stale.setdefault(series_id, set()).add(int(hour))
-    return watermark, stale
+            (stale if kind == 1 else blocks).setdefault(series_id, set()).add(int(hour))
+    return watermark, stale, blocks

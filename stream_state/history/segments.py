@@ -14,12 +14,14 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import peewee as pw
 
 from ..backends import current_database, dialect
+from ..errors import ValidationError
 from ..models import Event, Recording, Stream
 from ..models.recording import LONG_SEGMENT_MS
 from ..redact import redact_text
@@ -214,6 +216,97 @@ def recordings(
         .where(Recording.id.in_(pw.EnclosedNodeList([found])))
         .order_by(Recording.started_at, Recording.id)
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentRow:
+    """One segment as a listing shows it: plain values read from the cursor, no model.
+
+    What ``segment_rows`` returns; the fields are ``Recording``'s, with times
+    as aware UTC datetimes.
+    """
+
+    id: int
+    stream_id: int
+    path: str
+    storage: str | None
+    segment_index: int
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    size_bytes: int
+    state: SegmentState | str
+    archived: bool
+    checkpoint_at: dt.datetime | None
+    media_started_at: dt.datetime | None
+    media_ended_at: dt.datetime | None
+    frame_count: int | None
+    finalized: bool | None
+    metadata: dict[str, Any] | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+    @property
+    def duration(self) -> dt.timedelta | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+
+_ROW_COLUMNS = (
+    '"id", "stream_id", "path", "storage", "segment_index", "started_at", "ended_at", '
+    '"size_bytes", "state", "archived", "checkpoint_at", "media_started_at", "media_ended_at", '
+    '"frame_count", "finalized", "metadata"'
+)
+
+
+def segment_rows(
+    stream: Stream | int | str, since: dt.datetime, until: dt.datetime, limit: int | None = None
+) -> list[SegmentRow]:
+    """``recordings(stream, since, until)`` as lightweight rows, oldest first (``limit``: the first n).
+
+    For listings that do not need models (the CLI, a UI): the rows are read
+    straight from the cursor, which at 10M recordings costs about a tenth of
+    building 361 peewee models for a 1-hour window (bench/history.py).
+    """
+    stream_id = resolve_stream(stream).id
+    since_ms, until_ms = window(since, until)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValidationError("limit", limit, "expected a positive int or None")
+    db = current_database()
+    sql = (
+        f'SELECT * FROM ({_overlap_sql(db, _ROW_COLUMNS, _ROW_COLUMNS)}) AS found ORDER BY "started_at", "id"'
+    )
+    params: list[object] = [stream_id, until_ms, since_ms, stream_id, since_ms, stream_id, until_ms]
+    if limit is not None:
+        sql += f" LIMIT {db.param}"
+        params.append(limit)
+    states = {state.value: state for state in SegmentState}
+
+    def stamp(millis: int | None) -> dt.datetime | None:
+        return None if millis is None else from_millis(millis)
+
+    return [
+        SegmentRow(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            from_millis(row[5]),
+            stamp(row[6]),
+            row[7],
+            states.get(row[8], row[8]),
+            bool(row[9]),
+            stamp(row[10]),
+            stamp(row[11]),
+            stamp(row[12]),
+            row[13],
+            None if row[14] is None else bool(row[14]),
+            # JSON text on SQLite, already parsed (jsonb) on PostgreSQL.
+            json.loads(row[15]) if isinstance(row[15], str) else row[15],
+        )
+        for row in db.execute_sql(sql, params).fetchall()
+    ]
 
 
 def latest_segments(streams: Iterable[Stream | int | str] | None = None) -> pw.ModelSelect[Recording]:

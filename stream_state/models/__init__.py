@@ -1,6 +1,7 @@
 """The domain models, one module per aggregate."""
 
 from .base import BaseModel, database_proxy
+from .blocks import MetricBlock
 from .event import Event
 from .metric import MetricSample, MetricSeries
 from .recording import Recording
@@ -17,6 +18,7 @@ MODELS = (
     Event,
     MetricSeries,
     MetricSample,
+    MetricBlock,
     MetricRollup,
     MetricRollupStale,
     SystemState,
@@ -26,6 +28,7 @@ __all__ = [
     "MODELS",
     "BaseModel",
     "Event",
+    "MetricBlock",
     "MetricRollup",
     "MetricRollupStale",
     "MetricSample",

@@ -20,11 +20,14 @@ import datetime as dt
 import itertools
 import json
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import peewee as pw
 
+from .. import codec
 from ..errors import DatabaseUnavailable, NotFound, StorageFull, StreamStateError, ValidationError
 from ..fields import TimestampField
 from ..pwtypes import exception_wrapper, tuple_rows
@@ -47,6 +50,10 @@ MAX_LABELS = 64
 # Bound parameters per statement stay far below SQLite's historical limit of
 # 999 (and PostgreSQL's 65535), whatever the SQLite build.
 _KEYS_PER_SELECT = 500
+
+# The system_state row a trigger bumps on every delete from metric_series
+# (migration 007): a writer's cached series ids are good while it stays put.
+SERIES_DELETED_KEY = "metric_series_deleted"
 
 LabelsArg = Mapping[str, str | int] | None
 StreamArg = Stream | int | None
@@ -164,6 +171,46 @@ class _SeriesSpec:
         return zip(itertools.repeat(series_id), flat, flat)
 
 
+# Series identities validated before, by content: a manager names the same
+# few thousand (name, stream, labels) every tick, and validating them again
+# (labels, key text) cost more than writing the sample. Only plain str names,
+# str label keys and values and int (or Stream) stream ids are remembered,
+# and looked up only for such arguments, so values that compare equal across
+# types (True == 1 == 1.0) can never borrow another's validation.
+_IDENTITIES: dict[tuple[Any, ...], tuple[str, int | None, dict[str, str], str]] = {}
+_IDENTITIES_MAX = 100_000
+
+
+def _identity(name: Any, stream: Any, labels: Any) -> tuple[str, int | None, dict[str, str], str]:
+    """(name, stream id, canonical labels, key text) of a series, validated."""
+    memo: tuple[Any, ...] | None = None
+    if type(name) is str and (labels is None or type(labels) is dict):
+        kind = type(stream)
+        if stream is None or kind is int:
+            sid = stream
+        elif isinstance(stream, Stream):
+            sid = stream.id
+        else:
+            sid = _UNSEEN
+        if (sid is not _UNSEEN and sid is not None) or stream is None:
+            memo = (name, sid, () if labels is None else tuple(labels.items()))
+            try:
+                known = _IDENTITIES.get(memo)
+            except TypeError:  # an unhashable label value: validation will refuse it
+                known = memo = None
+            if known is not None:
+                return known
+    valid_name = require_text("name", name, max_length=NAME_MAX_LENGTH)
+    stream_id = _stream_id(stream, "stream")
+    canonical = canonical_labels(labels)
+    found = (valid_name, stream_id, canonical, _key_text(valid_name, stream_id, canonical))
+    if memo is not None and all(type(k) is str and type(v) is str for k, v in memo[2]):
+        if len(_IDENTITIES) >= _IDENTITIES_MAX:
+            _IDENTITIES.clear()
+        _IDENTITIES[memo] = found
+    return found
+
+
 def _prepare(items: Sequence[Any], single: bool) -> list[_SeriesSpec]:
     """Validate every sample before anything touches the database; group them by series.
 
@@ -205,10 +252,7 @@ def _prepare(items: Sequence[Any], single: bool) -> list[_SeriesSpec]:
                 add = adder_by_identity.get((id(name), id(stream), id(labels)))
                 last_name, last_stream, last_labels = name, stream, labels
             if add is None:
-                valid_name = require_text("name", name, max_length=NAME_MAX_LENGTH)
-                stream_id = _stream_id(stream, "stream")
-                canonical = canonical_labels(labels)
-                key = _key_text(valid_name, stream_id, canonical)
+                valid_name, stream_id, canonical, key = _identity(name, stream, labels)
                 spec = spec_by_key.get(key)
                 if spec is None:
                     spec = spec_by_key[key] = _SeriesSpec(key, valid_name, stream_id, canonical)
@@ -251,6 +295,62 @@ def _prepare(items: Sequence[Any], single: bool) -> list[_SeriesSpec]:
 # --- database helpers -----------------------------------------------------------
 
 
+class SeriesIds:
+    """The ids of series known to be committed in one database, by key text.
+
+    A manager writes the same thousand series every tick; looking each up by
+    its key text cost more than writing its sample. Entries are added only
+    after the transaction that found or created them committed at the top
+    level (an id from a rolled-back transaction would be handed out again),
+    and the whole cache is dropped when the deletion counter moved: SQLite
+    reuses the largest id after a delete, so a stale entry could name another
+    series. Series created by another process are simply not in it yet.
+    """
+
+    __slots__ = ("deletions", "ids", "lock")
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.deletions: Any = _UNSEEN
+        self.lock = threading.Lock()
+
+    def check(self, db: pw.Database) -> bool:
+        """Read the deletion counter (in the caller's transaction); False if caching is off."""
+        row = db.execute_sql(
+            f'SELECT "value" FROM "system_state" WHERE "key" = {db.param}', (SERIES_DELETED_KEY,)
+        ).fetchone()
+        marker = None if row is None else row[0]
+        with self.lock:
+            if marker != self.deletions:
+                self.ids.clear()
+                self.deletions = marker
+        return marker is not None
+
+    def learn(self, found: Mapping[str, int], db: pw.Database) -> None:
+        """Remember ids once their transaction committed at the top level."""
+        if found and not db.in_transaction():
+            with self.lock:
+                self.ids.update(found)
+
+    def forget(self) -> None:
+        with self.lock:
+            self.ids.clear()
+            self.deletions = _UNSEEN
+
+
+_series_ids: weakref.WeakKeyDictionary[pw.Database, SeriesIds] = weakref.WeakKeyDictionary()
+_series_ids_lock = threading.Lock()
+
+
+def series_id_cache(db: pw.Database) -> SeriesIds:
+    """The series-id cache of ``db`` (one per database object, shared by its threads)."""
+    cache = _series_ids.get(db)
+    if cache is None:
+        with _series_ids_lock:
+            cache = _series_ids.setdefault(db, SeriesIds())
+    return cache
+
+
 def _wrap_database_error(db: pw.Database, exc: pw.PeeweeException, doing: str) -> StreamStateError:
     """Turn a driver error into the package's error with the same meaning.
 
@@ -286,6 +386,42 @@ def _executemany(db: pw.Database, sql: str, rows: Iterable[Sequence[Any]], count
         dialect(db).executemany(db.cursor(), sql, rows)
 
 
+# Below this many samples psycopg2's execute_batch is as fast and simpler to read in logs.
+_UNNEST_FROM = 50
+
+
+def _insert_unnest(
+    db: pw.Database, table: str, columns: tuple[str, str, str], series: list[tuple[int, list[int | float]]]
+) -> None:
+    """PostgreSQL: every sample in one ``INSERT ... SELECT FROM unnest(...)``, one array per column.
+
+    One statement and one round trip instead of a statement per sample: the
+    server parses and plans once (bench/manager.py: several times less server
+    CPU than ``execute_batch`` for a tick of thousands of samples). ``ON
+    CONFLICT DO UPDATE`` cannot touch a row twice in one statement, so a
+    batch that carries two samples for one (series, ms) keeps the last, as
+    the statement-per-sample path does.
+    """
+    ids: list[int] = []
+    stamps: list[int | float] = []
+    values: list[int | float] = []
+    for series_id, flat in series:
+        stamp, value = flat[0::2], flat[1::2]
+        if len(stamp) > 1 and len(set(stamp)) < len(stamp):
+            last = dict(zip(stamp, value, strict=True))
+            stamp, value = list(last), list(last.values())
+        ids.extend(itertools.repeat(series_id, len(stamp)))
+        stamps.extend(stamp)
+        values.extend(value)
+    s, t, v = columns
+    db.execute_sql(
+        f'INSERT INTO "{table}" ("{s}", "{t}", "{v}") '
+        "SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::double precision[]) "
+        f'ON CONFLICT ("{s}", "{t}") DO UPDATE SET "{v}" = excluded."{v}"',
+        (ids, stamps, values),
+    )
+
+
 # --- models -----------------------------------------------------------------------
 
 
@@ -299,6 +435,10 @@ class MetricSeries(BaseModel):
     stream_id: int | None  # the foreign key's column, set by peewee
     labels = pw.JSONField(default=dict)
     created_at = TimestampField(default=utc_now)
+    # Decimals kept when the series' hours are compacted into blocks (NULL:
+    # every value exactly). A lossy choice made per series: noisy doubles
+    # take about 7 bytes a sample exactly, about 1 rounded (bench/blocks.py).
+    resolution = pw.SmallIntegerField(null=True)
 
     class Meta:
         table_name = "metric_series"
@@ -319,6 +459,18 @@ class MetricSeries(BaseModel):
         if not cls.select().where(cls.id == series).exists():
             raise NotFound("metric series", series)
         return series
+
+    def set_resolution(self, decimals: int | None) -> None:
+        """Keep ``decimals`` decimals of this series' values when its hours are compacted (None: exact).
+
+        The raw head keeps the values as written until ``compact_samples``
+        encodes their hour; from then on a value reads back rounded, e.g.
+        83.52719 as 83.5 with ``decimals=1``.
+        """
+        if decimals is not None:
+            decimals = require_count("decimals", decimals, maximum=codec.MAX_DECIMALS)
+        type(self).update(resolution=decimals).where(type(self).id == self.id).execute()
+        self.resolution = decimals
 
     @classmethod
     def matching(
@@ -342,14 +494,31 @@ class MetricSeries(BaseModel):
         return query.order_by(cls.id)
 
     @classmethod
-    def _resolve(cls, db: pw.Database, specs: list[_SeriesSpec]) -> list[int]:
+    def _resolve(cls, db: pw.Database, specs: list[_SeriesSpec], learned: dict[str, int]) -> list[int]:
         """The id of every series in ``specs``, creating the missing ones. Run in a transaction.
 
-        The statements are written by hand because they run on every batch:
-        for 1,000 series peewee's query builder took 18 ms for the lookup and
-        130 ms for the insert, these take 4 ms and 24 ms.
+        Ids come from the database's ``SeriesIds`` cache when it is valid;
+        the ids read or created here go into ``learned``, for the caller to
+        add to the cache once the transaction committed. The statements are
+        written by hand because they run on every batch: for 1,000 series
+        peewee's query builder took 18 ms for the lookup and 130 ms for the
+        insert, these take 4 ms and 24 ms.
         """
-        ids = cls._ids_by_key(db, [spec.key for spec in specs])
+        cache = series_id_cache(db)
+        known = cache.ids if cache.check(db) else {}
+        ids: dict[str, int] = {}
+        unknown: list[str] = []
+        for spec in specs:
+            found = known.get(spec.key)
+            if found is None:
+                unknown.append(spec.key)
+            else:
+                ids[spec.key] = found
+        if not unknown:
+            return [ids[spec.key] for spec in specs]
+        looked_up = cls._ids_by_key(db, unknown)
+        ids.update(looked_up)
+        learned.update(looked_up)
         missing = [spec for spec in specs if spec.key not in ids]
         if not missing:
             return [ids[spec.key] for spec in specs]
@@ -381,7 +550,9 @@ class MetricSeries(BaseModel):
             # without SQLite's write lock, on PostgreSQL.
             stream_ids = sorted({spec.stream_id for spec in missing if spec.stream_id is not None})
             raise NotFound("stream", stream_ids[0] if len(stream_ids) == 1 else stream_ids) from exc
-        ids.update(cls._ids_by_key(db, [spec.key for spec in missing]))
+        created = cls._ids_by_key(db, [spec.key for spec in missing])
+        ids.update(created)
+        learned.update(created)
         lost = [spec.key for spec in missing if spec.key not in ids]
         if lost:
             raise DatabaseUnavailable(
@@ -486,6 +657,36 @@ class MetricSample(BaseModel):
     def _write(cls, specs: list[_SeriesSpec]) -> list[int]:
         """Resolve the series and write their samples in one transaction; return the series ids."""
         db = current_database()
+        count = sum(len(spec.samples) for spec in specs) // 2
+        for attempt in range(2):
+            learned: dict[str, int] = {}
+            try:
+                # BEGIN IMMEDIATE on SQLite: the series lookup and the writes see
+                # one state of the database.
+                with db.atomic():
+                    series_ids = cls._write_specs(db, specs, learned)
+            except pw.IntegrityError as exc:
+                # A series vanished between its lookup and the insert: a
+                # concurrent delete on PostgreSQL, or a cached id that a
+                # delete made stale. Once more, with the cache dropped.
+                series_id_cache(db).forget()
+                if attempt == 0 and not db.in_transaction():
+                    continue
+                raise NotFound("metric series", [spec.key for spec in specs][:3]) from exc
+            except pw.PeeweeException as exc:
+                raise _wrap_database_error(db, exc, f"writing {count} metric samples") from exc
+            series_id_cache(db).learn(learned, db)
+            log.debug("wrote %d metric samples to %d series", count, len(specs))
+            return series_ids
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _write_specs(cls, db: pw.Database, specs: list[_SeriesSpec], learned: dict[str, int]) -> list[int]:
+        """The body of ``_write``, inside the caller's transaction (a tick's, or its own).
+
+        The series ids read or created go into ``learned``, for the caller to
+        hand to ``SeriesIds.learn`` after the commit.
+        """
         param = db.param
         table = cls._meta.table_name
         series, ts, value = (cls.series.column_name, cls.ts.column_name, cls.value.column_name)
@@ -494,36 +695,28 @@ class MetricSample(BaseModel):
             f'ON CONFLICT ("{series}", "{ts}") DO UPDATE SET "{value}" = excluded."{value}"'
         )
         count = sum(len(spec.samples) for spec in specs) // 2
-        try:
-            # BEGIN IMMEDIATE on SQLite: the series lookup and the writes see
-            # one state of the database.
-            with db.atomic():
-                series_ids = MetricSeries._resolve(db, specs)
-                # Series in id order, each one's samples in the order given
-                # (so the last of two samples for one millisecond wins):
-                # SQLite then fills its (series, ts) b-tree in key order
-                # instead of hopping across every series' leaf on each tick,
-                # and concurrent PostgreSQL writers lock rows in one order.
-                order = sorted(range(len(specs)), key=series_ids.__getitem__)
-                rows = itertools.chain.from_iterable(specs[i].rows(series_ids[i]) for i in order)
-                _executemany(db, sql, rows, count)
-                # Samples written behind the rollup watermark (late, or
-                # replacing old values) mark their hours for re-aggregation,
-                # in the same transaction, so rollups never go stale silently.
-                # Imported here: the rollup models refer to MetricSeries.
-                from .rollups import MetricRollupStale
+        series_ids = MetricSeries._resolve(db, specs, learned)
+        # Series in id order, each one's samples in the order given
+        # (so the last of two samples for one millisecond wins):
+        # SQLite then fills its (series, ts) b-tree in key order
+        # instead of hopping across every series' leaf on each tick,
+        # and concurrent PostgreSQL writers lock rows in one order.
+        order = sorted(range(len(specs)), key=series_ids.__getitem__)
+        if not dialect(db).is_sqlite and count >= _UNNEST_FROM:
+            _insert_unnest(db, table, (series, ts, value), [(series_ids[i], specs[i].samples) for i in order])
+        else:
+            rows = itertools.chain.from_iterable(specs[i].rows(series_ids[i]) for i in order)
+            _executemany(db, sql, rows, count)
+        # Samples written behind the rollup watermark (late, or
+        # replacing old values) mark their hours for re-aggregation,
+        # in the same transaction, so rollups never go stale silently.
+        # Imported here: the rollup models refer to MetricSeries.
+        from .rollups import MetricRollupStale
 
-                MetricRollupStale.note_late_samples(
-                    (series_ids[i], int(min(specs[i].samples[0::2])), int(max(specs[i].samples[0::2])))
-                    for i in range(len(specs))
-                )
-        except pw.IntegrityError as exc:
-            # A series vanished between its lookup and the insert: only a
-            # concurrent purge on PostgreSQL can do that.
-            raise NotFound("metric series", [spec.key for spec in specs][:3]) from exc
-        except pw.PeeweeException as exc:
-            raise _wrap_database_error(db, exc, f"writing {count} metric samples") from exc
-        log.debug("wrote %d metric samples to %d series", count, len(specs))
+        MetricRollupStale.note_late_samples(
+            (series_ids[i], int(min(specs[i].samples[0::2])), int(max(specs[i].samples[0::2])))
+            for i in range(len(specs))
+        )
         return series_ids
 
     @classmethod

@@ -23,6 +23,7 @@ from ..validate import optional_text, require_count, require_json_object, requir
 from . import gate
 from .base import BaseModel, locked
 from .gate import EventsFor, Guard, Transition
+from .statements import manager_statements
 from .stream import Stream
 
 log = logging.getLogger(__name__)
@@ -143,23 +144,26 @@ class Recording(BaseModel):
     def checkpoint(self, size_bytes: int, at: dt.datetime | None = None) -> None:
         """Record the progress of an open segment: one UPDATE, no transaction.
 
-        After a crash the last checkpoint bounds what was lost.
+        After a crash the last checkpoint bounds what was lost. Inside a
+        manager's tick, ``tick.checkpoint(recording, ...)`` writes it with the
+        tick's other calls in one transaction.
         """
+        size, when_ms = self._checkpoint_values(size_bytes, at)
+        db = self._meta.database
+        # Written once per backend (statements.py): this runs every second for every stream.
+        if not db.execute_sql(manager_statements(db).checkpoint, (size, when_ms, self.id)).rowcount:
+            self._raise_not_open("checkpoint")
+        self.size_bytes = size
+        self.checkpoint_at = from_millis(when_ms)
+
+    def _checkpoint_values(self, size_bytes: int, at: dt.datetime | None) -> tuple[int, int]:
+        """(size_bytes, at in epoch ms) of a checkpoint, validated; nothing is written."""
         require_count("size_bytes", size_bytes)
         when = utc_now() if at is None else at
         when_ms = to_millis(when, "at")
         if when_ms < to_millis(self.started_at):
             raise ValidationError("at", when, f"before the segment started ({self.started_at.isoformat()})")
-        cls = type(self)
-        updated = (
-            cls.update(size_bytes=size_bytes, checkpoint_at=when_ms)
-            .where((cls.id == self.id) & cls.ended_at.is_null())
-            .execute()
-        )
-        if not updated:
-            self._raise_not_open("checkpoint")
-        self.size_bytes = size_bytes
-        self.checkpoint_at = from_millis(when_ms)
+        return size_bytes, when_ms
 
     def complete_segment(
         self,

@@ -75,6 +75,10 @@ class MetricRollupStale(BaseModel):
                 marks.extend((series_id, h) for h in range(hour, last_hour + 1, HOUR_MS))
         if marks:
             cls.mark(db, marks)
+            # A compacted hour written into goes back to raw rows (the invariant of models/blocks.py).
+            from .blocks import MetricBlock
+
+            MetricBlock.expand(db, marks)
         return len(marks)
 
     @classmethod

@@ -5,7 +5,11 @@ every stream (the UPDATE that closes a segment is the segment-state gate's,
 spelled the same way in models/gate.py). Building their SQL with peewee's query builder costs about a
 millisecond of Python per cycle, several times what SQLite needs to execute
 them, so their text is written here once per placeholder style and run with
-``execute_sql``. Table and column names come from the models' ``_meta``, so a
+``execute_sql``. The same goes for a manager's per-second statements (``ManagerStatements``:
+checkpoint, unchanged health, event), which run every second for every stream;
+their ``*_bulk`` forms are PostgreSQL's one-statement (``unnest``) form of a
+tick's worth of rows, one round trip with a rowcount that counts every row.
+Table and column names come from the models' ``_meta``, so a
 renamed field cannot leave a stale spelling behind. The values still go
 through the model fields' ``db_value``, and a test checks that the rows they
 write read back exactly like rows written by the ORM.
@@ -79,3 +83,70 @@ def spelled(param: str) -> SegmentStatements:
 def segment_statements(db: pw.Database) -> SegmentStatements:
     """The statements in ``db``'s placeholder style (``?`` or ``%s``)."""
     return spelled(db.param)
+
+
+def _column(model: type[pw.Model], name: str) -> str:
+    return f'"{model._meta.fields[name].column_name}"'
+
+
+@dataclass(frozen=True)
+class ManagerStatements:
+    # (size_bytes, checkpoint_at, id); only an open segment matches.
+    checkpoint: str
+    # (last_seen_at, id, health); only a live stream still in that health matches.
+    touch_health: str
+    # (ts, stream_id, type, severity, message, data)
+    insert_event: str
+    insert_event_returning: str
+    # PostgreSQL only: the same, one array per column.
+    checkpoint_bulk: str
+    touch_health_bulk: str
+
+
+@lru_cache(maxsize=8)
+def manager_spelled(param: str) -> ManagerStatements:
+    """The statements with ``param`` (``?`` or ``%s``) as the placeholder."""
+    # Imported here: the model modules import this one.
+    from .event import Event
+    from .recording import Recording
+    from .stream import Stream
+
+    p = param
+    recording, stream, event = (f'"{m._meta.table_name}"' for m in (Recording, Stream, Event))
+    r_id, size, checkpoint_at, ended_at = (
+        _column(Recording, n) for n in ("id", "size_bytes", "checkpoint_at", "ended_at")
+    )
+    s_id, last_seen, health, removed = (
+        _column(Stream, n) for n in ("id", "last_seen_at", "health", "removed_at")
+    )
+    event_columns = ", ".join(
+        _column(Event, n) for n in ("ts", "stream", "type", "severity", "message", "data")
+    )
+    insert_event = f"INSERT INTO {event} ({event_columns}) VALUES ({p}, {p}, {p}, {p}, {p}, {p})"
+    return ManagerStatements(
+        checkpoint=(
+            f"UPDATE {recording} SET {size} = {p}, {checkpoint_at} = {p} "
+            f"WHERE {r_id} = {p} AND {ended_at} IS NULL"
+        ),
+        touch_health=(
+            f"UPDATE {stream} SET {last_seen} = {p} "
+            f"WHERE {s_id} = {p} AND {health} = {p} AND {removed} IS NULL"
+        ),
+        insert_event=insert_event,
+        insert_event_returning=f"{insert_event} RETURNING {_column(Event, 'id')}",
+        checkpoint_bulk=(
+            f"UPDATE {recording} AS r SET {size} = v.size, {checkpoint_at} = v.at "
+            f"FROM unnest({p}::bigint[], {p}::bigint[], {p}::bigint[]) AS v(id, size, at) "
+            f"WHERE r.{r_id} = v.id AND r.{ended_at} IS NULL"
+        ),
+        touch_health_bulk=(
+            f"UPDATE {stream} AS s SET {last_seen} = v.at "
+            f"FROM unnest({p}::bigint[], {p}::bigint[], {p}::text[]) AS v(id, at, health) "
+            f"WHERE s.{s_id} = v.id AND s.{health} = v.health AND s.{removed} IS NULL"
+        ),
+    )
+
+
+def manager_statements(db: pw.Database) -> ManagerStatements:
+    """The statements in ``db``'s placeholder style."""
+    return manager_spelled(db.param)

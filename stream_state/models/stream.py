@@ -26,7 +26,7 @@ from ..validate import (
     require_uri,
 )
 from .base import BaseModel, check_database_file, dialect, locked
-from .statements import segment_statements
+from .statements import manager_statements, segment_statements
 
 if TYPE_CHECKING:
     from .recording import Recording
@@ -268,25 +268,21 @@ class Stream(BaseModel):
         An unchanged state only refreshes ``last_seen_at`` (one UPDATE, no
         event). A change writes a ``health_changed`` event and returns True.
         """
-        requested = require_choice("state", state, HealthState)
-        if requested not in REPORTABLE_HEALTH:
-            raise ValidationError("state", state, f"report one of: {', '.join(sorted(REPORTABLE_HEALTH))}")
-        reason = optional_text("reason", reason, max_length=REASON_MAX_LENGTH)
-        shown_reason = f" ({redact_text(reason)})" if reason else ""
-        require_json("data", data)
-        when = utc_now() if at is None else at
-        when_ms = to_millis(when, "at")
-        cls = type(self)
-        # The common case, the same state again: one statement, no transaction.
-        refreshed = (
-            cls.update(last_seen_at=when_ms)
-            .where((cls.id == self.id) & (cls.health == requested.value) & cls.removed_at.is_null())
-            .execute()
-        )
-        if refreshed:
+        requested, reason, data, when, when_ms = health_values(state, reason, data, at)
+        db = self._meta.database
+        # The common case, the same state again: one statement, no transaction,
+        # written once per backend (statements.py): it runs every few seconds per stream.
+        if db.execute_sql(manager_statements(db).touch_health, (when_ms, self.id, requested.value)).rowcount:
             self.health = requested
             self.last_seen_at = when
             return False
+        return self._change_health(requested, reason, data, when)
+
+    def _change_health(
+        self, requested: HealthState, reason: str | None, data: dict[str, Any] | None, when: dt.datetime
+    ) -> bool:
+        """The slow path of ``record_health`` (values already validated): a real change, or a check."""
+        shown_reason = f" ({redact_text(reason)})" if reason else ""
         from .event import Event
 
         with self._meta.database.atomic():
@@ -491,6 +487,19 @@ def require_path_template(template: Any, name: str, stream_id: int) -> str:
     if probe == other:
         raise ValidationError("path_template", template, "must contain {index}: each file needs its own name")
     return template
+
+
+def health_values(
+    state: HealthState | str, reason: str | None, data: dict[str, Any] | None, at: dt.datetime | None
+) -> tuple[HealthState, str | None, dict[str, Any] | None, dt.datetime, int]:
+    """A health report's arguments, validated: (state, reason, data, at, at in epoch ms)."""
+    requested = require_choice("state", state, HealthState)
+    if requested not in REPORTABLE_HEALTH:
+        raise ValidationError("state", state, f"report one of: {', '.join(sorted(REPORTABLE_HEALTH))}")
+    reason = optional_text("reason", reason, max_length=REASON_MAX_LENGTH)
+    require_json("data", data)
+    when = utc_now() if at is None else at
+    return requested, reason, data, when, to_millis(when, "at")
 
 
 def _desired_flags(desired: dict[str, Any], drop_none: bool = False) -> dict[str, bool]:

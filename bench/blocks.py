@@ -1,0 +1,275 @@
+"""Metric blocks: bytes per sample and encode/decode speed of ``stream_state.codec``.
+
+    python bench/blocks.py                 # an hour of the manager's 10 series per stream, 20 streams
+
+The series are those of bench/manager.py (a camera's fps, bitrate, dropped
+frames, latency, decode time, queue depth, jitter, lost packets, keyframe
+interval and CPU, rounded as a pipeline reports them), one sample a second
+for an hour each, plus two harder cases: the same with 5 ms of jitter on the
+tick times, and noisy doubles that are not short decimals (the worst case,
+which a per-series resolution turns back into scaled ints).
+
+For each: bytes per sample of the encoded block (header included, the row
+around it not: about 60 bytes per series-hour, 0.02 a sample), encode and
+decode rates, and the same encoder written with numpy, to decide whether the
+package needs numpy (it does not, if the pure-Python one is close).
+Every block is decoded and compared bit for bit. Today's row per sample
+costs about 19 bytes (bench/ingest.py).
+
+Then the store: a SQLite database (``open_database``) with 7 days of one
+sample a second of a rounded, noisy series (604,800 samples) written by
+``record_many``, rolled up and compacted by ``Maintenance``'s jobs: bytes per
+sample on disk (``dbstat``: the sample, block and rollup tables, before and
+after), and ``metric_buckets`` over 7 days in 1-hour buckets, aligned and
+ragged, against the same answer from raw samples before compaction (the
+goal: <= 1 ms). Not a test: CI does not run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import struct
+import sys
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from manager import values as manager_values
+
+from stream_state import codec
+
+T0 = 1_780_000_000_000
+HOUR = 3600
+GOAL_BYTES = 2.5
+
+
+def manager_series(streams: int, jitter: int, rng: random.Random) -> list[tuple[list[int], list[float]]]:
+    """The 10 series per stream of bench/manager.py over one hour."""
+    out = []
+    for i in range(streams):
+        stamps = [T0 + t * 1000 + (rng.randint(-jitter, jitter) if jitter else 0) for t in range(HOUR)]
+        columns: list[list[float]] = [[] for _ in range(10)]
+        for t in range(HOUR):
+            for column, value in zip(columns, manager_values(t, i), strict=True):
+                column.append(value)
+        out.extend((stamps, column) for column in columns)
+    return out
+
+
+def rounded_noise(streams: int, jitter: int, rng: random.Random) -> list[tuple[list[int], list[float]]]:
+    """Values that do not repeat: latency-like noise rounded to 0.1, and a random-walk bitrate."""
+    out = []
+    for _ in range(streams):
+        stamps = [T0 + t * 1000 + (rng.randint(-jitter, jitter) if jitter else 0) for t in range(HOUR)]
+        out.append((stamps, [round(80 + rng.random() * 20, 1) for _ in range(HOUR)]))
+        walk, level = [], 4000.0
+        for _ in range(HOUR):
+            level = max(0.0, level + rng.randint(-30, 30))
+            walk.append(level)
+        out.append((stamps, walk))
+    return out
+
+
+def noisy(streams: int, rng: random.Random) -> list[tuple[list[int], list[float]]]:
+    stamps = [T0 + t * 1000 for t in range(HOUR)]
+    return [(stamps, [80 + rng.gauss(0, 3) for _ in range(HOUR)]) for _ in range(streams * 2)]
+
+
+def numpy_encode(stamps: list[int], values: list[float]) -> bytes:
+    """The codec's format, encoded with numpy (for the comparison only)."""
+    import numpy as np
+
+    ts = np.asarray(stamps, dtype=np.int64)
+    dods = np.diff(ts)
+    dods = np.concatenate((dods[:1], np.diff(dods)))
+    v = np.asarray(values, dtype=np.float64)
+    mode, decimals = codec.MODE_XOR, 0
+    column = None
+    for k in range(codec.MAX_DECIMALS + 1):
+        q = np.round(v * 10**k)
+        if (
+            np.array_equal(q / 10**k, v)
+            and np.all(np.abs(q) < 2**53)
+            and not np.any(np.signbit(v) & (v == 0))
+        ):
+            ints = q.astype(np.int64)
+            column = np.concatenate((ints[:1], np.diff(ints)))
+            mode, decimals = codec.MODE_SCALED, k
+            break
+
+    def pack(x: np.ndarray) -> tuple[int, bytes]:
+        z = ((x << 1) ^ (x >> 63)).astype(np.uint64)
+        top = int(z.max()) if z.size else 0
+        width = 1 if top < 2**8 else 2 if top < 2**16 else 4 if top < 2**32 else 8
+        narrow = z.astype({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width])
+        return width, narrow.view(np.uint8).reshape(-1, width).T.tobytes()
+
+    time_width, time_bytes = pack(dods)
+    if column is not None:
+        value_width, value_bytes = pack(column)
+    else:
+        bits = v.view(np.uint64)
+        xors = np.concatenate((bits[:1], bits[1:] ^ bits[:-1]))
+        value_width, value_bytes = 8, xors.view(np.uint8).reshape(-1, 8).T.tobytes()
+    head = codec._HEADER.pack(codec.VERSION, mode, decimals, len(stamps), stamps[0], time_width, value_width,
+                              len(time_bytes))  # fmt: skip
+    return head + zlib.compress(time_bytes + value_bytes, codec._ZLIB_LEVEL)
+
+
+def measure(name: str, series: list[tuple[list[int], list[float]]], resolution: int | None = None) -> dict:
+    samples = sum(len(s) for s, _ in series)
+    start = time.process_time()
+    blocks = [codec.encode(s, v, resolution) for s, v in series]
+    encode_s = time.process_time() - start
+    start = time.process_time()
+    decoded = [codec.decode(b) for b in blocks]
+    decode_s = time.process_time() - start
+    for (s, v), (s2, v2), block in zip(series, decoded, blocks, strict=True):
+        assert s2 == s
+        expected = v if resolution is None else [round(x, resolution) for x in v]
+        assert [struct.pack("<d", x) for x in v2] == [struct.pack("<d", x) for x in expected], name
+        if resolution is None:
+            assert numpy_encode(s, v) == block, f"numpy and pure Python disagree on {name}"
+    numpy_s = None
+    if resolution is None:
+        start = time.process_time()
+        for s, v in series:
+            numpy_encode(s, v)
+        numpy_s = time.process_time() - start
+    per_block = [len(b) / len(s) for b, (s, _) in zip(blocks, series, strict=True)]
+    return {
+        "name": name,
+        "bytes": sum(len(b) for b in blocks) / samples,
+        "worst": max(per_block),
+        "median": statistics.median(per_block),
+        "encode": samples / encode_s / 1e6,
+        "decode": samples / decode_s / 1e6,
+        "numpy": None if numpy_s is None else samples / numpy_s / 1e6,
+    }
+
+
+def store(days: int) -> None:
+    import datetime as dt
+    import tempfile
+
+    from stream_state import MetricSample, MetricSeries, Stream, open_database
+    from stream_state import history as h
+    from stream_state.compaction import compact_samples
+    from stream_state.rollups import refresh_rollups
+
+    rng = random.Random(7)
+    t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    with tempfile.TemporaryDirectory(prefix="bench-blocks-") as tmp:
+        db = open_database(f"{tmp}/store.db")
+        cam = Stream.register("cam-1", "rtsp://h/1")
+        seconds = days * 86400
+        level = 80.0
+        for start in range(0, seconds, 3600):
+            batch = []
+            for t in range(start, start + 3600):
+                level = min(120.0, max(40.0, level + rng.choice((-0.1, 0.0, 0.1))))
+                at = t0 + dt.timedelta(seconds=t, milliseconds=rng.randint(-5, 5))
+                batch.append(("latency_ms", round(level + rng.random() * 2, 1), cam, None, at))
+            MetricSample.record_many(batch)
+        end = t0 + dt.timedelta(seconds=seconds)
+        refresh_rollups(until=end)
+        db.execute_sql("VACUUM")
+
+        def sizes() -> dict[str, int]:
+            rows = db.execute_sql(
+                "SELECT name, SUM(pgsize) FROM dbstat WHERE name LIKE 'metric_%' GROUP BY name"
+            ).fetchall()
+            return {name: int(size) for name, size in rows}
+
+        def timed(fn: object, runs: int = 30) -> float:
+            times = []
+            for _ in range(runs):
+                start_t = time.perf_counter()
+                fn()  # type: ignore[operator]
+                times.append(time.perf_counter() - start_t)
+            return statistics.median(times) * 1000
+
+        series = MetricSeries.get()
+        week = (t0, end)
+        ragged = (t0 + dt.timedelta(minutes=17), end - dt.timedelta(minutes=43))
+        hour = dt.timedelta(hours=1)
+        before = sizes()
+        want = [h.metric_buckets(series, *w, hour, source="raw") for w in (week, ragged)]
+        t_before = [timed(lambda w=w: h.metric_buckets(series, *w, hour)) for w in (week, ragged)]
+        report = compact_samples(end + dt.timedelta(hours=2))
+        db.execute_sql("VACUUM")
+        after = sizes()
+        got = [h.metric_buckets(series, *w, hour) for w in (week, ragged)]
+        got_raw = [h.metric_buckets(series, *w, hour, source="raw") for w in (week, ragged)]
+        for a, b, c in zip(want, got, got_raw, strict=True):
+            assert (
+                [(x.start, x.count, x.min, x.max, x.last) for x in a]
+                == [(x.start, x.count, x.min, x.max, x.last) for x in b]
+                == [(x.start, x.count, x.min, x.max, x.last) for x in c]
+            )
+            assert all(abs(x.sum - y.sum) < 1e-6 * max(1.0, abs(x.sum)) for x, y in zip(a, b, strict=True))
+        t_after = [timed(lambda w=w: h.metric_buckets(series, *w, hour)) for w in (week, ragged)]
+        t_raw = timed(lambda: h.metric_buckets(series, *week, hour, source="raw"), runs=3)
+        db.close()
+    n = seconds
+    print(f"\nthe store: {days} days of one rounded, noisy sample a second (5 ms jitter), {n:,} samples")
+    print(f"  compacted {report.samples:,} samples into {report.blocks} blocks")
+    for label, size in (("before (raw rows)", before), ("after (blocks)", after)):
+        per = {k: v / n for k, v in size.items()}
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
+        samples_only = (size.get("metric_sample", 0) + size.get("metric_block", 0)) / n
+        print(
+            f"  {label:<18} {samples_only:6.2f} B/sample for the samples (goal <= {GOAL_BYTES}); "
+            f"tables: {shown}"
+        )
+    print(
+        f"  7 days in 1 h buckets: aligned {t_before[0]:.2f} -> {t_after[0]:.2f} ms, "
+        f"ragged ends {t_before[1]:.2f} -> {t_after[1]:.2f} ms (goal <= 1 ms); "
+        f"source='raw' over blocks {t_raw:.0f} ms; answers identical"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", type=int, default=20)
+    parser.add_argument("--days", type=int, default=7, help="days of one sample a second for the store part")
+    parser.add_argument("--no-store", action="store_true", help="only the codec figures")
+    args = parser.parse_args(argv)
+    rng = random.Random(16)
+    rows = [
+        measure("manager series, regular ticks", manager_series(args.streams, 0, rng)),
+        measure("manager series, 5 ms jitter", manager_series(args.streams, 5, rng)),
+        measure("rounded noise + random walk", rounded_noise(args.streams, 0, rng)),
+        measure("rounded noise + random walk, jitter", rounded_noise(args.streams, 5, rng)),
+        measure("noisy doubles (not short decimals)", noisy(args.streams, rng)),
+        measure("noisy doubles, resolution=1", noisy(args.streams, rng), resolution=1),
+    ]
+    print(
+        f"\none block per series-hour ({HOUR} samples), {args.streams} streams; rates in M samples/s of CPU"
+    )
+    header = (
+        f"{'series':<36} {'B/sample':>8} {'median':>7} {'worst':>6} {'goal':>6} "
+        f"{'encode':>7} {'decode':>7} {'numpy enc':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        goal = f"<={GOAL_BYTES}" if row["name"].startswith(("manager", "rounded")) else ""
+        numpy_rate = f"{row['numpy']:9.2f}" if row["numpy"] is not None else f"{'':>9}"
+        print(
+            f"{row['name']:<36} {row['bytes']:8.2f} {row['median']:7.2f} {row['worst']:6.2f} {goal:>6} "
+            f"{row['encode']:7.2f} {row['decode']:7.2f} {numpy_rate}"
+        )
+    if not args.no_store:
+        store(args.days)
+
+
+if __name__ == "__main__":
+    main()

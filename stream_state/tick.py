@@ -1,0 +1,554 @@
+"""One commit per tick: a stream manager's per-second calls, gathered and written together.
+
+Every second a manager checkpoints each open segment, reports each stream's
+health (nearly always unchanged), records the odd event and samples its
+metrics. Called one by one, that is a commit per call: on SQLite most of the
+CPU goes to building and committing small transactions, and on PostgreSQL
+one loop falls behind real time at a few hundred streams, because every
+commit waits for the WAL. A ``Tick`` gathers them instead::
+
+    with stream_state.tick() as tick:
+        for cam in cams:
+            tick.checkpoint(cam.segment, cam.bytes_written)
+            tick.record_health(cam.stream, cam.health)
+            tick.record_many(cam.samples())
+        tick.event("motion", cam7.stream, data={"zone": 1})
+    # written here: one transaction, one executemany (or unnest) per statement
+
+Each call is validated when it is made, exactly as the single call is
+(``ValidationError`` at once, naming the argument; the tick keeps its other
+calls). ``commit()`` (or the end of the ``with`` block) writes everything in
+one transaction, in this order: checkpoints, health reports, events,
+samples. A block that raises writes nothing.
+
+**Failure semantics: all or nothing.** A call the database refuses at commit
+(a checkpoint of a segment that is no longer open, a health report or event
+of a removed or unknown stream, samples of an unknown stream) rolls the whole
+tick back and raises ``TickFailed``, which names every refused call (its
+position in the tick, what it was, why) and carries ``remaining``: a new
+``Tick`` with every other call, ready to ``commit()``. So one stale segment
+never loses a tick silently, and never costs the other streams more than
+one retry. A database failure (disk full, connection lost) raises the
+package's usual error; nothing of the tick is written.
+
+Segments still begin and complete on their own (``begin_segment`` must
+commit its row before the file is opened). A health report that changes the
+state takes the full path (event, log line) inside the tick's transaction;
+``commit()`` returns a ``TickReport`` that lists those changes. Events
+written by a tick are not read back, so they have no ``id``: use
+``Event.record`` when you need it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import peewee as pw
+
+from .errors import AlreadyExists, InvalidTransition, NotFound, StreamStateError, TickFailed, ValidationError
+from .models import Event, MetricSample, Recording, Stream
+from .models.base import check_database_file, current_database, dialect
+from .models.metric import (
+    Sample,
+    _executemany,
+    _prepare,
+    _SeriesSpec,
+    _wrap_database_error,
+    series_id_cache,
+)
+from .models.statements import manager_statements
+from .models.stream import health_values
+from .states import HealthState, Severity
+from .timeutil import from_millis, utc_now
+
+log = logging.getLogger(__name__)
+
+
+__all__ = ["PendingSegment", "Tick", "TickFailed", "TickFailure", "TickReport", "tick"]
+
+
+@dataclass(frozen=True)
+class TickFailure:
+    """One call of a tick that the database refused."""
+
+    index: int  # the call's position in the tick, from 0
+    call: str  # what it was, e.g. "checkpoint of /rec/cam-1/00000042.mp4"
+    error: StreamStateError
+
+
+@dataclass
+class TickReport:
+    """What a committed tick wrote."""
+
+    checkpoints: int = 0
+    segments_completed: int = 0
+    segments_begun: int = 0
+    health_reports: int = 0
+    health_changes: list[tuple[Stream, HealthState]] = field(default_factory=list)
+    events: int = 0
+    samples: int = 0
+
+
+@dataclass
+class _Checkpoint:
+    index: int
+    recording: Recording
+    size: int
+    at_ms: int
+
+
+@dataclass
+class _Health:
+    index: int
+    stream: Stream
+    state: HealthState
+    reason: str | None
+    data: dict[str, Any] | None
+    at: dt.datetime
+    at_ms: int
+
+
+@dataclass
+class _Event:
+    index: int
+    row: Event
+
+
+@dataclass
+class PendingSegment:
+    """A segment a tick begins: ``recording`` is its row once the tick committed (None before).
+
+    Open the file only after the commit: a row exists before its file.
+    """
+
+    stream: Stream
+    recording: Recording | None = None
+
+
+@dataclass
+class _Segment:
+    index: int
+    kind: str  # "begin" or "complete"
+    target: Any  # the Stream (begin) or Recording (complete)
+    args: dict[str, Any]
+    pending: PendingSegment | None = None
+
+
+@dataclass
+class _Samples:
+    index: int
+    items: list[Any]  # as given, to gather them again without a refused call
+    stream_ids: set[int | None]
+    count: int
+
+
+class Tick:
+    """The calls of one manager tick, written in one transaction by ``commit()``.
+
+    Not thread-safe: one tick is filled by one thread (or task) and committed once.
+    """
+
+    def __init__(self) -> None:
+        self._checkpoints: list[_Checkpoint] = []
+        self._health: list[_Health] = []
+        self._events: list[_Event] = []
+        self._segments: list[_Segment] = []
+        self._samples: list[_Samples] = []
+        # Every sample of the tick, one spec per series, samples in call order.
+        self._specs: dict[str, _SeriesSpec] = {}
+        self._calls = 0
+        self._committed = False
+
+    def __len__(self) -> int:
+        """How many calls the tick holds."""
+        return self._calls
+
+    def __enter__(self) -> Tick:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None and not self._committed:
+            self.commit()
+
+    # --- gathering ---------------------------------------------------------------------
+
+    def _next(self) -> int:
+        if self._committed:
+            raise InvalidTransition("tick", "committed", "add a call", "start a new tick")
+        index = self._calls
+        self._calls += 1
+        return index
+
+    def checkpoint(self, recording: Recording, size_bytes: int, at: dt.datetime | None = None) -> None:
+        """``recording.checkpoint(size_bytes, at)``, written at commit."""
+        if not isinstance(recording, Recording):
+            raise ValidationError("recording", recording, "expected a Recording (from begin_segment)")
+        size, at_ms = recording._checkpoint_values(size_bytes, at)
+        self._checkpoints.append(_Checkpoint(self._next(), recording, size, at_ms))
+
+    def record_health(
+        self,
+        stream: Stream,
+        state: HealthState | str,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+        at: dt.datetime | None = None,
+    ) -> None:
+        """``stream.record_health(...)``, written at commit (a change writes its event then)."""
+        if not isinstance(stream, Stream):
+            raise ValidationError("stream", stream, "expected a Stream")
+        requested, reason, data, when, when_ms = health_values(state, reason, data, at)
+        self._health.append(_Health(self._next(), stream, requested, reason, data, when, when_ms))
+
+    def event(
+        self,
+        type: str,
+        stream: Stream | int | None = None,
+        severity: Severity | str = Severity.INFO,
+        message: str | None = None,
+        data: dict[str, Any] | None = None,
+        at: dt.datetime | None = None,
+    ) -> None:
+        """``Event.record(...)``, written at commit (credentials masked, as always)."""
+        row = Event.build(type, stream=stream, severity=severity, message=message, data=data, at=at)
+        self._events.append(_Event(self._next(), row))
+
+    def complete_segment(
+        self,
+        recording: Recording,
+        ended_at: dt.datetime | None = None,
+        size_bytes: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        **media: Any,
+    ) -> None:
+        """``recording.complete_segment(...)``, run at commit inside the tick's transaction.
+
+        Saves a commit per segment (on PostgreSQL each commit waits for the
+        WAL). The end time defaults to now and the size to the file's, both
+        read now, at the call. Validated at commit, by the very method.
+        """
+        if not isinstance(recording, Recording):
+            raise ValidationError("recording", recording, "expected a Recording (from begin_segment)")
+        ended = utc_now() if ended_at is None and media.get("media_ended_at") is None else ended_at
+        size = recording._size_on_disk() if size_bytes is None else size_bytes
+        args = {"ended_at": ended, "size_bytes": size, "metadata": metadata, **media}
+        self._segments.append(_Segment(self._next(), "complete", recording, args))
+
+    def begin_segment(
+        self, stream: Stream, path: Any = None, started_at: dt.datetime | None = None, **more: Any
+    ) -> PendingSegment:
+        """``stream.begin_segment(...)``, run at commit inside the tick's transaction.
+
+        Returns a ``PendingSegment`` whose ``recording`` is the new row once
+        the tick committed: open the file only then. Validated at commit, by
+        the very method; a refusal (a path already used, a removed stream)
+        is a ``TickFailed`` naming this call.
+        """
+        if not isinstance(stream, Stream):
+            raise ValidationError("stream", stream, "expected a Stream")
+        start = utc_now() if started_at is None and more.get("media_started_at") is None else started_at
+        pending = PendingSegment(stream)
+        args = {"path": path, "started_at": start, **more}
+        self._segments.append(_Segment(self._next(), "begin", stream, args, pending))
+        return pending
+
+    def record_many(self, samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
+        """``MetricSample.record_many(samples)``, written at commit; returns how many were taken."""
+        if isinstance(samples, (str, bytes, Mapping, Sample)) or not isinstance(samples, Iterable):
+            raise ValidationError("samples", samples, "expected an iterable of samples")
+        items = samples if isinstance(samples, list) else list(samples)
+        if not items:
+            return 0
+        self._add_samples(_prepare(items, single=False), items)
+        return len(items)
+
+    def record(
+        self,
+        name: str,
+        value: float,
+        stream: Stream | int | None = None,
+        labels: Mapping[str, str | int] | None = None,
+        at: dt.datetime | None = None,
+    ) -> None:
+        """``MetricSample.record(...)``: one sample, written at commit."""
+        item = (name, value, stream, labels, at)
+        self._add_samples(_prepare([item], single=True), [item])
+
+    def _add_samples(self, specs: list[_SeriesSpec], items: list[Any]) -> None:
+        merged = self._specs
+        for spec in specs:
+            into = merged.get(spec.key)
+            if into is None:
+                merged[spec.key] = spec  # made by _prepare for this call alone
+            else:
+                into.samples.extend(spec.samples)
+        stream_ids = {spec.stream_id for spec in specs}
+        self._samples.append(_Samples(self._next(), items, stream_ids, len(items)))
+
+    # --- writing -------------------------------------------------------------------------
+
+    def commit(self) -> TickReport:
+        """Write every call in one transaction; ``TickFailed`` (nothing written) if any is refused."""
+        if self._committed:
+            raise InvalidTransition("tick", "committed", "commit", "a tick is written once")
+        self._committed = True
+        report = TickReport()
+        if not self._calls:
+            return report
+        db = current_database()
+        check_database_file(db)
+        failures: list[TickFailure] = []
+        learned: dict[str, int] = {}
+        try:
+            for attempt in range(2):
+                try:
+                    with db.atomic():
+                        self._write(db, report, failures, learned)
+                        if failures:
+                            raise _Refused
+                    break
+                except pw.IntegrityError:
+                    # A cached series id went stale under a concurrent delete
+                    # (PostgreSQL): once more with the cache dropped.
+                    series_id_cache(db).forget()
+                    learned.clear()
+                    if attempt or db.in_transaction() or not self._samples:
+                        raise
+                    report = TickReport()
+        except _Refused:
+            self._forget_begun()
+            raise TickFailed(failures, self._without(failures), self._calls) from None
+        except pw.PeeweeException as exc:
+            self._forget_begun()
+            self._diagnose_integrity(db, exc)
+            raise _wrap_database_error(db, exc, f"writing a tick of {self._calls} calls") from exc
+        series_id_cache(db).learn(learned, db)
+        self._settle(report)
+        return report
+
+    def _write(
+        self, db: pw.Database, report: TickReport, failures: list[TickFailure], learned: dict[str, int]
+    ) -> None:
+        sql = manager_statements(db)
+        postgres = not dialect(db).is_sqlite
+        if self._checkpoints:
+            # The last checkpoint of a segment in the tick wins, as if run in order.
+            latest = {c.recording.id: c for c in self._checkpoints}
+            rows = [(c.size, c.at_ms, rid) for rid, c in latest.items()]
+            if postgres:
+                ids, sizes, ats = zip(*((rid, size, at) for size, at, rid in rows), strict=True)
+                written = db.execute_sql(sql.checkpoint_bulk, (list(ids), list(sizes), list(ats))).rowcount
+            else:
+                written = _rowcount(db, sql.checkpoint, rows)
+            if written != len(rows):
+                failures.extend(self._refused_checkpoints(db, latest))
+            report.checkpoints = len(self._checkpoints)
+        for call in self._segments:
+            # Completes and begins in call order, each by its own method:
+            # the same statements and checks as the single call, no commit.
+            try:
+                if call.kind == "complete":
+                    call.target.complete_segment(**call.args)
+                    report.segments_completed += 1
+                else:
+                    assert call.pending is not None
+                    call.pending.recording = call.target.begin_segment(**call.args)
+                    report.segments_begun += 1
+            except (NotFound, InvalidTransition, AlreadyExists, ValidationError) as exc:
+                what = call.target.path if call.kind == "complete" else call.target.name
+                failures.append(TickFailure(call.index, f"{call.kind} segment of {what}", exc))
+        if self._health:
+            self._write_health(db, sql, postgres, report, failures)
+        if self._events:
+            rows = [event.row._insert_values(db) for event in self._events]
+            _executemany(db, sql.insert_event, rows, len(rows))
+            report.events = len(rows)
+        if self._samples and not failures:
+            try:
+                MetricSample._write_specs(db, list(self._specs.values()), learned)
+            except NotFound as exc:
+                failures.extend(self._refused_samples(exc))
+            report.samples = sum(s.count for s in self._samples)
+
+    def _write_health(
+        self, db: pw.Database, sql: Any, postgres: bool, report: TickReport, failures: list[TickFailure]
+    ) -> None:
+        per_stream: dict[int, list[_Health]] = {}
+        for call in self._health:
+            per_stream.setdefault(call.stream.id, []).append(call)
+        # One report per stream (the usual tick): the state is unchanged, so
+        # one bulk touch of last_seen_at; the few it does not match look closer.
+        single = [calls[0] for calls in per_stream.values() if len(calls) == 1]
+        closer = [call for calls in per_stream.values() if len(calls) > 1 for call in calls]
+        if single:
+            if postgres:
+                written = db.execute_sql(
+                    sql.touch_health_bulk,
+                    (
+                        [c.stream.id for c in single],
+                        [c.at_ms for c in single],
+                        [c.state.value for c in single],
+                    ),
+                ).rowcount
+            else:
+                written = _rowcount(
+                    db, sql.touch_health, [(c.at_ms, c.stream.id, c.state.value) for c in single]
+                )
+            if written != len(single):
+                closer = self._untouched(db, single) + closer
+                closer.sort(key=lambda c: c.index)
+        for call in closer:
+            try:
+                touched = db.execute_sql(
+                    sql.touch_health, (call.at_ms, call.stream.id, call.state.value)
+                ).rowcount
+                if not touched and call.stream._change_health(call.state, call.reason, call.data, call.at):
+                    report.health_changes.append((call.stream, call.state))
+            except (NotFound, InvalidTransition) as exc:
+                failures.append(TickFailure(call.index, f"health of stream {call.stream.name}", exc))
+        report.health_reports = len(self._health)
+
+    def _untouched(self, db: pw.Database, calls: list[_Health]) -> list[_Health]:
+        """The reports whose bulk touch matched no row: a change, or a removed stream."""
+        current = _rows_by_id(db, Stream, ("health", "removed_at"), [c.stream.id for c in calls])
+        return [
+            c
+            for c in calls
+            if c.stream.id not in current
+            or current[c.stream.id][1] is not None
+            or current[c.stream.id][0] != c.state.value
+        ]
+
+    def _refused_checkpoints(self, db: pw.Database, latest: dict[int, _Checkpoint]) -> list[TickFailure]:
+        found = _rows_by_id(db, Recording, ("ended_at", "state"), list(latest))
+        failures: list[TickFailure] = []
+        for rid, call in latest.items():
+            row = found.get(rid)
+            path = call.recording.path
+            if row is None:
+                error: StreamStateError = NotFound("recording", path)
+            elif row[0] is not None:
+                error = InvalidTransition("segment", row[1], "checkpoint", f"{path} is not open")
+            else:
+                continue
+            # Every checkpoint of that segment in the tick is refused.
+            failures.extend(
+                TickFailure(c.index, f"checkpoint of {path}", error)
+                for c in self._checkpoints
+                if c.recording.id == rid
+            )
+        return failures
+
+    def _refused_samples(self, exc: NotFound) -> list[TickFailure]:
+        """The record_many calls that carry samples of the unknown stream(s)."""
+        missing = exc.key if isinstance(exc.key, list) else [exc.key]
+        return [
+            TickFailure(s.index, f"samples ({s.count})", exc)
+            for s in self._samples
+            if not s.stream_ids.isdisjoint(missing)
+        ]
+
+    def _diagnose_integrity(self, db: pw.Database, exc: pw.PeeweeException) -> None:
+        """An event of an unknown stream fails its foreign key: say which, as TickFailed."""
+        if not isinstance(exc, pw.IntegrityError) or not self._events:
+            return
+        wanted = [e.row.stream_key for e in self._events if e.row.stream_key is not None]
+        query = Stream.select(Stream.id).where(Stream.id.in_(wanted))
+        existing = {cast(Any, row)[0] for row in query.tuples()}
+        failures = [
+            TickFailure(e.index, f"event {e.row.type}", NotFound("stream", e.row.stream_key))
+            for e in self._events
+            if e.row.stream_key is not None and e.row.stream_key not in existing
+        ]
+        if failures:
+            raise TickFailed(failures, self._without(failures), self._calls) from exc
+
+    def _without(self, failures: list[TickFailure]) -> Tick:
+        dropped = {f.index for f in failures}
+        rest = Tick()
+        kept: list[Any] = sorted(
+            itertools.chain(
+                (c for c in self._checkpoints if c.index not in dropped),
+                (c for c in self._health if c.index not in dropped),
+                (c for c in self._events if c.index not in dropped),
+                (c for c in self._segments if c.index not in dropped),
+                (c for c in self._samples if c.index not in dropped),
+            ),
+            key=lambda call: call.index,
+        )
+        for call in kept:
+            if isinstance(call, _Samples):
+                # Validated already: gathered again under their new position.
+                rest._add_samples(_prepare(call.items, single=False), call.items)
+                continue
+            copy = type(call)(**{**call.__dict__, "index": rest._next()})
+            if isinstance(copy, _Checkpoint):
+                rest._checkpoints.append(copy)
+            elif isinstance(copy, _Health):
+                rest._health.append(copy)
+            elif isinstance(copy, _Segment):
+                rest._segments.append(copy)
+            else:
+                rest._events.append(copy)
+        return rest
+
+    def _forget_begun(self) -> None:
+        """The tick rolled back: no segment it began exists."""
+        for call in self._segments:
+            if call.pending is not None:
+                call.pending.recording = None
+
+    def _settle(self, report: TickReport) -> None:
+        """After the commit: the objects the caller holds show what was written."""
+        for c in self._checkpoints:
+            c.recording.size_bytes = c.size
+            c.recording.checkpoint_at = from_millis(c.at_ms)
+        for h in self._health:
+            h.stream.health = h.state
+            h.stream.last_seen_at = h.at
+        log.debug(
+            "tick: %d checkpoints, %d health reports (%d changes), %d events, %d samples",
+            report.checkpoints,
+            report.health_reports,
+            len(report.health_changes),
+            report.events,
+            report.samples,
+        )
+
+
+class _Refused(Exception):
+    """Internal: leave the transaction (rolling it back) because calls were refused."""
+
+
+def _rows_by_id(
+    db: pw.Database, model: type[pw.Model], columns: tuple[str, str], ids: list[int]
+) -> dict[int, tuple[Any, Any]]:
+    """{id: (column, column)} of the rows of ``model`` with these ids (the ones that exist)."""
+    p = db.param
+    selected = ", ".join(f'"{model._meta.fields[name].column_name}"' for name in columns)
+    found: dict[int, tuple[Any, Any]] = {}
+    for chunk in pw.chunked(ids, 500):
+        marks = ", ".join([p] * len(chunk))
+        cursor = db.execute_sql(
+            f'SELECT "id", {selected} FROM "{model._meta.table_name}" WHERE "id" IN ({marks})', list(chunk)
+        )
+        found.update((row_id, (a, b)) for row_id, a, b in cursor.fetchall())
+    return found
+
+
+def _rowcount(db: pw.Database, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    """``executemany`` and the rows it changed (sqlite3 sums them over the rows)."""
+    with cast(Any, pw).__exception_wrapper__:
+        cursor = db.cursor()
+        cursor.executemany(sql, rows)
+        return int(cursor.rowcount)
+
+
+def tick() -> Tick:
+    """A new ``Tick``: ``with stream_state.tick() as tick: ...`` commits at the end of the block."""
+    return Tick()

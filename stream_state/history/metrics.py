@@ -345,15 +345,15 @@ def _buckets(
                     if ts > found[4]:
                         found[4], found[5] = ts, value
     result: dict[int, list[Bucket]] = {}
-    width = dt.timedelta(milliseconds=step_ms)
+    step_td = dt.timedelta(milliseconds=step_ms)
     for (series_id, bucket), (count, total, low, high, _, last) in sorted(merged.items()):
-        start = from_millis(bucket)
+        opens = from_millis(bucket)
         found_list = result.get(series_id)
         if found_list is None:
             found_list = result[series_id] = []
         # Positional: a week of hours is 168 of these per series, on every chart refresh.
         found_list.append(
-            Bucket(start, start + width, count, float(total), float(low), float(high), float(last))
+            Bucket(opens, opens + step_td, count, float(total), float(low), float(high), float(last))
         )
     return result
 

@@ -34,7 +34,7 @@ Modes (``--modes``, comma-separated):
 * ``aio``: the same calls through ``stream_state.aio`` from ``--threads``
   tasks on one event loop;
 * ``batch``: one loop, each tick's checkpoints, health touches, events,
-  samples and segment rolls gathered in one ``stream_state.tick()`` (one
+  samples and segment rolls gathered in one ``stream_state.Tick()`` (one
   transaction, one ``executemany`` or ``unnest`` per statement); a rolled
   segment's new row is committed with the tick, and its file opened after it;
 * ``aio-batch``: ``batch`` through ``aio.tick()``.
@@ -192,9 +192,9 @@ def run_loop(cams: list[Cam], seconds: range, side: str) -> None:
 
 
 def batch_tick(cams: list[Cam], t: int, side: str) -> None:
-    """One tick through ``stream_state.tick()``: one transaction, segment rolls included."""
+    """One tick through ``stream_state.Tick()``: one transaction, segment rolls included."""
     at = T0 + t * SECOND
-    with stream_state.tick() as tick:
+    with stream_state.Tick() as tick:
         rolled = fill_tick(tick, cams, t, at, side)
     settle_rolls(rolled)
 

@@ -38,7 +38,7 @@ from .models.metric import Sample
 from .restore import RestoredState, Restorer, StreamSnapshot
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus
-from .tick import Tick, TickFailure, TickReport, tick
+from .tick import Tick
 
 __version__ = "0.1.0"
 
@@ -73,13 +73,10 @@ __all__ = [
     "StreamStatus",
     "Tick",
     "TickFailed",
-    "TickFailure",
-    "TickReport",
     "UpkeepPolicy",
     "ValidationError",
     "VolumeFloor",
     "__version__",
     "connect_database",
     "open_database",
-    "tick",
 ]

@@ -108,7 +108,7 @@ class StreamRemoved(NotFound):
 
 
 class TickFailed(StreamStateError):
-    """A tick (``stream_state.tick()``) was not written: the database refused some of its calls.
+    """A tick (``stream_state.Tick()``) was not written: the database refused some of its calls.
 
     ``failures`` names each refused call (``TickFailure``: its position in the
     tick, what it was, the error); ``remaining`` is a ``Tick`` with every

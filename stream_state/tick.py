@@ -7,7 +7,7 @@ CPU goes to building and committing small transactions, and on PostgreSQL
 one loop falls behind real time at a few hundred streams, because every
 commit waits for the WAL. A ``Tick`` gathers them instead::
 
-    with stream_state.tick() as tick:
+    with stream_state.Tick() as tick:
         for cam in cams:
             tick.checkpoint(cam.segment, cam.bytes_written)
             tick.record_health(cam.stream, cam.health)
@@ -69,7 +69,7 @@ from .timeutil import from_millis, utc_now
 log = logging.getLogger(__name__)
 
 
-__all__ = ["PendingSegment", "Tick", "TickFailed", "TickFailure", "TickReport", "tick"]
+__all__ = ["PendingSegment", "Tick", "TickFailed", "TickFailure", "TickReport"]
 
 
 @dataclass(frozen=True)
@@ -547,8 +547,3 @@ def _rowcount(db: pw.Database, sql: str, rows: list[tuple[Any, ...]]) -> int:
         cursor = db.cursor()
         cursor.executemany(sql, rows)
         return int(cursor.rowcount)
-
-
-def tick() -> Tick:
-    """A new ``Tick``: ``with stream_state.tick() as tick: ...`` commits at the end of the block."""
-    return Tick()

@@ -92,7 +92,7 @@ def test_a_tick_writes_exactly_what_the_single_calls_write_in_one_transaction(db
     Event.record("motion", a, message="zone 1 rtsp://u:pw@h/x", data={"zone": 1}, at=at(1))
     MetricSample.record_many(samples(a, 1))
     # Stream b: the same calls through one tick.
-    with count_queries() as counter, stream_state.tick() as tick:
+    with count_queries() as counter, stream_state.Tick() as tick:
         tick.checkpoint(seg_b, 1000, at=at(1))
         tick.record_health(b, "healthy", at=at(1))
         tick.event("motion", b, message="zone 1 rtsp://u:pw@h/x", data={"zone": 1}, at=at(1))
@@ -118,7 +118,7 @@ def test_a_tick_writes_exactly_what_the_single_calls_write_in_one_transaction(db
 
 def test_a_thousand_streams_are_a_handful_of_statements(db):
     many = cams(30)
-    with count_queries() as counter, stream_state.tick() as tick:
+    with count_queries() as counter, stream_state.Tick() as tick:
         for stream, segment in many:
             tick.checkpoint(segment, 5, at=at(1))
             tick.record_health(stream, "healthy", at=at(1))
@@ -130,7 +130,7 @@ def test_a_thousand_streams_are_a_handful_of_statements(db):
 
 def test_the_report_lists_health_changes_and_their_events_are_in_the_tick(db):
     (a, _), (b, _) = cams(2)
-    with stream_state.tick() as tick:
+    with stream_state.Tick() as tick:
         tick.record_health(a, "healthy", at=at(1))
         tick.record_health(b, "degraded", reason="fps low", at=at(1))
     assert state_of(b) == ("degraded", to_millis(at(1)), to_millis(at(1)))
@@ -159,7 +159,7 @@ def test_commit_returns_the_report(db):
 
 def test_two_reports_of_one_stream_in_a_tick_apply_in_order(db):
     ((a, seg),) = cams(1)
-    with stream_state.tick() as tick:
+    with stream_state.Tick() as tick:
         tick.record_health(a, "degraded", at=at(1))
         tick.record_health(a, "healthy", at=at(2))
         tick.checkpoint(seg, 10, at=at(1))
@@ -175,7 +175,7 @@ def test_two_reports_of_one_stream_in_a_tick_apply_in_order(db):
 
 def test_samples_of_several_calls_for_one_series_merge_and_the_last_wins(db):
     ((a, _),) = cams(1)
-    with stream_state.tick() as tick:
+    with stream_state.Tick() as tick:
         tick.record_many([("fps", 1.0, a, None, at(1))])
         tick.record_many([("fps", 2.0, a, None, at(1)), ("fps", 3.0, a, None, at(2))])
     assert [(ts, v) for _, ts, v in sample_rows()] == [(to_millis(at(1)), 2.0), (to_millis(at(2)), 3.0)]
@@ -209,7 +209,7 @@ def test_a_bad_call_raises_at_once_and_the_tick_keeps_the_others(db):
 def test_a_block_that_raises_writes_nothing(db):
     ((a, seg),) = cams(1)
     before = state_of(a)
-    with pytest.raises(RuntimeError), stream_state.tick() as tick:
+    with pytest.raises(RuntimeError), stream_state.Tick() as tick:
         tick.checkpoint(seg, 10, at=at(1))
         tick.record_health(a, "healthy", at=at(1))
         tick.record_many(samples(a, 1))
@@ -377,7 +377,7 @@ def test_the_per_database_cache_is_not_shared_between_databases(db, backend):
 
 def test_segments_roll_inside_the_tick_and_the_new_row_exists_after_the_commit(db):
     ((a, seg),) = cams(1)
-    with stream_state.tick() as tick:
+    with stream_state.Tick() as tick:
         tick.checkpoint(seg, 900, at=at(10))
         tick.complete_segment(seg, ended_at=at(10), size_bytes=1000)
         pending = tick.begin_segment(a, "/rec/cam-0/1.mp4", started_at=at(10))

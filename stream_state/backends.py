@@ -34,7 +34,7 @@ from playhouse.pool import PooledPostgresqlDatabase
 
 from .errors import DatabaseUnavailable, StorageFull, StreamStateError, ValidationError
 from .pgwatch import Watchdog
-from .pwtypes import M
+from .pwtypes import M, exception_wrapper
 from .redact import redact_uri
 
 log = logging.getLogger(__name__)
@@ -373,6 +373,15 @@ class _TranslatesDriverErrors:
     def commit(self, *args: Any, **kwargs: Any) -> None:
         try:
             super().commit(*args, **kwargs)  # type: ignore[misc]
+        except pw.PeeweeException as exc:
+            self._raise_translated(exc)
+
+    def executemany(self, cursor: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        # A cursor's executemany bypasses execute_sql: its errors are turned
+        # into peewee's here, then into the package's like every other.
+        try:
+            with exception_wrapper:
+                super().executemany(cursor, sql, rows)  # type: ignore[misc]
         except pw.PeeweeException as exc:
             self._raise_translated(exc)
 

@@ -272,7 +272,8 @@ def _recompute_stale(db: pw.Database, watermark: int) -> int:
         p = db.param
         # One key range per mark; a set-based DELETE would read every rollup row.
         with exception_wrapper:
-            db.cursor().executemany(
+            dialect(db).executemany(
+                db.cursor(),
                 f'DELETE FROM "metric_rollup" WHERE "series_id" = {p} AND "width_ms" IN ({MINUTE_MS}, '
                 f'{HOUR_MS}) AND "bucket_start" >= {p} AND "bucket_start" < {p}',
                 [(series_id, hour, hour + HOUR_MS) for series_id, hour in stale],

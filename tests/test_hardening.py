@@ -61,6 +61,22 @@ def test_a_full_database_during_a_metric_batch_writes_nothing(db):
     assert dump_tables() == before
 
 
+def test_a_full_database_while_marking_late_metric_hours_is_storage_full(db):
+    # The stale-hour marks go in through the cursor's executemany (not
+    # execute_sql): the driver's error must still come out as the package's.
+    sqlite_only(db)
+    from stream_state.models.rollups import MetricRollupStale
+
+    series = MetricSample.record("fps", 15.0).series_id
+    before = dump_tables()
+    pages = db.execute_sql("PRAGMA page_count").fetchone()[0]
+    db.execute_sql(f"PRAGMA max_page_count = {pages + 1}")
+    with pytest.raises(StorageFull), db.atomic():
+        MetricRollupStale.mark(db, [(series, hour * 3_600_000) for hour in range(20_000)])
+    db.execute_sql("PRAGMA max_page_count = 1073741823")
+    assert dump_tables() == before
+
+
 def test_a_database_file_deleted_under_the_process_is_a_clear_error(db, tmp_path):
     sqlite_only(db)
     cam = Stream.register("cam-1", "rtsp://10.0.0.1/s")

@@ -92,7 +92,8 @@ class MetricRollupStale(BaseModel):
             f'ON CONFLICT ("{series}", "{hour}") DO NOTHING'
         )
         with exception_wrapper:
-            db.cursor().executemany(sql, marks)
+            # The dialect's: watched and translated on the package's databases, batched on psycopg2.
+            dialect(db).executemany(db.cursor(), sql, marks)
 
 
 def read_watermark(db: pw.Database, share: bool = False) -> int | None:

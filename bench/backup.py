@@ -160,12 +160,16 @@ def main() -> None:
         head = ("method", "finished", "seconds", "x copy", "worst wait", "p99 wait", "commits")
         print("{:<8} {:>8} {:>8} {:>7} {:>11} {:>9} {:>8}".format(*head))
         runs = {
-            "stepped": lambda: stepped(path, work / "stepped.db", args.stepped_limit),
             "copy": lambda: bool(backup(work / "copy.db", method="copy")),
             "vacuum": lambda: bool(backup(work / "vacuum.db", method="vacuum")),
+            "stepped": lambda: stepped(path, work / "stepped.db", args.stepped_limit),
         }
         for name, run in runs.items():
-            seconds, waits, finished = measure(name, path, run)
+            try:
+                seconds, waits, finished = measure(name, path, run)
+            except Exception as exc:  # report it and go on with the other methods
+                print(f"{name:<8} FAILED: {exc}", flush=True)
+                continue
             waits.sort()
             worst = waits[-1] * 1000 if waits else 0.0
             p99 = waits[int(len(waits) * 0.99)] * 1000 if waits else 0.0

@@ -7,6 +7,17 @@ It changes nothing unless asked: ``adopt_orphans`` makes rows (state
 ``mark_missing`` sets rows of missing files to ``missing`` and
 ``drop_missing`` deletes those rows.
 
+It also compares what it can without reading the files (issue 13):
+
+* paths are compared in one spelling (``validate.normalise_path``): a row
+  stored as ``/media/disk1//cam-1/x.ts`` names the file
+  ``/media/disk1/cam-1/x.ts``; such rows are reported in ``spellings``
+  (``fix_spellings`` rewrites them) and their files are never orphans;
+* a settled segment's size is compared with its file's (``sizes``;
+  ``fix_sizes`` takes the file's size);
+* a 0-byte file left behind a ``failed`` row is reported in
+  ``empty_failed`` (``remove_empty_failed`` unlinks it; the row stays).
+
 Guards, because the usual cause of "everything is missing" is a disk that is
 not mounted, and the usual cause of "everything is an orphan" is a database
 restored from an old backup:
@@ -39,6 +50,7 @@ from .probe import Playability, Probe
 from .pwtypes import dict_rows
 from .states import EventType, SegmentState, Severity
 from .timeutil import from_millis, now_millis, to_millis
+from .validate import normalise_path
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +111,47 @@ class UnplayableFile:
 
 
 @dataclass(frozen=True)
+class SpellingProblem:
+    """A row whose stored path is another spelling of its file's path (``//``, ``/./``, ``x/..``)."""
+
+    recording_id: int
+    stream: str
+    stored: str
+    normalised: str
+    file_exists: bool
+    action: str  # "reported", "fixed", "refused" (another row has the normalised path)
+
+
+@dataclass(frozen=True)
+class SizeMismatch:
+    recording_id: int
+    stream: str
+    path: str
+    row_bytes: int
+    file_bytes: int
+    action: str  # "reported", "fixed"
+
+
+@dataclass(frozen=True)
+class EmptyFailedFile:
+    """A 0-byte file left behind a ``failed`` row (the segmenter never wrote to it)."""
+
+    recording_id: int
+    stream: str
+    path: str
+    action: str  # "reported", "removed", "too young"
+
+
+@dataclass(frozen=True)
 class CheckReport:
     roots: tuple[RootStatus, ...]
     orphans: tuple[OrphanFile, ...]
     missing: tuple[MissingFile, ...]
     refused: tuple[str, ...]  # why a requested repair was not done
     unplayable: tuple[UnplayableFile, ...] = ()  # only with a probe
+    spellings: tuple[SpellingProblem, ...] = ()
+    sizes: tuple[SizeMismatch, ...] = ()
+    empty_failed: tuple[EmptyFailedFile, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -113,10 +160,14 @@ class CheckReport:
             not self.orphans
             and not [m for m in self.missing if m.action != "found again"]
             and not self.unplayable
+            and not [p for p in self.spellings if p.action != "fixed"]
+            and not [m for m in self.sizes if m.action != "fixed"]
+            and not [e for e in self.empty_failed if e.action != "removed"]
         )
 
     def count(self, action: str) -> int:
-        return sum(o.action == action for o in self.orphans) + sum(m.action == action for m in self.missing)
+        items = (*self.orphans, *self.missing, *self.spellings, *self.sizes, *self.empty_failed)
+        return sum(item.action == action for item in items)
 
 
 # --- storage root identity -----------------------------------------------------------------
@@ -182,6 +233,9 @@ def check(
     suffixes: Iterable[str] = DEFAULT_SUFFIXES,
     now: dt.datetime | None = None,
     probe: Probe | None = None,
+    fix_spellings: bool = False,
+    fix_sizes: bool = False,
+    remove_empty_failed: bool = False,
 ) -> CheckReport:
     """Compare rows and files under ``storage_roots``; repair only what is asked.
 
@@ -201,14 +255,20 @@ def check(
     now_ms = now_millis() if now is None else to_millis(now, "now")
     cutoff_ms = now_ms - int(min_age.total_seconds() * 1000)
     suffixes = frozenset(s.lower() for s in suffixes)
-    roots = [Path(root).absolute() for root in storage_roots]
+    roots = [Path(normalise_path(os.path.abspath(root))) for root in storage_roots]
     if not roots:
         raise ValidationError("storage_roots", [], "give at least one storage root")
 
     statuses, orphans, missing, refused, unplayable = [], [], [], [], []
+    spellings: list[SpellingProblem] = []
+    sizes: list[SizeMismatch] = []
+    empty_failed: list[EmptyFailedFile] = []
     for root in roots:
         files = _scan(root, suffixes)
-        rows = _rows_under(root)
+        # Rows keyed by their path's one spelling: a file is compared with the
+        # row that names it however the row spells it.
+        stored = _rows_under(root)
+        rows = {normalise_path(path): row for path, row in stored.items()}
         status = _root_status(root, len(files), len(rows), init_roots)
         statuses.append(status)
         wants_repair = adopt_orphans or delete_orphans or mark_missing or drop_missing
@@ -217,6 +277,9 @@ def check(
         if status.status in ("absent", "empty", "foreign"):
             continue  # nothing on it can be trusted to say anything about our rows
         repair = status.repairable
+        spellings += _handle_spellings(stored, files, fix_spellings and repair)
+        sizes += _handle_sizes(files, rows, fix_sizes and repair)
+        empty_failed += _handle_empty_failed(files, rows, cutoff_ms, remove_empty_failed and repair)
         orphan_found, missing_found = _compare(files, rows, root)
         orphans += _handle_orphans(
             orphan_found, rows, cutoff_ms, adopt_orphans and repair, delete_orphans and repair,
@@ -228,7 +291,10 @@ def check(
             missing_found, rows, cutoff_ms, mark_missing and repair, drop_missing and repair,
             max_share, force, refused,
         )  # fmt: skip
-    report = CheckReport(tuple(statuses), tuple(orphans), tuple(missing), tuple(refused), tuple(unplayable))
+    report = CheckReport(
+        tuple(statuses), tuple(orphans), tuple(missing), tuple(refused), tuple(unplayable),
+        tuple(spellings), tuple(sizes), tuple(empty_failed),
+    )  # fmt: skip
     _record(report, now_ms)
     return report
 
@@ -260,6 +326,7 @@ def _rows_under(root: Path) -> dict[str, dict]:
             Recording.state,
             Recording.ended_at,
             Recording.started_at,
+            Recording.size_bytes,
         )
         .join(Stream)
         # substr() rather than LIKE: paths may contain % and _.
@@ -279,6 +346,68 @@ def _compare(files: dict[str, os.stat_result], rows: dict[str, dict], root: Path
         rows[path] for path in files if path in rows and rows[path]["state"] == SegmentState.MISSING
     ]
     return orphans, missing + [dict(row, found_again=True) for row in found_again]
+
+
+def _handle_spellings(
+    stored: dict[str, dict], files: dict[str, os.stat_result], fix: bool
+) -> list[SpellingProblem]:
+    found = []
+    taken = set(stored)
+    for path, row in sorted(stored.items()):
+        normal = normalise_path(path)
+        if normal == path:
+            continue
+        action = "reported"
+        if fix:
+            if normal in taken:
+                action = "refused"  # another row already has that spelling: an operator decides
+            else:
+                Recording.update(path=normal).where(
+                    (Recording.id == row["id"]) & (Recording.path == path)
+                ).execute()
+                taken.discard(path)
+                taken.add(normal)
+                row["path"] = normal
+                action = "fixed"
+        found.append(SpellingProblem(row["id"], row["stream_name"], path, normal, normal in files, action))
+    return found
+
+
+def _handle_sizes(files: dict[str, os.stat_result], rows: dict[str, dict], fix: bool) -> list[SizeMismatch]:
+    found = []
+    for path, row in sorted(rows.items()):
+        info = files.get(path)
+        if info is None or row["state"] not in _SETTLED or row["size_bytes"] == info.st_size:
+            continue
+        action = "reported"
+        if fix:
+            Recording.update(size_bytes=info.st_size).where(
+                (Recording.id == row["id"]) & (Recording.size_bytes == row["size_bytes"])
+            ).execute()
+            action = "fixed"
+        found.append(
+            SizeMismatch(row["id"], row["stream_name"], path, row["size_bytes"], info.st_size, action)
+        )
+    return found
+
+
+def _handle_empty_failed(
+    files: dict[str, os.stat_result], rows: dict[str, dict], cutoff_ms: int, remove: bool
+) -> list[EmptyFailedFile]:
+    found = []
+    for path, row in sorted(rows.items()):
+        info = files.get(path)
+        if info is None or row["state"] != SegmentState.FAILED or info.st_size != 0:
+            continue
+        action = "reported"
+        if remove:
+            if info.st_mtime_ns // 1_000_000 > cutoff_ms:
+                action = "too young"
+            else:
+                unlink_quietly(path)
+                action = "removed"
+        found.append(EmptyFailedFile(row["id"], row["stream_name"], path, action))
+    return found
 
 
 def _guess_stream(path: str, rows: dict[str, dict], streams: list[tuple[str, int]]) -> tuple[str, int] | None:
@@ -445,7 +574,7 @@ def _record(report: CheckReport, now_ms: int) -> None:
     # invariant 11: what check changed is written down (one event per run)
     counts = {
         action: report.count(action)
-        for action in ("adopted", "deleted", "marked missing", "dropped", "found again")
+        for action in ("adopted", "deleted", "marked missing", "dropped", "found again", "fixed", "removed")
         if report.count(action)
     }
     if not counts and not report.refused:

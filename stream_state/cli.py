@@ -1117,7 +1117,12 @@ def _check_problems(report: Any) -> int:
         if m.action not in _MISSING_SETTLED
         and not (m.state == SegmentState.MISSING and m.action == "reported")
     )
-    return roots + orphans + missing + len(report.refused) + len(report.unplayable)
+    others = (
+        sum(1 for p in report.spellings if p.action != "fixed")
+        + sum(1 for m in report.sizes if m.action != "fixed")
+        + sum(1 for e in report.empty_failed if e.action != "removed")
+    )
+    return roots + orphans + missing + len(report.refused) + len(report.unplayable) + others
 
 
 @cli.command(name="check")
@@ -1133,6 +1138,15 @@ def _check_problems(report: Any) -> int:
     "unmounted disk looks just like that).",
 )
 @click.option("--init-roots", is_flag=True, help="Mark unmarked roots as this database's storage.")
+@click.option(
+    "--fix-spellings",
+    is_flag=True,
+    help="Rewrite rows whose path is another spelling of their file's (//, /./, x/..).",
+)
+@click.option("--fix-sizes", is_flag=True, help="Give settled rows the size their file has.")
+@click.option(
+    "--remove-empty-failed", is_flag=True, help="Delete 0-byte files left behind failed rows (rows stay)."
+)
 @click.option(
     "--probe",
     "use_probe",
@@ -1168,6 +1182,9 @@ def check_command(
     min_age: dt.timedelta,
     max_share: float,
     use_probe: bool,
+    fix_spellings: bool,
+    fix_sizes: bool,
+    remove_empty_failed: bool,
     as_json: bool,
 ) -> None:
     """Compare the recording rows with the files under each storage ROOT.
@@ -1193,6 +1210,9 @@ def check_command(
             force=force,
             init_roots=init_roots,
             probe=probe_file if use_probe else None,
+            fix_spellings=fix_spellings,
+            fix_sizes=fix_sizes,
+            remove_empty_failed=remove_empty_failed,
         )
     problems = _check_problems(report)
     if as_json:
@@ -1203,6 +1223,9 @@ def check_command(
                 "missing": report.missing,
                 "refused": report.refused,
                 "unplayable": report.unplayable,
+                "spellings": report.spellings,
+                "sizes": report.sizes,
+                "empty_failed": report.empty_failed,
                 "problems": problems,
             }
         )
@@ -1234,6 +1257,31 @@ def check_command(
             _echo_table(
                 ["id", "stream", "path", "state", "why"],
                 [[u.recording_id, u.stream, u.path, u.state, u.reason] for u in report.unplayable],
+                align="r",
+            )
+        if report.spellings:
+            click.echo(f"\n{len(report.spellings)} row(s) spelling their file's path another way:")
+            _echo_table(
+                ["id", "stream", "stored", "file", "action"],
+                [[p.recording_id, p.stream, p.stored, p.normalised, p.action] for p in report.spellings],
+                align="r",
+            )
+        if report.sizes:
+            click.echo(f"\n{len(report.sizes)} row(s) whose size differs from the file's:")
+            _echo_table(
+                ["id", "stream", "path", "row", "file", "action"],
+                [
+                    [m.recording_id, m.stream, m.path, format_size(m.row_bytes), format_size(m.file_bytes),
+                     m.action]
+                    for m in report.sizes
+                ],
+                align="rllrr",
+            )  # fmt: skip
+        if report.empty_failed:
+            click.echo(f"\n{len(report.empty_failed)} empty file(s) behind failed rows:")
+            _echo_table(
+                ["id", "stream", "path", "action"],
+                [[e.recording_id, e.stream, e.path, e.action] for e in report.empty_failed],
                 align="r",
             )
         for reason in report.refused:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
+import os
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -247,3 +248,34 @@ def require_duration_ms(field: str, value: Any, *, positive: bool) -> int:
     if millis > MAX_MILLIS:
         raise ValidationError(field, value, "too long")
     return millis
+
+
+def normalise_path(path: str) -> str:
+    """One spelling per file: ``normpath`` (no ``//``, ``/./``, ``x/..``), and one leading slash.
+
+    ``normpath`` keeps a leading ``//`` (POSIX leaves its meaning open); on
+    Linux it is the root like ``/``.
+    """
+    normal = os.path.normpath(path)
+    if normal.startswith("//"):
+        normal = "/" + normal.lstrip("/")
+    return normal
+
+
+def require_segment_path(field: str, value: Any) -> str:
+    """An absolute file path, returned normalised (``normalise_path``).
+
+    Relative paths are refused: retention, restore or check run from another
+    working directory would act on another directory's files.
+    """
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    text = require_text(field, value, max_length=4096)
+    if not os.path.isabs(text):
+        raise ValidationError(
+            field,
+            text,
+            "must be an absolute path (a relative one would name other files when retention, "
+            "restore or check run from another directory)",
+        )
+    return normalise_path(text)

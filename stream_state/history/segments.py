@@ -166,7 +166,8 @@ def _bound_sql(p: str) -> str:
     """
     return (
         f'(SELECT COALESCE(MAX("ended_at" - "started_at"), {LONG_SEGMENT_MS}) FROM "recording" '
-        f'WHERE "stream_id" = {p} AND ("ended_at" - "started_at") > {LONG_SEGMENT_MS})'
+        f'WHERE "stream_id" = {p} AND ("ended_at" - "started_at") > {LONG_SEGMENT_MS} '
+        'AND "clock_suspect" IS NULL)'
     )
 
 

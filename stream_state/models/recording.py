@@ -19,7 +19,7 @@ from ..redact import redact_text
 from ..states import EventType, SegmentState, Severity
 from ..timeutil import from_millis, to_millis, utc_now
 from ..transitions import check_segment_transition
-from ..validate import optional_text, require_count, require_json_object, require_text
+from ..validate import optional_text, require_count, require_json_object, require_segment_path, require_text
 from . import gate
 from .base import BaseModel, locked
 from .gate import EventsFor, Guard, Transition
@@ -52,6 +52,10 @@ class Recording(BaseModel):
     media_ended_at = TimestampField(null=True)
     frame_count = pw.BigIntegerField(null=True)
     finalized = pw.BooleanField(null=True)
+    # Why the segment's timestamps cannot be believed (migration 004), else
+    # NULL: kept with its evidence, never trusted for the range queries'
+    # bound or retention's age order. See clock.py.
+    clock_suspect = pw.TextField(null=True)
 
     class Meta:
         table_name = "recording"
@@ -465,7 +469,7 @@ def _archive_root(dest_root: Any) -> str:
     root = os.fspath(dest_root)
     if not isinstance(root, str) or not root:
         raise ValidationError("dest_root", dest_root, "expected a non-empty directory path")
-    require_text("dest_root", root, max_length=4096)
+    root = require_segment_path("dest_root", root)  # absolute, one spelling
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
@@ -574,7 +578,13 @@ Recording.add_index(
 LONG_SEGMENT_MS = 120_000
 _length = Recording.ended_at - Recording.started_at
 Recording.add_index(
-    Recording.index(Recording.stream, _length, where=_length > LONG_SEGMENT_MS, name="recording_long")
+    Recording.index(
+        Recording.stream,
+        _length,
+        # A suspect segment (a clock step made it decades long) never sets the bound.
+        where=(_length > LONG_SEGMENT_MS) & Recording.clock_suspect.is_null(),
+        name="recording_long",
+    )
 )
 # Restore looks for unfinished work (recording, deleting, ...): a partial index
 # over the few rows not yet complete instead of an index over all of them.

@@ -17,11 +17,13 @@ from ..timeutil import from_millis, to_millis, utc_now
 from ..transitions import REPORTABLE_HEALTH, health_severity, status_change
 from ..validate import (
     MAX_STREAM_ID,
+    normalise_path,
     optional_text,
     require_bool,
     require_choice,
     require_json,
     require_json_object,
+    require_segment_path,
     require_text,
     require_uri,
 )
@@ -380,9 +382,7 @@ class Stream(BaseModel):
         if (path is None) == (path_template is None):
             raise ValidationError("path", path, "give exactly one of path= or path_template=")
         if path is not None:
-            path = require_text(
-                "path", os.fspath(path) if isinstance(path, os.PathLike) else path, max_length=4096
-            )
+            path = require_segment_path("path", path)  # absolute, one spelling (invariant 13)
         else:
             path_template = require_path_template(path_template, self.name, self.id)
         storage = optional_text("storage", storage, max_length=1000)
@@ -412,7 +412,9 @@ class Stream(BaseModel):
                     raise self._why_not_live()
                 index = claimed[0] - 1
                 if path_template is not None:
-                    path = path_template.format(stream=self.name, stream_id=self.id, index=index)
+                    path = normalise_path(
+                        path_template.format(stream=self.name, stream_id=self.id, index=index)
+                    )
                 (recording_id,) = db.execute_sql(
                     sql.insert_recording,
                     (
@@ -486,6 +488,7 @@ def require_path_template(template: Any, name: str, stream_id: int) -> str:
         ) from exc
     if probe == other:
         raise ValidationError("path_template", template, "must contain {index}: each file needs its own name")
+    require_segment_path("path_template", probe)  # absolute once filled
     return template
 
 

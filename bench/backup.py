@@ -148,11 +148,15 @@ def main() -> None:
         print(f"building a {args.mb} MiB database ...", flush=True)
         build(path, args.mb)
         size = path.stat().st_size
-        open_database(path)  # binds the models for backup()
+        # The baseline copy runs before this process opens the database: closing
+        # a descriptor of the file drops every POSIX lock the process holds on
+        # it, and a connection that lost its locks lets another process delete
+        # the WAL under it (SQLite's "how to corrupt" list, 2.2).
         started = time.perf_counter()
         shutil.copyfile(path, work / "plain.db")
         baseline = time.perf_counter() - started
         os.unlink(work / "plain.db")
+        open_database(path)  # binds the models for backup()
         print(
             f"database {size / 2**20:.0f} MiB; baseline (plain file copy, not consistent): {baseline:.2f} s"
         )
@@ -168,7 +172,10 @@ def main() -> None:
             try:
                 seconds, waits, finished = measure(name, path, run)
             except Exception as exc:  # report it and go on with the other methods
-                print(f"{name:<8} FAILED: {exc}", flush=True)
+                con = sqlite3.connect(path)
+                health = con.execute("PRAGMA quick_check").fetchone()[0]
+                con.close()
+                print(f"{name:<8} FAILED: {exc} (the database's quick_check now: {health})", flush=True)
                 continue
             waits.sort()
             worst = waits[-1] * 1000 if waits else 0.0

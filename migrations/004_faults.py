@@ -9,6 +9,7 @@
   timestamps cannot be believed (``before_registration``, ``before_2000``,
   ``too_long``). The row keeps its evidence; a suspect segment never drives
   the time-range queries' lower bound, and retention orders it by its index.
+* ``recording_suspect``: a partial index over the (few) suspect rows.
 * ``recording_long`` is rebuilt without suspect rows: one 56-year segment
   (open across a 1970 boot and an NTP step) made every range query of its
   stream scan the whole stream.
@@ -30,6 +31,11 @@ OLD_RECORDING_LONG = (
 NEW_RECORDING_LONG = (
     'CREATE INDEX "recording_long" ON "recording" ("stream_id", ("ended_at" - "started_at")) '
     'WHERE ((("ended_at" - "started_at") > 120000) AND ("clock_suspect" IS NULL))'
+)
+# The few suspect segments of a stream, for retention (which judges them by index).
+CREATE_SUSPECT_INDEX = (
+    'CREATE INDEX "recording_suspect" ON "recording" ("stream_id", "segment_index") '
+    'WHERE ("clock_suspect" IS NOT NULL)'
 )
 # Spellings normpath changes: "//", "/./", "/../", a trailing "/." or "/.." (LIKE
 # patterns as parameters: psycopg2 would read a literal "%" as a placeholder).
@@ -63,10 +69,12 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
     migrator.add_fields("recording", clock_suspect=pw.TextField(null=True))
     migrator.sql('DROP INDEX IF EXISTS "recording_long"')
     migrator.sql(NEW_RECORDING_LONG)
+    migrator.sql(CREATE_SUSPECT_INDEX)
     migrator.run(_normalise_paths, database)
 
 
 def rollback(migrator: Migrator, database: pw.Database, *, fake=False):
+    migrator.sql('DROP INDEX IF EXISTS "recording_suspect"')
     migrator.sql('DROP INDEX IF EXISTS "recording_long"')
     migrator.remove_fields("recording", "clock_suspect")
     migrator.sql(OLD_RECORDING_LONG)

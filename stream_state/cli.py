@@ -1448,6 +1448,53 @@ def vacuum_command(full: bool, as_json: bool) -> None:
         )
 
 
+@cli.command()
+@click.argument("stream")
+@click.option(
+    "--by",
+    "shift",
+    required=True,
+    help="How far to move the times: +20787d3h forward, -40d back (units ms, s, m, h, d, w).",
+)
+@click.option(
+    "--from-index", type=click.IntRange(min=0), help="First segment index to move (default: first)."
+)
+@click.option("--to-index", type=click.IntRange(min=0), help="Last index to move (default: last).")
+@click.option("--only-suspect", is_flag=True, help="Move only the segments whose times are flagged.")
+@json_option
+@database_options
+def redate(
+    stream: str, shift: str, from_index: int | None, to_index: int | None, only_suspect: bool, as_json: bool
+) -> None:
+    """Move the times of STREAM's segments after the wall clock was fixed.
+
+    Segments are chosen by index, which only grows, so the choice is right even
+    when their times are not; see the flagged ones with `recordings` or
+    stream_state.clock.suspect_segments.
+    """
+    from .clock import redate as redate_segments
+
+    sign = -1 if shift.strip().startswith("-") else 1
+    try:
+        delta = sign * parse_duration(shift.strip().lstrip("+-"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--by") from None
+    if not delta:
+        raise click.BadParameter("must not be zero", param_hint="--by")
+    with _database():
+        report = redate_segments(
+            stream, delta, first_index=from_index, last_index=to_index, only_suspect=only_suspect
+        )
+    if as_json:
+        _echo_json(dataclasses.asdict(report))
+    else:
+        click.echo(
+            f"re-dated {report.segments} segment(s) of {report.stream} by {format_duration(abs(delta))} "
+            f"{'forward' if sign > 0 else 'back'}"
+            + (f"; {report.still_suspect} still implausible" if report.still_suspect else "")
+        )
+
+
 @cli.command(name="backup")
 @click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Replace DEST if it exists (atomically: never a half copy).")

@@ -410,7 +410,18 @@ class Maintenance:
             if interval is None:
                 continue
             last = self.last_runs().get(job)
-            if last is not None and now_ms - last < interval * 1000:
+            if last is not None and last > now_ms:
+                # The clock stepped back (or ran ahead when the job last ran):
+                # a last run "in the future" would skip the job until the clock
+                # caught up, for days, while the disk fills. It is due now.
+                log.warning(
+                    "maintenance job %s last ran at %s, after now (%s): the clock stepped back; "
+                    "running it now",
+                    job,
+                    from_millis(last).isoformat(),
+                    from_millis(now_ms).isoformat(),
+                )
+            elif last is not None and now_ms - last < interval * 1000:
                 report.skipped[job] = (last + interval * 1000 - now_ms) / 1000
                 continue
             try:

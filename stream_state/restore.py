@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class Repair:
     evidence: str  # why: "file mtime", "last checkpoint", "file missing", ...
     applied: bool = False  # already written to the row (archive moves); only its event is pending
     finalized: bool | None = None  # what the probe said of the file, when it could tell
+    started_ms: int | None = None  # the open row's start, to flag an implausible length
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON (``stream-state restore --json``); a removed row is ``"deleted"``."""
@@ -438,6 +440,7 @@ class Restorer:
                     size_bytes=decision.size_bytes,
                     evidence=decision.evidence,
                     finalized=decision.finalized,
+                    started_ms=row["started_at"],
                 )
             )
         return repairs
@@ -522,43 +525,56 @@ class Restorer:
             )
         return repairs
 
+    # Repairs commit in batches of this many, each its own short transaction
+    # (about 10 ms of work), with a pause after it long enough for a writer
+    # sleeping in SQLite's busy handler to take its turn: a writer waits about
+    # one batch, not the whole run. A restore killed halfway leaves the rest
+    # open and the next run settles them (issue 13).
+    REPAIR_BATCH = 50
+    REPAIR_PAUSE_SECONDS = 0.02
+
     def _commit_repairs(self, repairs: list[Repair], now_ms: int, kind: str) -> None:
-        if not repairs:
-            return
-        # One transaction; each change goes through the gate with its event
-        # (invariant 11), the events gathered and written together at the end
-        # of the batch, then those of archive moves: in the order of the
-        # repairs. A row someone else settled in the meantime is refused by
+        for first in range(0, len(repairs), self.REPAIR_BATCH):
+            if first:
+                time.sleep(self.REPAIR_PAUSE_SECONDS)
+            self._commit_batch(repairs[first : first + self.REPAIR_BATCH], now_ms, kind)
+
+    def _commit_batch(self, repairs: list[Repair], now_ms: int, kind: str) -> None:
+        # One transaction per batch; each change goes through the gate with
+        # its event (invariant 11), the events gathered and written together
+        # at the end of the batch, then those of archive moves. The events are
+        # built before the transaction: Python work the write lock need not
+        # wait for. A row someone else settled in the meantime is refused by
         # the gate's compare-and-set and gets no event.
+        longest_ms = Recording.max_plausible_length / dt.timedelta(milliseconds=1)
+        events = [_repair_event(repair, kind, now_ms) for repair in repairs]
         with self.db.atomic():
             applied = []
             with batched_events(self.db):
-                for repair in repairs:
+                for repair, event in zip(repairs, events, strict=True):
                     if repair.applied:
                         # Archive moves were already settled through the gate
                         # while their files were looked at; only the events remain.
-                        applied.append(_repair_event(repair, kind, now_ms))
+                        applied.append(event)
                     elif repair.new_state is None:
                         # invariants 6, 7: the file is gone; the deleting row goes too
-                        Recording.finish_delete(
-                            repair.recording_id,
-                            event=_events_of(repair, kind, now_ms),
-                        )
+                        Recording.finish_delete(repair.recording_id, event=_just(event))
                     else:
                         # invariants 5, 7: an open row is settled from what the disk shows
                         assert repair.ended_at is not None, "a settled segment always gets an end time"
-                        values: dict[str, Any] = {
-                            "ended_at": to_millis(repair.ended_at),
-                            "size_bytes": repair.size_bytes,
-                        }
+                        ended_ms = to_millis(repair.ended_at)
+                        values: dict[str, Any] = {"ended_at": ended_ms, "size_bytes": repair.size_bytes}
                         if repair.finalized is not None:
                             values["finalized"] = repair.finalized
+                        if repair.started_ms is not None and ended_ms - repair.started_ms > longest_ms:
+                            # open across a clock step (a 1970 boot, then NTP): flagged, not believed
+                            values["clock_suspect"] = "too_long"
                         Recording.transition(
                             repair.recording_id,
                             repair.old_state,
                             repair.new_state,
                             values=values,
-                            event=_events_of(repair, kind, now_ms),
+                            event=_just(event),
                         )
             if applied:
                 Event.bulk_create(applied, batch_size=200)
@@ -635,9 +651,9 @@ class Restorer:
         )
 
 
-def _events_of(repair: Repair, kind: str, now_ms: int) -> Callable[[Transition], list[Event]]:
-    """The event of one repair, for the gate to write with the change."""
-    return lambda _moved: [_repair_event(repair, kind, now_ms)]
+def _just(event: Event) -> Callable[[Transition], list[Event]]:
+    """A repair's prebuilt event, for the gate to write with the change."""
+    return lambda _moved: [event]
 
 
 def _repair_event(repair: Repair, kind: str, now_ms: int) -> Event:

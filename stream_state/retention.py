@@ -223,6 +223,8 @@ class RetentionReport:
     streams: dict[str, StreamRetention] = field(default_factory=dict)
     alarms: list[str] = field(default_factory=list)
     deleted_files_bytes: int = 0  # bytes actually unlinked (0 in a dry run)
+    # Set when the age cut-off was not taken from the clock (it ran ahead of every write).
+    clock: str | None = None
 
     @property
     def segments(self) -> int:
@@ -242,6 +244,7 @@ class RetentionReport:
                 for name, s in sorted(self.streams.items())
             },
             "alarms": self.alarms,
+            "clock": self.clock,
         }
 
 
@@ -294,6 +297,7 @@ def apply_retention(
     now_ms = now_millis() if now is None else to_millis(now, "now")
     free_bytes = free_bytes or (lambda path: shutil.disk_usage(path).free)
     report = RetentionReport(dry_run=dry_run)
+    age_now_ms = _age_clock(now_ms, report)
     chosen: dict[int, tuple[str, str]] = {}  # recording id -> (stream name, reason)
     sizes: dict[int, int] = {}
 
@@ -302,11 +306,11 @@ def apply_retention(
         mine = Recording.stream == stream.id
         by_age: list[int] = []
         if rule.max_age_days is not None:
-            cutoff = now_ms - int(rule.max_age_days * DAY_MS)
+            cutoff = age_now_ms - int(rule.max_age_days * DAY_MS)
             # A recording that ended before the cutoff started before it too:
             # the (stream, started_at) index bounds the scan.
             old = _candidates(mine & (Recording.started_at < cutoff), (Recording.started_at, Recording.id))
-            by_age = plan_by_age((c for c, _s, _n in old), now_ms, rule.max_age_days)
+            by_age = _by_age_trusting_index(stream.id, old, age_now_ms, rule.max_age_days)
             sizes.update((c.id, c.size_bytes) for c, _s, _n in old)
             chosen.update((rec_id, (stream.name, "age")) for rec_id in by_age)
         if rule.max_bytes is not None:
@@ -316,7 +320,9 @@ def apply_retention(
                 .scalar()
             )
             if total - sum(sizes.get(i, 0) for i in by_age) > rule.max_bytes:
-                rows = _candidates(mine, (Recording.started_at, Recording.id))
+                # Oldest first by segment index, which only grows: a clock
+                # that was wrong cannot put the newest footage first.
+                rows = _candidates(mine, (Recording.segment_index,))
                 sizes.update((c.id, c.size_bytes) for c, _s, _n in rows)
                 by_size = plan_by_size((c for c, _s, _n in rows), total, rule.max_bytes, skip=by_age)
                 chosen.update((rec_id, (stream.name, "size")) for rec_id in by_size)
@@ -324,7 +330,9 @@ def apply_retention(
     for floor in policy.volumes:
         root = floor.path.rstrip(os.sep) + os.sep
         rows = _candidates(
-            pw.fn.SUBSTR(Recording.path, 1, len(root)) == root, (Recording.ended_at, Recording.id)
+            pw.fn.SUBSTR(Recording.path, 1, len(root)) == root,
+            # Segments whose time is suspect go last: their "1970" is not old.
+            (Recording.clock_suspect.is_null(False), Recording.ended_at, Recording.id),
         )
         # What age and size retention free on this volume counts towards the floor.
         already = sum(c.size_bytes for c, _s, _n in rows if c.id in chosen)
@@ -347,6 +355,8 @@ def apply_retention(
             floor_text = f"its {floor.min_free_bytes}-byte free-space floor"
             report.alarms.append(f"{floor.path}: {plan.short_by} bytes short of {floor_text}; {why}")
 
+    if report.clock is not None and now_ms - age_now_ms > CLOCK_AHEAD_ALARM_MS:
+        report.alarms.append(report.clock)  # a critical retention event carries it
     for rec_id, (name, reason) in chosen.items():
         entry = report.streams.setdefault(name, StreamRetention())
         entry.segments += 1
@@ -362,6 +372,85 @@ def apply_retention(
         )
         _record_run(report, now_ms)
     return report
+
+
+# How far past the newest recorded evidence "now" may be before the age
+# cut-off stops following the clock (a recorder idle this long is normal).
+EVIDENCE_SLACK_MS = 3_600_000
+# How far ahead before it is an alarm (and a critical event) rather than a note.
+CLOCK_AHEAD_ALARM_MS = DAY_MS
+
+
+def newest_evidence_ms() -> int | None:
+    """The latest time the database has seen written: an event, a believable segment's end, or an
+    open one's start (each read from an index)."""
+    believable = Recording.clock_suspect.is_null()
+    event = Event.select(pw.fn.MAX(Event.ts)).scalar()
+    ended = Recording.select(pw.fn.MAX(Recording.ended_at)).where(believable).scalar()
+    started = (
+        Recording.select(pw.fn.MAX(Recording.started_at))
+        .where(believable & Recording.ended_at.is_null())
+        .scalar()
+    )
+    values = [v if isinstance(v, int) else to_millis(v) for v in (ended, started, event) if v is not None]
+    return max(values) if values else None
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
+
+
+def _age_clock(now_ms: int, report: RetentionReport) -> int:
+    """``now`` for age retention: the clock, unless it is ahead of every recorded write.
+
+    With the clock 40 days ahead (bad NTP, an RTC-less board), age
+    retention would delete footage finished a minute ago. The cut-off is
+    taken from ``min(now, newest evidence + 1 h)`` and the report says so.
+    Events count as evidence: a running recorder writes them all the time.
+    """
+    newest = newest_evidence_ms()
+    if newest is None or now_ms <= newest + EVIDENCE_SLACK_MS:
+        return now_ms
+    ahead_h = (now_ms - newest) / 3_600_000
+    report.clock = (
+        f"the clock ({_iso(now_ms)}) is {ahead_h:.1f} h ahead of the newest write ({_iso(newest)}); "
+        "age limits count from the newest write plus 1 h instead"
+    )
+    log.warning("retention: %s", report.clock)
+    return newest + EVIDENCE_SLACK_MS
+
+
+def _by_age_trusting_index(
+    stream_id: int, old: list[tuple[Candidate, int, str]], now_ms: int, max_age_days: float
+) -> list[int]:
+    """``plan_by_age``, except that a segment with a suspect time is judged by its index.
+
+    Its timestamps are not evidence of age (a 1970 segment is the newest
+    footage after a boot without a clock); it goes only when a believable
+    segment recorded after it (a higher index) is old enough to go.
+    """
+    chosen = plan_by_age((c for c, _s, _n in old), now_ms, max_age_days)
+    suspects = dict(
+        Recording.select(Recording.id, Recording.segment_index)
+        .where((Recording.stream == stream_id) & Recording.clock_suspect.is_null(False))
+        .tuples()
+    )
+    if not suspects:
+        return chosen
+    cutoff = now_ms - int(max_age_days * DAY_MS)
+    newest_index = (
+        Recording.select(pw.fn.MAX(Recording.segment_index))
+        .where(
+            (Recording.stream == stream_id)
+            & Recording.clock_suspect.is_null()
+            & (Recording.ended_at < cutoff)
+            & (Recording.archived == False)  # noqa: E712 - SQL, not Python
+        )
+        .scalar()
+    )
+    if newest_index is None:
+        return [i for i in chosen if i not in suspects]
+    return [i for i in chosen if i not in suspects or suspects[i] < newest_index]
 
 
 def delete_recordings(

@@ -8,6 +8,7 @@ the fix and passes after. The clock steps are given explicitly (``now=``,
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from pathlib import Path
 
@@ -153,3 +154,184 @@ def test_cli_check_reports_and_repairs_sizes(db, tmp_path, backend):
     finally:
         database_proxy.initialize(previous)
     assert Recording.get_by_id(seg.id).size_bytes == 190_987
+
+
+# --- 3: the clock stepped forward ------------------------------------------------------------
+
+T = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+
+
+def _segments(cam, root: Path, starts: list[dt.datetime], length=dt.timedelta(seconds=50)):
+    made = []
+    for start in starts:
+        path = _file(root / f"{cam.name}-{len(made)}-{int(start.timestamp())}.ts", 10, start)
+        seg = cam.begin_segment(path, started_at=start)
+        seg.complete_segment(ended_at=start + length, size_bytes=10)
+        made.append(seg)
+    return made
+
+
+def test_a_last_run_in_the_future_counts_as_due_and_is_logged(db, caplog):
+    from stream_state.maintenance import Maintenance, UpkeepPolicy
+
+    policy = UpkeepPolicy(intervals={"wal_checkpoint": 300, "optimize": 86400})
+    upkeep = Maintenance(db, policy)
+    upkeep.run_due(now=T + 40 * DAY)  # the clock was 40 days ahead
+    with caplog.at_level(logging.WARNING, logger="stream_state.maintenance"):
+        report = upkeep.run_due(now=T + dt.timedelta(minutes=1))  # and came back
+    assert set(report.ran) == {"wal_checkpoint", "optimize"} and not report.skipped
+    assert "clock stepped back" in caplog.text
+    assert upkeep.last_runs()["optimize"] == int((T + dt.timedelta(minutes=1)).timestamp() * 1000)
+
+
+def test_age_retention_with_the_clock_40_days_ahead_keeps_what_the_evidence_calls_recent(db, tmp_path):
+    from stream_state.maintenance import Maintenance, UpkeepPolicy
+    from stream_state.retention import RetentionPolicy, RetentionRule
+
+    cam = Stream.register("cam-1", "rtsp://cam/1", recording=True)
+    old = _segments(cam, tmp_path, [T - 35 * DAY, T - 31 * DAY])
+    recent = _segments(cam, tmp_path, [T - 10 * DAY, T - dt.timedelta(minutes=2)])  # the last ended 1 min ago
+    upkeep = Maintenance(
+        db,
+        UpkeepPolicy(
+            retention=RetentionPolicy(RetentionRule(max_age_days=30)), intervals={"retention": 3600}
+        ),
+    )
+    report = upkeep.run_due(now=T + 40 * DAY)
+    kept = {r.id for r in Recording.select()}
+    assert kept == {s.id for s in recent}, "only what is old by the evidence went"
+    assert not any(Path(s.path).exists() for s in old) and all(Path(s.path).exists() for s in recent)
+    retention = report.ran["retention"]
+    assert "ahead of the newest write" in retention["clock"] and retention["alarms"]
+
+
+# --- 4: the clock from 1970 at boot, then NTP --------------------------------------------------
+
+BOOT = dt.datetime(1970, 1, 1, 0, 5, tzinfo=dt.UTC)
+
+
+def test_implausible_segments_are_flagged_never_bound_a_range_query_and_go_by_index(db, tmp_path):
+    from stream_state import history
+    from stream_state.history.segments import _bound_sql
+    from stream_state.retention import RetentionPolicy, RetentionRule, apply_retention
+
+    cam = Stream.register("cam-1", "rtsp://cam/1", recording=True)
+    before_boot = _segments(cam, tmp_path, [T - 40 * DAY, T - 39 * DAY])  # old, believable
+    booted = _segments(cam, tmp_path, [BOOT, BOOT + dt.timedelta(minutes=1)])  # newest footage, 1970 times
+    across = cam.begin_segment(tmp_path / "across.ts", started_at=BOOT + dt.timedelta(minutes=2))
+    _file(Path(across.path), 10)
+    across.complete_segment(ended_at=T, size_bytes=10)  # NTP stepped the clock mid-segment
+    after = _segments(cam, tmp_path, [T + dt.timedelta(minutes=1)])
+    stored = {r.id: r.clock_suspect for r in Recording.select()}
+    assert [stored[s.id] for s in booted] == ["before_2000", "before_2000"]
+    assert stored[across.id] == "too_long"  # 56 years long (its start was suspect already)
+    assert all(stored[s.id] is None for s in before_boot + after)
+    long_one = cam.begin_segment(tmp_path / "long.ts", started_at=T + dt.timedelta(hours=1))
+    long_one.complete_segment(ended_at=T + dt.timedelta(hours=30), size_bytes=1)
+    assert Recording.get_by_id(long_one.id).clock_suspect == "too_long"
+    # The range queries' lower bound ignores them: a 56-year segment does not widen every scan.
+    p = db.param
+    bound = db.execute_sql(f"SELECT {_bound_sql(p)}", (cam.id,)).fetchone()[0]
+    assert bound == 120_000
+    window = history.recordings(cam, T, T + dt.timedelta(minutes=10))
+    assert [r.id for r in window] == [after[0].id]
+    # Age retention (30 days, the clock right again): the 1970 segments were recorded after
+    # the believable ones, so they go only with footage newer than them.
+    report = apply_retention(RetentionPolicy(RetentionRule(max_age_days=30)), now=T + dt.timedelta(hours=31))
+    remaining = {r.id for r in Recording.select()}
+    assert {s.id for s in before_boot}.isdisjoint(remaining)
+    assert {s.id for s in booted} <= remaining and across.id in remaining
+    assert report.segments == 2
+
+
+def test_a_streams_segments_are_re_dated_after_a_clock_fix_from_python_and_the_cli(db, tmp_path, backend):
+    from stream_state.clock import redate, suspect_segments
+
+    cam = Stream.register("cam-1", "rtsp://cam/1", recording=True)
+    booted = _segments(cam, tmp_path, [BOOT, BOOT + dt.timedelta(minutes=1)])
+    shift = T - BOOT
+    assert [s.id for s in suspect_segments(cam)] == [s.id for s in booted]
+    report = redate("cam-1", shift, first_index=booted[0].segment_index, last_index=booted[1].segment_index)
+    assert (report.segments, report.still_suspect) == (2, 0)
+    moved = Recording.get_by_id(booted[1].id)
+    assert moved.started_at == T + dt.timedelta(minutes=1) and moved.clock_suspect is None
+    assert moved.ended_at == T + dt.timedelta(minutes=1, seconds=50)
+    assert list(suspect_segments(cam)) == []
+    with pytest.raises(ValidationError):
+        redate("cam-1", dt.timedelta(0))
+    if backend.name == "sqlite":
+        from click.testing import CliRunner
+
+        from stream_state.cli import cli
+        from stream_state.models import database_proxy
+
+        previous = database_proxy.obj
+        database_proxy.initialize(None)
+        try:
+            args = ["--db", db.database, "redate", "cam-1", "--by", "-1h", "--from-index", "1", "--json"]
+            result = CliRunner().invoke(cli, args)
+        finally:
+            database_proxy.initialize(previous)
+        assert result.exit_code == 0, result.output
+        assert '"segments": 1' in result.output
+        assert Recording.get_by_id(booted[1].id).started_at == T - dt.timedelta(minutes=59)
+
+
+# --- 5: the clock stepped back a little -----------------------------------------------------------
+
+
+def test_a_defaulted_now_before_the_start_is_clamped_and_noted(db, tmp_path, monkeypatch):
+    import stream_state.models.recording as recording_module
+
+    cam = Stream.register("cam-1", "rtsp://cam/1", recording=True)
+    seg = cam.begin_segment(_file(tmp_path / "a.ts", 1234), started_at=T)
+    monkeypatch.setattr(recording_module, "utc_now", lambda: T - dt.timedelta(seconds=2))  # NTP stepped back
+    seg.checkpoint(1000)
+    stored = Recording.get_by_id(seg.id)
+    assert stored.checkpoint_at == T and stored.size_bytes == 1000
+    assert "checkpoint_at" in stored.metadata["clock_clamped"]
+    seg.complete_segment()
+    stored = Recording.get_by_id(seg.id)
+    assert stored.state == SegmentState.COMPLETE and stored.ended_at == T and stored.size_bytes == 1234
+    assert set(stored.metadata["clock_clamped"]) == {"checkpoint_at", "ended_at"}
+    # What the caller passed explicitly is still refused, naming it.
+    other = cam.begin_segment(tmp_path / "b.ts", started_at=T)
+    with pytest.raises(ValidationError) as info:
+        other.complete_segment(ended_at=T - dt.timedelta(seconds=2), size_bytes=1)
+    assert info.value.field == "ended_at"
+    with pytest.raises(ValidationError) as info:
+        other.checkpoint(1, at=T - dt.timedelta(seconds=1))
+    assert info.value.field == "at"
+
+
+# --- 15: restore commits in batches and finishes what a killed run left ---------------------------
+
+
+def test_restore_repairs_in_batches_and_a_run_killed_halfway_finishes_next_time(db, tmp_path, monkeypatch):
+    from stream_state import Event
+    from stream_state.restore import Restorer
+
+    cam = Stream.register("cam-1", "rtsp://cam/1", recording=True)
+    for i in range(35):
+        cam.begin_segment(_file(tmp_path / f"{i}.ts", 100, T), started_at=T + dt.timedelta(seconds=i))
+    monkeypatch.setattr(Restorer, "REPAIR_BATCH", 10)
+    real = Restorer._commit_batch
+    batches = []
+
+    def killed_after_two(self, repairs, now_ms, kind):
+        if len(batches) == 2:
+            raise KeyboardInterrupt("killed")  # the process dies between two batches
+        batches.append(len(repairs))
+        real(self, repairs, now_ms, kind)
+
+    monkeypatch.setattr(Restorer, "_commit_batch", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        Restorer(db).restore(now=T + DAY)
+    assert batches == [10, 10]
+    assert Recording.select().where(Recording.ended_at.is_null()).count() == 15
+    monkeypatch.setattr(Restorer, "_commit_batch", real)
+    state = Restorer(db).restore(now=T + DAY)
+    assert len(state.repairs) == 15
+    assert Recording.select().where(Recording.ended_at.is_null()).count() == 0
+    assert Event.select().where(Event.type == "segment_repaired").count() == 35, "one event per repair"

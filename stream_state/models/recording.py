@@ -57,6 +57,11 @@ class Recording(BaseModel):
     # bound or retention's age order. See clock.py.
     clock_suspect = pw.TextField(null=True)
 
+    # A segment longer than this is not believed (a clock step inside it, say
+    # a 1970 boot then NTP): flagged ``too_long``. Managers with longer
+    # segments raise it: ``Recording.max_plausible_length = dt.timedelta(hours=48)``.
+    max_plausible_length = dt.timedelta(hours=24)
+
     class Meta:
         table_name = "recording"
         constraints = [pw.Check("ended_at IS NULL OR ended_at >= started_at")]  # invariant 8
@@ -152,6 +157,7 @@ class Recording(BaseModel):
         manager's tick, ``tick.checkpoint(recording, ...)`` writes it with the
         tick's other calls in one transaction.
         """
+        self._clock_clamped = None
         size, when_ms = self._checkpoint_values(size_bytes, at)
         db = self._meta.database
         # Written once per backend (statements.py): this runs every second for every stream.
@@ -159,14 +165,40 @@ class Recording(BaseModel):
             self._raise_not_open("checkpoint")
         self.size_bytes = size
         self.checkpoint_at = from_millis(when_ms)
+        if self._clock_clamped is not None:
+            self._note_in_metadata(self._clock_clamped)
+
+    _clock_clamped: dict[str, Any] | None = None
+
+    def _note_in_metadata(self, note: dict[str, Any]) -> None:
+        """Merge a clamped-clock note into the row's metadata (rare: only after a clock step)."""
+        cls = type(self)
+        with self._meta.database.atomic():
+            fresh = locked(cls.select(cls.metadata).where(cls.id == self.id)).first()
+            if fresh is None:
+                return
+            merged = dict(fresh.metadata or {})
+            earlier = merged.get("clock_clamped")
+            clamp = note["clock_clamped"]
+            merged["clock_clamped"] = {**earlier, **clamp} if isinstance(earlier, dict) else clamp
+            cls.update(metadata=merged).where(cls.id == self.id).execute()
+        self.metadata = merged
 
     def _checkpoint_values(self, size_bytes: int, at: dt.datetime | None) -> tuple[int, int]:
         """(size_bytes, at in epoch ms) of a checkpoint, validated; nothing is written."""
         require_count("size_bytes", size_bytes)
         when = utc_now() if at is None else at
         when_ms = to_millis(when, "at")
-        if when_ms < to_millis(self.started_at):
+        started_ms = to_millis(self.started_at)
+        clamped = at is None and when_ms < started_ms
+        if when_ms < started_ms and not clamped:
             raise ValidationError("at", when, f"before the segment started ({self.started_at.isoformat()})")
+        if clamped:
+            # The wall clock stepped back since the segment began: the caller
+            # passed no time, so nothing of theirs is wrong; clamp and say so
+            # (checkpoint() writes the note into the row's metadata).
+            self._clock_clamped = clock_note("checkpoint_at", when, self.started_at)
+            when_ms = started_ms
         return size_bytes, when_ms
 
     def complete_segment(
@@ -205,6 +237,17 @@ class Recording(BaseModel):
             ended_at if ended_at is not None else media_ended_at if media_ended_at is not None else utc_now()
         )
         ended_ms = to_millis(ended, "ended_at")
+        clamped: dict[str, Any] | None = None
+        if ended_at is None and media_ended_at is None and ended_ms < to_millis(self.started_at):
+            # A defaulted "now" before the start: the wall clock stepped back
+            # (NTP). The caller gave no time, so nothing of theirs is wrong:
+            # the end is clamped to the start and the row says why.
+            note = clamped = clock_note("ended_at", ended, self.started_at)
+            metadata = (
+                {**(metadata or {}), **note} if isinstance(metadata, dict) or metadata is None else metadata
+            )
+            ended_ms = to_millis(self.started_at)
+            ended = self.started_at
         if media_ms is not None and media_ms != ended_ms:
             raise ValidationError(
                 "ended_at", ended_at, "differs from media_ended_at; the media time is the row's end"
@@ -229,6 +272,11 @@ class Recording(BaseModel):
         }
         cls = type(self)
         db = self._meta.database
+        # invariant: a segment whose length cannot be true is flagged, not believed
+        too_long = ended_ms - to_millis(self.started_at) > self.max_plausible_length / dt.timedelta(
+            milliseconds=1
+        )
+        suspect = {"clock_suspect": "too_long"} if too_long else {}
         if metadata is None:
             # The common case, an open segment closed without new metadata:
             # one statement, which only an open row matches (invariants 5, 8);
@@ -237,9 +285,11 @@ class Recording(BaseModel):
                 self.id,
                 SegmentState.RECORDING,
                 SegmentState.COMPLETE,
-                values={"ended_at": ended_ms, "size_bytes": size_bytes, **media},
+                values={"ended_at": ended_ms, "size_bytes": size_bytes, **media, **suspect},
             )
             if closed:
+                if too_long:
+                    self.clock_suspect = "too_long"
                 self.state = SegmentState.COMPLETE
                 self.ended_at = from_millis(ended_ms)
                 self.size_bytes = size_bytes
@@ -263,17 +313,28 @@ class Recording(BaseModel):
                 self.__data__.update(fresh.__data__)
                 return self
             merged = {**(fresh.metadata or {}), **metadata} if metadata else fresh.metadata
+            earlier = (fresh.metadata or {}).get("clock_clamped")
+            if clamped is not None and isinstance(earlier, dict):  # keep an earlier clamp's note too
+                merged["clock_clamped"] = {**earlier, **clamped["clock_clamped"]}
             cls.transition(
                 self.id,
                 fresh.state,
                 SegmentState.COMPLETE,
-                values={"ended_at": ended_ms, "size_bytes": size_bytes, "metadata": merged, **media},
+                values={
+                    "ended_at": ended_ms,
+                    "size_bytes": size_bytes,
+                    "metadata": merged,
+                    **media,
+                    **suspect,
+                },
                 strict=True,
             )
         self.state = SegmentState.COMPLETE
         self.ended_at = from_millis(ended_ms)
         self.size_bytes = size_bytes
         self.metadata = merged
+        if too_long:
+            self.clock_suspect = "too_long"
         self._take_media(media)
         return self
 
@@ -462,6 +523,35 @@ class Recording(BaseModel):
         raise InvalidTransition("segment", current, action, f"{self.path} is not open")
 
 
+# Timestamps before this are a clock that has not been set (a board booted in 1970).
+PLAUSIBLE_SINCE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+
+# A start this long before its stream was registered is a clock set back, not
+# imported footage (which managers may add with its own, earlier, times).
+REGISTRATION_MARGIN_MS = 366 * 86_400_000
+
+
+def start_suspicion(started_ms: int, registered_ms: int | None) -> str | None:
+    """Why a segment's start cannot be believed, else None."""
+    if started_ms < PLAUSIBLE_SINCE_MS:
+        return "before_2000"
+    if registered_ms is not None and started_ms < registered_ms - REGISTRATION_MARGIN_MS:
+        return "before_registration"
+    return None
+
+
+def clock_note(column: str, now: dt.datetime, started_at: dt.datetime) -> dict[str, Any]:
+    """The metadata a clamped default time leaves on its row: what "now" said, and what was kept."""
+    log.warning(
+        "the wall clock (%s) is before the segment's start (%s): %s clamped to the start",
+        now.isoformat(),
+        started_at.isoformat(),
+        column,
+    )
+    return {"clock_clamped": {column: {"clock_said": now.isoformat(), "kept": started_at.isoformat()}}}
+
+
 def _archive_root(dest_root: Any) -> str:
     """A usable archive directory, created if needed, before any row is touched."""
     if not isinstance(dest_root, (str, os.PathLike)) or isinstance(dest_root, bytes):
@@ -584,6 +674,15 @@ Recording.add_index(
         # A suspect segment (a clock step made it decades long) never sets the bound.
         where=(_length > LONG_SEGMENT_MS) & Recording.clock_suspect.is_null(),
         name="recording_long",
+    )
+)
+# The few segments whose time is suspect (retention judges them by index).
+Recording.add_index(
+    Recording.index(
+        Recording.stream,
+        Recording.segment_index,
+        where=Recording.clock_suspect.is_null(False),
+        name="recording_suspect",
     )
 )
 # Restore looks for unfinished work (recording, deleting, ...): a partial index

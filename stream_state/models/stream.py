@@ -397,6 +397,10 @@ class Stream(BaseModel):
             raise ValidationError(
                 "started_at", started_at, "differs from media_started_at; the media time is the row's start"
             )
+        from .recording import start_suspicion
+
+        registered = self.__data__.get("created_at")
+        suspicion = start_suspicion(started_ms, None if registered is None else to_millis(registered))
         db = self._meta.database
         # A segment recorded into a deleted database file would vanish at the
         # next restart: one stat() per segment to refuse that loudly.
@@ -428,6 +432,8 @@ class Stream(BaseModel):
                         media_ms,
                     ),
                 ).fetchone()
+                if suspicion is not None:  # rare: a clock not yet set, or set back
+                    Recording.update(clock_suspect=suspicion).where(Recording.id == recording_id).execute()
         except pw.IntegrityError as exc:
             if "path" in str(exc):
                 raise AlreadyExists("recording", "path", path) from exc
@@ -445,7 +451,16 @@ class Stream(BaseModel):
             archived=False,
             metadata=metadata,
             media_started_at=None if media_ms is None else from_millis(media_ms),
+            clock_suspect=suspicion,
         )
+        if suspicion is not None:
+            log.warning(
+                "segment %s of %s starts at %s (%s): its time is flagged, not believed",
+                index,
+                self.name,
+                from_millis(started_ms).isoformat(),
+                suspicion,
+            )
         recording._dirty.clear()
         return recording
 

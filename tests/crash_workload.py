@@ -3,8 +3,12 @@
 It restores like a real manager, then records several streams into real
 files forever: segments begun, grown, checkpointed, completed (two open at a
 time, as splitmuxsink does), old segments deleted, health flips, events and
-metric batches. After each call that committed, it appends a line to a
-journal; the parent checks that everything journaled survived the kill.
+metric batches. Among them, what a real recorder meets (issue 13): a
+relative path, which must be refused, and the wall clock stepping (2 s
+back or forward, 40 days ahead, a 1970 boot, then right again), which the
+package's own "now" follows (``stream_state.timeutil`` reads a skewed clock).
+After each call that committed, it appends a line to a journal; the parent
+checks that everything journaled survived the kill.
 
     python -m tests.crash_workload --url URL --dir DIR --journal FILE --seed N [--pg-schema S]
 """
@@ -17,13 +21,49 @@ import json
 import os
 import random
 import sys
+import time
+import types
 from pathlib import Path
 
-from stream_state import Event, HealthState, MetricSample, Recording, SegmentState, Stream, open_database
+import stream_state.timeutil
+from stream_state import (
+    Event,
+    HealthState,
+    MetricSample,
+    Recording,
+    SegmentState,
+    Stream,
+    ValidationError,
+    open_database,
+)
 from stream_state.restore import Restorer
 
 STREAMS = 4
 HEALTH = [HealthState.HEALTHY, HealthState.HEALTHY, HealthState.DEGRADED, HealthState.UNHEALTHY]
+# Clock steps, as offsets from the true time (None: the 1970 boot of a board without an RTC).
+CLOCK_STEPS = {
+    "back 2 s": dt.timedelta(seconds=-2),
+    "ahead 2 s": dt.timedelta(seconds=2),
+    "ahead 40 days": dt.timedelta(days=40),
+    "1970 boot": None,
+    "right": dt.timedelta(0),
+}
+
+
+class SkewedClock:
+    """What the package reads as the time (``stream_state.timeutil.time``), stepped on demand."""
+
+    def __init__(self) -> None:
+        self.offset_ns = 0
+
+    def step(self, offset: dt.timedelta | None) -> None:
+        if offset is None:  # 1970, a few minutes after the epoch, as a fresh boot
+            self.offset_ns = 300 * 10**9 - time.time_ns()
+        else:
+            self.offset_ns = offset // dt.timedelta(microseconds=1) * 1000
+
+    def time_ns(self) -> int:
+        return time.time_ns() + self.offset_ns
 
 
 def workload_name(seed: int) -> str:
@@ -62,6 +102,8 @@ def main() -> None:
         for i in range(STREAMS)
     ]
     open_files: dict[int, list[tuple[Recording, int]]] = {stream.id: [] for stream in streams}
+    clock = SkewedClock()
+    stream_state.timeutil.time = types.SimpleNamespace(time_ns=clock.time_ns)  # type: ignore[attr-defined]
     print("ready", flush=True)
 
     while True:
@@ -101,6 +143,18 @@ def main() -> None:
             state = rng.choice(HEALTH)
             if stream.record_health(state, reason="workload"):
                 note("health", stream.id, str(state))
+        elif roll < 0.82:
+            label = rng.choice(list(CLOCK_STEPS))
+            clock.step(CLOCK_STEPS[label])
+            note("clock", label)
+        elif roll < 0.84:
+            relative = f"{stream.name}-{rng.getrandbits(20)}.mp4"
+            try:
+                stream.begin_segment(relative, storage="disk0")
+            except ValidationError:
+                note("refused", relative)
+            else:
+                note("relative_accepted", relative)  # the parent fails on this
         elif roll < 0.9:
             now = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=rng.randint(0, 10**6))
             batch = [

@@ -117,6 +117,8 @@ def check_invariants(
                 )
                 assert found == 1, f"committed metric sample of stream {stream_id} at {ts} missing"
     assert deleted <= deleting, "invariant 6: every deleted file's row said deleting first"
+    accepted = [entry[1] for entry in journal if entry[0] == "relative_accepted"]
+    assert not accepted, f"relative segment paths must be refused: {accepted[:3]}"
 
     for stream in Stream.select():
         top = Recording.select(pw.fn.MAX(Recording.segment_index)).where(Recording.stream == stream).scalar()
@@ -183,3 +185,5 @@ def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path)
             else:
                 db.close()
     assert any(entry[0] == "complete" for entry in read_journal(journal_path)), "the workload did real work"
+    kinds = {entry[0] for entry in read_journal(journal_path)}
+    assert {"clock", "refused"} <= kinds, "the workload stepped the clock and tried a relative path"

@@ -345,6 +345,7 @@ def test_every_command_and_option_has_help():
         "integrity",
         "demo",
         "timeline",
+        "redate",
     }
     assert set(cli.commands) == expected
     runner = CliRunner()

@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "compaction",
             "invariants",
             "tick",
+            "clock",
         ],
     ),
     # Every table, one module per aggregate; models import the base, never a service.

@@ -157,7 +157,12 @@ def open_database(
     try:
         ensure_schema(db, migrate=migrate, backup_before_migrate=backup_before_migrate)
     except BaseException:
-        db.close()
+        # The pool's connections and the watchdog's thread too (PostgreSQL):
+        # a caller retrying a refused open must not pile them up.
+        if isinstance(db, StreamStatePostgresDatabase):
+            db.close_all()
+        else:
+            db.close()
         raise
     database_proxy.initialize(db)
     return db

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import stat
 import threading
+import time
 from pathlib import Path
 
 import peewee as pw
@@ -161,6 +162,33 @@ def test_migrate_false_on_an_empty_database_names_both_versions(backend):
     assert info.value.database_version is None
     assert info.value.code_version == code_schema_version()
     assert "empty database" in str(info.value) and code_schema_version() in str(info.value)
+
+
+def test_a_refused_open_leaves_no_postgres_connection_or_watchdog_behind(backend):
+    # A manager retrying open_database while the schema is wrong must not
+    # use up the server's connections one refused attempt at a time.
+    if backend.name != "postgres":
+        pytest.skip("the connection pool and its watchdog are PostgreSQL's")
+    url, params = backend.new_target()
+    tag = f"refused-open-{os.getpid()}-{threading.get_ident()}"
+    watchdogs = sum(t.name == "pg-watchdog" for t in threading.enumerate())
+    for _ in range(3):
+        with pytest.raises(SchemaMismatch):
+            open_database(url, migrate=False, application_name=tag, **params)
+    probe = open_database(url, **params)
+    try:
+        for _ in range(50):  # a closed backend leaves pg_stat_activity a moment later
+            (left,) = probe.execute_sql(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = %s", (tag,)
+            ).fetchone()
+            if not left:
+                break
+            time.sleep(0.1)
+    finally:
+        probe.close_all()
+    assert left == 0, f"{left} connection(s) of refused opens still open"
+    time.sleep(0.5)  # a stopped watchdog notices within a tick
+    assert sum(t.name == "pg-watchdog" for t in threading.enumerate()) <= watchdogs
 
 
 def test_migrate_false_on_a_current_database_opens_it(backend, tmp_path):

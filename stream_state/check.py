@@ -166,7 +166,9 @@ class CheckReport:
         )
 
     def count(self, action: str) -> int:
-        items = (*self.orphans, *self.missing, *self.spellings, *self.sizes, *self.empty_failed)
+        items: tuple[OrphanFile | MissingFile | SpellingProblem | SizeMismatch | EmptyFailedFile, ...] = (
+            *self.orphans, *self.missing, *self.spellings, *self.sizes, *self.empty_failed,
+        )  # fmt: skip
         return sum(item.action == action for item in items)
 
 

@@ -28,6 +28,7 @@ import peewee as pw
 from .errors import ValidationError
 from .models import Event, Recording, Stream
 from .models.recording import start_suspicion
+from .pwtypes import tuple_rows
 from .states import Severity
 from .timeutil import MAX_MILLIS, to_millis
 
@@ -80,17 +81,17 @@ def redate(
     longest_ms = Recording.max_plausible_length // dt.timedelta(milliseconds=1)
     with db.atomic():
         rows = list(
-            Recording.select(
-                Recording.id, Recording.segment_index, *(getattr(Recording, c) for c in _TIME_COLUMNS)
+            tuple_rows(
+                Recording.select(
+                    Recording.id, Recording.segment_index, *(getattr(Recording, c) for c in _TIME_COLUMNS)
+                ).where(where)
             )
-            .where(where)
-            .tuples()
         )
         if not rows:
             return RedateReport(target.name, shift, 0, first_index, last_index, 0)
         still = 0
         for rec_id, _index, *times in rows:
-            moved = {}
+            moved: dict[str, int] = {}
             for column, value in zip(_TIME_COLUMNS, times, strict=True):
                 if value is None:
                     continue
@@ -126,7 +127,7 @@ def redate(
     return RedateReport(target.name, shift, len(rows), min(indexes), max(indexes), still)
 
 
-def suspect_segments(stream: Stream | str) -> pw.ModelSelect:
+def suspect_segments(stream: Stream | str) -> pw.ModelSelect[Recording]:
     """The stream's segments whose times are flagged, by index (to choose what to re-date)."""
     target = stream if isinstance(stream, Stream) else Stream.by_name(stream)
     return (

@@ -430,10 +430,12 @@ def _by_age_trusting_index(
     segment recorded after it (a higher index) is old enough to go.
     """
     chosen = plan_by_age((c for c, _s, _n in old), now_ms, max_age_days)
-    suspects = dict(
-        Recording.select(Recording.id, Recording.segment_index)
-        .where((Recording.stream == stream_id) & Recording.clock_suspect.is_null(False))
-        .tuples()
+    suspects: dict[int, int] = dict(
+        tuple_rows(
+            Recording.select(Recording.id, Recording.segment_index).where(
+                (Recording.stream == stream_id) & Recording.clock_suspect.is_null(False)
+            )
+        )
     )
     if not suspects:
         return chosen

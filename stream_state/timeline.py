@@ -35,6 +35,7 @@ import base64
 import bisect
 import dataclasses
 import datetime as dt
+import errno
 import functools
 import html
 import io
@@ -48,7 +49,7 @@ from typing import Any, cast
 from xml.etree import ElementTree
 
 from .cli_output import format_duration, format_size
-from .errors import StreamStateError, ValidationError
+from .errors import StorageFull, StreamStateError, ValidationError
 from .history import resolve_stream
 from .history.eventlog import MAX_PAGE, events
 from .history.health import health_transitions
@@ -1224,6 +1225,7 @@ def render(
     again without reading the database. Returns the Path written.
     """
     fmt = _format(out, format) if out is not None or format is not None else None
+    _check_out(out)
     _matplotlib()  # say what to install before reading anything
     if timeline is None:
         timeline = collect(streams, since, until, width=width, tolerance=tolerance, now=now, fit=fit)
@@ -1233,8 +1235,28 @@ def render(
     data = _encode(drawn, timeline, fmt)
     if out is None:
         return data
+    return _write(out, data)
+
+
+def _check_out(out: str | os.PathLike[str] | None) -> None:
+    """Refuse an ``out`` that cannot be a new file before anything is read or drawn."""
+    if out is None:
+        return
     path = Path(out)
-    path.write_bytes(data)
+    if path.is_dir():
+        raise ValidationError("out", str(out), "is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise ValidationError("out", str(out), f"directory {path.parent} does not exist")
+
+
+def _write(out: str | os.PathLike[str], data: bytes) -> Path:
+    path = Path(out)
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"cannot write {out}: {exc.strerror}") from exc
+        raise ValidationError("out", str(out), f"cannot be written ({exc.strerror})") from None
     return path
 
 
@@ -1468,6 +1490,7 @@ def usage_chart(
     if stack not in _STACKS:
         raise ValidationError("stack", stack, f"expected one of {', '.join(_STACKS)}")
     fmt = _format(out, format) if out is not None or format is not None else None
+    _check_out(out)
     mpl = _matplotlib()
     from matplotlib.figure import Figure
 
@@ -1544,6 +1567,4 @@ def usage_chart(
         data = buffer.getvalue()
     if out is None:
         return data
-    path = Path(out)
-    path.write_bytes(data)
-    return path
+    return _write(out, data)

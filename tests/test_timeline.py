@@ -533,6 +533,23 @@ def test_cli_timeline_refuses_an_unknown_format(db, backend, tmp_path):
     assert result.exit_code != 0 and ".svg" in result.output
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_anything_is_drawn(db, backend, tmp_path):
+    night()
+    missing = tmp_path / "no-such-dir" / "night.png"
+    for call in (
+        lambda: tl.render(since=at(0), until=at(200), out=missing),
+        lambda: tl.usage_chart(out=missing),
+    ):
+        with pytest.raises(ValidationError, match="does not exist") as info:
+            call()
+        assert info.value.field == "out"
+    with pytest.raises(ValidationError, match="is a directory"):
+        tl.render(since=at(0), until=at(200), out=tmp_path, format="png")
+    result = _cli(backend, db, "timeline", "--since", at(0).isoformat(), "--out", str(missing))
+    assert result.exit_code == 1 and "does not exist" in result.output and "unexpected" not in result.output
+    assert not missing.parent.exists()
+
+
 def test_readme_timeline_image_exists():
     image = Path(__file__).resolve().parent.parent / "docs" / "demo-timeline.png"
     if not image.exists():

@@ -24,7 +24,7 @@ import logging
 
 import peewee as pw
 
-from .models.base import current_database
+from .models.base import current_database, dialect
 from .models.blocks import MetricBlock
 from .rollups import _lock_watermark
 from .timeutil import HOUR_MS, from_millis, now_millis, to_millis
@@ -141,10 +141,13 @@ def _compact_range(
             found[0].append(ts)
             found[1].append(merged[ts])
     block_rows = [MetricBlock.row(series_id, hour, *hours[hour], resolution) for hour in sorted(hours)]
+    # Through the dialect: watched and translated (StorageFull...) like execute_sql.
     with pw.__exception_wrapper__:  # type: ignore[attr-defined]
+        many = dialect(db).executemany
         cursor = db.cursor()
-        cursor.executemany(MetricBlock.upsert_sql(db), block_rows)
-        cursor.executemany(
+        many(cursor, MetricBlock.upsert_sql(db), block_rows)
+        many(
+            cursor,
             f'DELETE FROM "metric_sample" WHERE "series_id" = {p} AND "ts" >= {p} AND "ts" < {p}',
             [(series_id, hour, hour + HOUR_MS) for hour in sorted(hours)],
         )

@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import random
 
+import peewee as pw
 import pytest
 
-from stream_state import Maintenance, MetricSample, Stream, UpkeepPolicy, ValidationError
+from stream_state import Maintenance, MetricSample, StorageFull, Stream, UpkeepPolicy, ValidationError
 from stream_state import history as h
 from stream_state.compaction import compact_samples
 from stream_state.database import migrate_to_head, rollback_one
@@ -115,6 +116,25 @@ def test_compaction_moves_whole_rolled_up_hours_and_every_answer_stays_exact(db)
     blocks = list(MetricBlock.select())
     per_sample = sum(len(bytes(b.payload)) for b in blocks) / sum(b.sample_count for b in blocks)
     assert per_sample < 8  # one value in seven is an unrounded double: the whole hour takes the XOR path
+
+
+def test_a_full_database_during_compaction_is_storage_full_and_moves_nothing(db):
+    # The blocks and the deletes go through the cursor's executemany: its
+    # driver error must come out as the package's, like execute_sql's.
+    if not isinstance(db, pw.SqliteDatabase):
+        pytest.skip("a SQLite file fault")
+    cam = Stream.register("cam-1", "rtsp://h/1")
+    samples = write(cam, 6)
+    refresh_rollups(until=T0 + 4.5 * HOUR)
+    pages = db.execute_sql("PRAGMA page_count").fetchone()[0]
+    db.execute_sql(f"PRAGMA max_page_count = {pages}")
+    try:
+        with pytest.raises(StorageFull):
+            compact_samples(NOW)
+    finally:
+        db.execute_sql("PRAGMA max_page_count = 1073741823")
+    assert block_hours() == set()
+    assert_exact(samples, sources=("raw",))
 
 
 def test_a_late_sample_expands_its_block_and_the_next_compaction_packs_it_again(db):

@@ -27,7 +27,7 @@ import peewee as pw
 from .. import codec
 from ..fields import BytesField
 from ..timeutil import HOUR_MS
-from .base import BaseModel, WithoutRowidOnSqlite
+from .base import BaseModel, WithoutRowidOnSqlite, dialect
 from .metric import MetricSeries
 
 
@@ -146,12 +146,15 @@ class MetricBlock(BaseModel):
             stamps, values = codec.decode(bytes(payload))
             rows.extend(zip([series_id] * len(stamps), stamps, values, strict=True))
         with pw.__exception_wrapper__:  # type: ignore[attr-defined]
-            db.cursor().executemany(
+            # Through the dialect: watched and translated like execute_sql, batched on psycopg2.
+            dialect(db).executemany(
+                db.cursor(),
                 f'INSERT INTO "metric_sample" ("series_id", "ts", "value") VALUES ({p}, {p}, {p}) '
                 'ON CONFLICT ("series_id", "ts") DO NOTHING',
                 rows,
             )
-            db.cursor().executemany(
+            dialect(db).executemany(
+                db.cursor(),
                 f'DELETE FROM "{table}" WHERE "series_id" = {p} AND "hour_start" = {p}',
                 [(series_id, hour) for series_id, hour, _ in found],
             )

@@ -201,11 +201,13 @@ def sqlite_path(url: str) -> Path:
     path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if parts.netloc:
         raise ValidationError(
-            "url", url, "a SQLite URL has no host: use sqlite:///relative.db or sqlite:////absolute.db"
+            "url",
+            redact_uri(url),
+            "a SQLite URL has no host: use sqlite:///relative.db or sqlite:////absolute.db",
         )
     if not path or path == ":memory:":
         raise ValidationError(
-            "url", url, "an in-memory database is not shared between threads; use a file path"
+            "url", redact_uri(url), "an in-memory database is not shared between threads; use a file path"
         )
     return Path(path)
 
@@ -215,7 +217,9 @@ def _open_sqlite(url: str, *, synchronous: str, busy_timeout: float, **connect_p
     query = dict(parse_qsl(urlsplit(url).query)) if "://" in url else {}
     synchronous = query.pop("synchronous", synchronous)
     if query:
-        raise ValidationError("url", url, f"unknown SQLite URL options: {', '.join(sorted(query))}")
+        raise ValidationError(
+            "url", redact_uri(url), f"unknown SQLite URL options: {', '.join(sorted(query))}"
+        )
     pragmas = sqlite_pragmas(synchronous)
     if path.is_dir():
         raise ValidationError("url", str(path), "is a directory, not a database file")

@@ -103,3 +103,20 @@ def test_database_urls_with_odd_passwords_parse_and_stay_masked(password):
     result = CliRunner().invoke(cli, ["--db", url, "streams"])
     assert result.exit_code == 1 and "FAKE" not in result.output, result.output
     assert "unexpected" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///state.db?key=topsecret",  # SQLCipher-style key: an option this package does not take
+        "sqlite://admin:topsecret@db.example/state.db",  # a host where none belongs
+        "sqlite://admin:topsecret@/:memory:",
+    ],
+)
+def test_a_refused_sqlite_url_does_not_show_its_secret(url, tmp_path, monkeypatch):
+    from stream_state import open_database
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError) as info:
+        open_database(url)
+    assert "topsecret" not in str(info.value) and "topsecret" not in repr(info.value.value)

@@ -323,7 +323,11 @@ class _PostgresConnection(pwasyncio.AsyncPostgresqlConnection):
         await self._acquire_lock()
         try:
             # asyncpg pipelines the whole batch in one round trip.
-            await self.conn.executemany(self._translate_placeholders(sql), list(rows))
+            rows = list(rows)
+            if rows and any(isinstance(value, _JSON_NODES) for value in rows[0]):
+                # A tick's events carry JSONField nodes (see aexecute_sql): asyncpg wants text.
+                rows = [[_json_text(v) if isinstance(v, _JSON_NODES) else v for v in row] for row in rows]
+            await self.conn.executemany(self._translate_placeholders(sql), rows)
         except asyncio.CancelledError:
             self.cancelled = True
             raise

@@ -853,3 +853,18 @@ def test_a_tick_is_gathered_in_the_loop_and_committed_through_the_bridge(backend
         assert report.samples == 1 and await aio.count(MetricSample.select()) == 3
 
     run_async(backend, body)
+
+
+def test_a_tick_with_events_commits_through_the_async_drivers(backend):
+    import stream_state
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        tick = stream_state.Tick()
+        tick.event("motion", cam, message="zone 1", data={"zone": 1, "score": 0.5}, at=at(1))
+        tick.event("motion", cam, data={"zone": 2}, at=at(2))
+        await aio.commit_tick(tick)
+        events = await aio.fetch(Event.select().where(Event.type == "motion").order_by(Event.id))
+        assert [e.data for e in events] == [{"zone": 1, "score": 0.5}, {"zone": 2}]
+
+    run_async(backend, body)

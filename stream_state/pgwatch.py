@@ -80,6 +80,11 @@ class Watchdog:
         self._next_token = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # When the server last answered a probe: a server that answered less
+        # than unresponsive_after ago is not asked again (each probe is a new
+        # connection, a backend process on the server), and a freeze after
+        # that answer is still found within unresponsive_after + probe_timeout.
+        self._answered_at: float | None = None
         self.cut = 0  # sockets shut down because the server did not answer
 
     @contextlib.contextmanager
@@ -132,7 +137,7 @@ class Watchdog:
             def over_limit(started: float, bounded: bool, now: float = now) -> bool:
                 return bounded and self.hard_limit is not None and now - started >= self.hard_limit
 
-            answering = None if all(over_limit(s[1], s[3]) for s in stuck) else self._server_answers()
+            answering = None if all(over_limit(s[1], s[3]) for s in stuck) else self._answering(now)
             for token, started, fd, bounded in stuck:
                 if answering and not over_limit(started, bounded):
                     continue
@@ -146,6 +151,14 @@ class Watchdog:
                     self.display_url,
                     now - started,
                 )
+
+    def _answering(self, now: float) -> bool:
+        if self._answered_at is not None and now - self._answered_at < self.unresponsive_after:
+            return True
+        if self._server_answers():
+            self._answered_at = time.monotonic()
+            return True
+        return False
 
     def _shut(self, fd: int) -> None:
         # shutdown() through a duplicate descriptor acts on the shared socket:

@@ -704,6 +704,33 @@ def test_postgres_timeouts_are_settable_and_never_a_raw_driver_error(backend):
         open_database(url, statement_timeout="soon", **params)
 
 
+def test_a_slow_statement_on_an_answering_server_is_not_probed_every_tick(backend, monkeypatch):
+    # Each probe is a new server connection (a backend process): while the
+    # server keeps answering, a long statement must not cost one every 0.25 s.
+    if backend.name != "postgres":
+        pytest.skip("the PostgreSQL watchdog")
+    from stream_state import pgwatch
+
+    probes = []
+    answers = pgwatch.Watchdog._server_answers
+
+    def counted(self):
+        probes.append(time.monotonic())
+        return answers(self)
+
+    monkeypatch.setattr(pgwatch.Watchdog, "_server_answers", counted)
+    url, params = backend.new_target()
+    db = open_database(url, unresponsive_after=1, **params)
+    try:
+        started = time.monotonic()
+        db.execute_sql("SELECT pg_sleep(4)")  # slow, not stuck: left to statement_timeout
+        assert time.monotonic() - started >= 4 and db.watchdog.cut == 0
+    finally:
+        db.close_all()
+    # Over the threshold for 3 s: once a second at most (12 probes when every tick asked).
+    assert 1 <= len(probes) <= 4, len(probes)
+
+
 def stream_state_errors():
     import stream_state.errors
 

@@ -266,8 +266,9 @@ def segment_rows(
     """``recordings(stream, since, until)`` as lightweight rows, oldest first (``limit``: the first n).
 
     For listings that do not need models (the CLI, a UI): the rows are read
-    straight from the cursor, which at 10M recordings costs about a tenth of
-    building 361 peewee models for a 1-hour window (bench/history.py).
+    straight from the cursor; at 10M recordings a 1-hour window (361 rows)
+    took 6 ms this way against 21 ms as peewee models (bench/clustering.py),
+    the rest being page reads.
     """
     stream_id = resolve_stream(stream).id
     since_ms, until_ms = window(since, until)

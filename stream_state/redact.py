@@ -12,9 +12,13 @@ from typing import Any
 
 MASK = "***"
 
-# Query parameters that commonly carry secrets in camera and streaming URLs.
+# Query parameters that commonly carry secrets in camera and streaming URLs:
+# any name holding one of these words (access_token, api_key, client_secret,
+# X-Amz-Signature...). A harmless name that holds one is masked too: more is
+# masked, never less.
 _SECRET_QUERY = re.compile(
-    r"(?i)([?&](?:password|passwd|pass|pwd|secret|token|key|auth|passphrase|streamid)=)[^&#]*"
+    r"(?i)([?&][^=&#\s]*?(?:password|passwd|pass|pwd|secret|token|key|auth|passphrase|streamid"
+    r"|signature|sig|credential)[^=&#\s]*=)[^&#]*"
 )
 
 

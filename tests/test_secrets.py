@@ -120,3 +120,24 @@ def test_a_refused_sqlite_url_does_not_show_its_secret(url, tmp_path, monkeypatc
     with pytest.raises(ValidationError) as info:
         open_database(url)
     assert "topsecret" not in str(info.value) and "topsecret" not in repr(info.value.value)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "access_token=S3cr3tV",
+        "api_key=S3cr3tV",
+        "apikey=S3cr3tV",
+        "auth_token=S3cr3tV",
+        "client_secret=S3cr3tV",
+        "X-Amz-Signature=S3cr3tV",
+        "sig=S3cr3tV",
+        "PASSWORD=S3cr3tV",
+    ],
+)
+def test_secret_looking_query_parameters_are_masked_whatever_their_prefix(query):
+    uri = f"https://cdn.example/live/index.m3u8?channel=1&{query}&fmt=ts"
+    shown = redact_uri(uri)
+    assert "S3cr3tV" not in shown and "S3cr3tV" not in redact_text(f"fetching {uri} failed")
+    assert shown.startswith("https://cdn.example/live/index.m3u8?channel=1&")
+    assert shown.endswith("=***&fmt=ts")

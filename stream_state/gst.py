@@ -375,11 +375,25 @@ class SplitmuxRecorder:
             # first frame excluded). The last fragment, closed by EOS, is given
             # its last frame's start instead: after EOS, a close that no seen
             # frame lies beyond takes every frame left.
-            take_all = self._eos_seen and not any(rt > end_rt for rt, _ in self._frames)
-            while self._frames and (take_all or self._frames[0][0] < end_rt):
-                _, frame_end = self._frames.popleft()
+            # With async-finalize the closes need not come in order: at a
+            # drain, the last file (closed by EOS) is often closed before the
+            # one before it, whose muxer is still finishing. A fragment
+            # therefore takes only frames from its own first frame on while an
+            # earlier fragment is still open, and never a later fragment's.
+            start_rt = fragment.start_rt if fragment is not None else None
+            others = [f.start_rt for f in self._fragments.values() if f is not fragment]
+            lower = start_rt if start_rt is not None and any(rt < start_rt for rt in others) else None
+            later_starts = [rt for rt in others if start_rt is not None and rt > start_rt]
+            take_all = self._eos_seen and not later_starts and not any(rt > end_rt for rt, _ in self._frames)
+            upper = None if take_all else min([end_rt, *later_starts])
+            kept: collections.deque[tuple[int, int]] = collections.deque()
+            for rt, frame_end in self._frames:
+                if (lower is not None and rt < lower) or (upper is not None and rt >= upper):
+                    kept.append((rt, frame_end))
+                    continue
                 frames += 1
                 last_end = frame_end if last_end is None else max(last_end, frame_end)
+            self._frames = kept
             if take_all:
                 self._last_closed = True
                 self._idle.notify_all()

@@ -90,7 +90,9 @@ class Watchdog:
     @contextlib.contextmanager
     def watch(self, connection: Any) -> Iterator[None]:
         """Bound the statement run inside the block on ``connection`` (a psycopg2 connection)."""
-        if self.unresponsive_after <= 0 or connection is None:
+        if self.unresponsive_after <= 0 or self.probe_timeout <= 0 or connection is None:
+            # Either setting at 0 turns the watchdog off (a probe with no time
+            # to answer would take every slow statement for a frozen server).
             yield
             return
         try:

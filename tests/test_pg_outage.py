@@ -731,6 +731,20 @@ def test_a_slow_statement_on_an_answering_server_is_not_probed_every_tick(backen
     assert 1 <= len(probes) <= 4, len(probes)
 
 
+@pytest.mark.parametrize("off", [{"unresponsive_after": 0}, {"probe_timeout": 0}])
+def test_either_client_setting_at_zero_turns_the_watchdog_off(backend, off):
+    if backend.name != "postgres":
+        pytest.skip("the PostgreSQL watchdog")
+    url, params = backend.new_target()
+    settings = {"unresponsive_after": 0.5, "probe_timeout": 1, **off}
+    db = open_database(url, **settings, **params)
+    try:
+        db.execute_sql("SELECT pg_sleep(1.5)")  # slow on a healthy server: never cut
+        assert db.watchdog.cut == 0
+    finally:
+        db.close_all()
+
+
 def stream_state_errors():
     import stream_state.errors
 

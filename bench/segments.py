@@ -61,10 +61,12 @@ from playhouse.test_utils import count_queries
 from stream_state import Stream, open_database
 from stream_state.database import sqlite_pragmas
 from stream_state.models import Recording, gate
-from stream_state.models.statements import spelled
+from stream_state.models.session import forget_process_session, ownership_guard, writer
+from stream_state.models.statements import segment_statements
 from stream_state.states import SegmentState
 
 GOAL_RATIO = 0.3
+GATE_GOAL = 0.10  # the gate may make a cycle at most 10 % slower
 SQLITE_CYCLES = 5000
 POSTGRES_CYCLES = 2000
 SEGMENT = dt.timedelta(seconds=10)
@@ -88,11 +90,38 @@ class Statements:
     insert: str
     complete: str
 
+    gated: bool = True
+
     @classmethod
-    def for_backend(cls, placeholder: str) -> Statements:
-        text = spelled(placeholder)
-        complete = gate._spelled(Recording, placeholder, '""', False, ("ended_at", "size_bytes"), 1, 1)
-        return cls(text.claim_index, text.insert_recording, complete)
+    def for_db(cls, db: pw.Database) -> Statements:
+        """The API's statements on ``db``: begin's two, and the gate's UPDATE with the ownership guard."""
+        text = segment_statements(db)
+        complete = gate.statement(Recording, db, SegmentState.COMPLETE, ("ended_at", "size_bytes"))
+        guard, _ = ownership_guard(writer(), 0, 0).where(db)
+        return cls(text.claim_index, text.insert_recording, f"{complete} AND ({guard})")
+
+    @classmethod
+    def ungated(cls, db: pw.Database) -> Statements:
+        """The cycle as it was before sessions (issue 14): no ownership gate, no session columns."""
+        p = db.param
+        gated = segment_statements(db)
+        insert = gated.insert_recording.replace(', "session_id", "session_epoch")', ")").replace(
+            f", {p}, {p}) RETURNING", ") RETURNING"
+        )
+        return cls(
+            'UPDATE "stream" SET "next_segment_index" = "next_segment_index" + 1 '
+            f'WHERE "id" = {p} AND "removed_at" IS NULL RETURNING "next_segment_index"',
+            insert,
+            gate.statement(Recording, db, SegmentState.COMPLETE, ("ended_at", "size_bytes")),
+            gated=False,
+        )
+
+    def params(self, session: tuple[int, int] | None) -> tuple[tuple, tuple, tuple]:
+        """Extra parameters of the gated statements: (claim, insert, complete) suffixes."""
+        if not self.gated or session is None:
+            return (), (), ()
+        sid, epoch = session
+        return (sid, epoch, sid), (sid, epoch), (sid, epoch, sid)
 
     def in_order(self) -> list[str]:
         return [self.claim, self.insert, self.complete]
@@ -162,10 +191,24 @@ class Result:
     plan: Plan
     api: Side
     raw: Side
+    bare: Side  # the raw driver without the gate
+    gate_python: float  # seconds per cycle
 
     @property
     def ratio(self) -> float:
         return self.api.rate / self.raw.rate
+
+    @property
+    def gate_db_cost(self) -> float:
+        """How much slower the raw driver's cycle is with the gate than without (0.05 = 5 %)."""
+        return self.bare.rate / self.raw.rate - 1
+
+    @property
+    def gate_cost(self) -> float:
+        """The API's cycle time spent on the gate: database work plus Python, as a fraction."""
+        api_cycle = 1 / self.api.rate
+        db_extra = 1 / self.raw.rate - 1 / self.bare.rate
+        return (db_extra + self.gate_python) / (api_cycle - db_extra - self.gate_python)
 
     @property
     def round_ratios(self) -> list[float]:
@@ -202,37 +245,51 @@ def run_api(jobs: Sequence[ApiJob]) -> None:
         recording.complete_segment(ended_at=ended, size_bytes=SIZE_BYTES)
 
 
-def raw_sqlite_runner(conn: sqlite3.Connection, sql: Statements) -> Callable[[Sequence[RawJob]], None]:
+def raw_sqlite_runner(
+    conn: sqlite3.Connection, sql: Statements, session: tuple[int, int] | None
+) -> Callable[[Sequence[RawJob]], None]:
+    claim_extra, insert_extra, complete_extra = sql.params(session)
+
     def run(jobs: Sequence[RawJob]) -> None:
         execute = conn.execute
         for stream_id, path, started, ended in jobs:
             execute("BEGIN IMMEDIATE")
-            (next_index,) = execute(sql.claim, (stream_id,)).fetchone()
+            (next_index,) = execute(sql.claim, (stream_id, *claim_extra)).fetchone()
             (recording_id,) = execute(
-                sql.insert, (stream_id, path, None, next_index - 1, started, 0, None, None)
+                sql.insert, (stream_id, path, None, next_index - 1, started, 0, None, None, *insert_extra)
             ).fetchone()
             execute("COMMIT")
             # One statement in autocommit, as the API closes an open segment.
-            if execute(sql.complete, (COMPLETE, ended, SIZE_BYTES, recording_id, RECORDING)).rowcount != 1:
+            if (
+                execute(
+                    sql.complete, (COMPLETE, ended, SIZE_BYTES, recording_id, RECORDING, *complete_extra)
+                ).rowcount
+                != 1
+            ):
                 raise RuntimeError(f"recording {recording_id} was not open")
 
     return run
 
 
-def raw_psycopg2_runner(conn: Any, sql: Statements) -> Callable[[Sequence[RawJob]], None]:
+def raw_psycopg2_runner(
+    conn: Any, sql: Statements, session: tuple[int, int] | None
+) -> Callable[[Sequence[RawJob]], None]:
     cursor = conn.cursor()
+    claim_extra, insert_extra, complete_extra = sql.params(session)
 
     def run(jobs: Sequence[RawJob]) -> None:
         execute, fetchone, commit = cursor.execute, cursor.fetchone, conn.commit
         for stream_id, path, started, ended in jobs:
             # autocommit is off: psycopg2 sends BEGIN before the first statement,
             # as peewee sends its own BEGIN.
-            execute(sql.claim, (stream_id,))
+            execute(sql.claim, (stream_id, *claim_extra))
             (next_index,) = fetchone()
-            execute(sql.insert, (stream_id, path, None, next_index - 1, started, False, None, None))
+            execute(
+                sql.insert, (stream_id, path, None, next_index - 1, started, False, None, None, *insert_extra)
+            )
             (recording_id,) = fetchone()
             commit()
-            execute(sql.complete, (COMPLETE, ended, SIZE_BYTES, recording_id, RECORDING))
+            execute(sql.complete, (COMPLETE, ended, SIZE_BYTES, recording_id, RECORDING, *complete_extra))
             if cursor.rowcount != 1:
                 raise RuntimeError(f"recording {recording_id} was not open")
             commit()
@@ -274,24 +331,48 @@ def check_rows(count: Callable[[str], int], cycles: int) -> None:
 # --- the run ----------------------------------------------------------------------------
 
 
+RunnerFactory = Callable[[Statements, "tuple[int, int] | None"], Callable[[Sequence[RawJob]], None]]
+
+
 def measure(
-    backend: str, plan: Plan, sql: Statements, raw_runner: Callable[[Sequence[RawJob]], None]
+    backend: str, plan: Plan, sql: Statements, ungated: Statements, make_raw: RunnerFactory
 ) -> Result:
-    """Warm up, check the SQL, time interleaved rounds; optionally profile the API."""
+    """Warm up, check the SQL, time interleaved rounds; optionally profile the API.
+
+    Three sides: the API (gated), the raw driver running the API's gated
+    statements as the API's session, and the raw driver running the
+    statements of before the gate. The first ratio is the package's Python
+    cost; the last two give the gate's database cost.
+    """
     streams = register_streams(plan.streams)
+    session = writer()
+    for stream in streams:  # the first write of a session on a stream claims it: not a cycle
+        session.claim(stream)
     api_jobs, _ = make_jobs(streams, "api", plan.jobs_per_side())
     _, raw_jobs = make_jobs(streams, "raw", plan.jobs_per_side())
+    _, bare_jobs = make_jobs(streams, "bare", plan.jobs_per_side())
     api = Side(run_api, api_jobs)
-    raw = Side(raw_runner, raw_jobs)
+    raw = Side(make_raw(sql, (session.id, 1)), raw_jobs)
+    bare = Side(make_raw(ungated, None), bare_jobs)
     check_same_sql(api, sql)
-    for side in (api, raw):
+    sides = [api, raw, bare]
+    for side in sides:
         side.run(side.take(plan.warmup))
     for r, size in enumerate(plan.round_sizes()):
-        for side in (api, raw) if r % 2 == 0 else (raw, api):
+        for side in sides[r % 3 :] + sides[: r % 3]:
             side.timed(size)
     if plan.profile:
         profile_api(backend, api, plan)
-    return Result(backend, plan, api, raw)
+    return Result(backend, plan, api, raw, bare, gate_python_seconds(streams[0]))
+
+
+def gate_python_seconds(stream: Stream, n: int = 20000) -> float:
+    """What the gate adds in Python per cycle: the session lookup and the epoch, twice (begin, complete)."""
+    start = time.perf_counter()
+    for _ in range(n):
+        writer().owned_epoch(stream.id)
+        writer().owned_epoch(stream.id)
+    return (time.perf_counter() - start) / n
 
 
 def profile_api(backend: str, api: Side, plan: Plan) -> None:
@@ -314,14 +395,21 @@ def bench_sqlite(plan: Plan) -> Result:
             # The package's pragmas, in its order and the way peewee sets them.
             for name, value in sqlite_pragmas():
                 conn.execute(f"PRAGMA {name} = {value}")
-            sql = Statements.for_backend("?")
-            result = measure(f"sqlite {sqlite3.sqlite_version}", plan, sql, raw_sqlite_runner(conn, sql))
+            sql = Statements.for_db(db)
+            result = measure(
+                f"sqlite {sqlite3.sqlite_version}",
+                plan,
+                sql,
+                Statements.ungated(db),
+                lambda statements, session: raw_sqlite_runner(conn, statements, session),
+            )
 
             def count(query: str) -> int:
                 return conn.execute(query).fetchone()[0]
 
-            check_rows(count, result.api.used + result.raw.used)
+            check_rows(count, result.api.used + result.raw.used + result.bare.used)
         finally:
+            forget_process_session(db)
             conn.close()
             db.close()
     return result
@@ -340,20 +428,27 @@ def bench_postgres(url: str, plan: Plan) -> Result:
     try:
         db = open_database(url, options=f"-c search_path={schema}")
         conn = psycopg2.connect(url, options=f"-c search_path={schema}")
-        sql = Statements.for_backend("%s")
+        sql = Statements.for_db(db)
         label = f"postgresql {conn.server_version // 10000}.{conn.server_version % 10000}"
-        result = measure(label, plan, sql, raw_psycopg2_runner(conn, sql))
+        result = measure(
+            label,
+            plan,
+            sql,
+            Statements.ungated(db),
+            lambda statements, session: raw_psycopg2_runner(conn, statements, session),
+        )
 
         def count(query: str) -> int:
             with conn.cursor() as cursor:
                 cursor.execute(query)
                 return int(cursor.fetchone()[0])
 
-        check_rows(count, result.api.used + result.raw.used)
+        check_rows(count, result.api.used + result.raw.used + result.bare.used)
     finally:
         if conn is not None:
             conn.close()
         if db is not None:
+            forget_process_session(db)
             db.close_all()  # pooled: close() would only hand the connection back to the pool
         with admin.cursor() as cursor:
             cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -380,6 +475,22 @@ def report(results: list[Result]) -> None:
         print(
             f"{res.backend:<18} {res.plan.cycles:>7,} {res.api.rate:>13,.0f} {res.raw.rate:>13,.0f} "
             f"{res.ratio:>6.2f}  >= {GOAL_RATIO:<4} {met:<4} {min(ratios):.2f}..{max(ratios):.2f}"
+        )
+    print(
+        "\nthe ownership gate (issue 14): (owner session, epoch) and the lease checked in the cycle's "
+        "statements"
+    )
+    header = (
+        f"{'backend':<18} {'raw no gate/s':>13} {'raw gated/s':>12} {'db cost':>8} {'python/cycle':>13} "
+        f"{'API slower by':>14}  goal <= {GATE_GOAL:.0%} met"
+    )
+    print(header)
+    print("-" * len(header))
+    for res in results:
+        met = "yes" if res.gate_cost <= GATE_GOAL else "NO"
+        print(
+            f"{res.backend:<18} {res.bare.rate:>13,.0f} {res.raw.rate:>12,.0f} {res.gate_db_cost:>8.1%} "
+            f"{res.gate_python * 1e6:>10.1f} us {res.gate_cost:>14.1%}  {met}"
         )
 
 

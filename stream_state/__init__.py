@@ -15,6 +15,9 @@ Everything else is imported from its own module:
   (``purge_events``, ``vacuum``, ``backup``, ``apply_retention``...)
 - ``stream_state.check``: rows against the files on disk (``check``, ``mark_root``)
 - ``stream_state.rollups``: the summaries history reads (``refresh_rollups``)
+- ``stream_state.sessions``: several managers on one database (``Session`` is
+  ``stream_state.models.Session``; ``claim_streams``, ``list_sessions``, ``end_session``;
+  the error, ``stream_state.errors.OwnershipLost``)
 - ``stream_state.aio``: the same package for asyncio
 """
 

@@ -78,7 +78,7 @@ from urllib.parse import quote
 
 import peewee as pw
 
-from .errors import DatabaseUnavailable, StreamStateError, ValidationError
+from .errors import DatabaseUnavailable, OwnershipLost, StreamStateError, ValidationError
 from .pgwatch import GRACE
 
 ASYNC_EXTRA_HINT = "pip install 'stream_state[async]'"
@@ -106,6 +106,7 @@ from .backends import (  # noqa: E402  (after the dependency check, on purpose)
 from .database import connect_database, ensure_schema  # noqa: E402
 from .models import Event, MetricSample, Recording, Stream, database_proxy  # noqa: E402
 from .models.metric import Sample  # noqa: E402
+from .models.session import Session, current_session  # noqa: E402
 from .probe import Probe  # noqa: E402
 from .probe import probe as default_probe  # noqa: E402
 from .pwtypes import exception_wrapper  # noqa: E402
@@ -139,6 +140,7 @@ __all__ = [
     "fail",
     "fetch",
     "first",
+    "keep_alive",
     "open_database_async",
     "read",
     "record_event",
@@ -357,6 +359,9 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
     display_url: str = ""
     # Only SQLite serialises writers in the loop (it has one writer anyway).
     serialise_writes: bool = False
+    # The process's session is renewed by a task on the loop (``keep_alive``
+    # below), never by a thread: a thread cannot use the greenlet bridge.
+    session_keep_alive = "task"
 
     def _setup_state(self) -> None:
         self._settling: set[asyncio.Future[None]] = set()
@@ -849,6 +854,9 @@ async def close_database_async(db: AsyncStateDatabase | None = None) -> None:
     a later call opens a new pool.
     """
     db = db or current_database()
+    for task in list(_KEEPERS.values()):
+        task.cancel()
+    _KEEPERS.clear()
     await db.close_pool()
 
 
@@ -863,7 +871,63 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     SQLite it queues with the other writers; use ``read`` for functions that
     only read.
     """
-    return await current_database().call(fn, *args, **kwargs)
+    try:
+        return await current_database().call(fn, *args, **kwargs)
+    finally:
+        _keep_process_session_alive()
+
+
+# --- the session's lease ---------------------------------------------------------------------
+
+_KEEPERS: dict[int, asyncio.Task[None]] = {}
+
+
+def _keep_process_session_alive() -> None:
+    """Once this process's session exists (opened by its first write), a task renews it."""
+    try:
+        session = current_session(database_proxy.obj, open=False)
+    except OwnershipLost:
+        return  # the manager's own session died: its next write says so
+    if session is None or session.is_dead:
+        return
+    task = _KEEPERS.get(session.id)
+    if task is None or task.done():
+        keep_alive(session)
+
+
+def keep_alive(session: Session | None = None, interval: float | None = None) -> asyncio.Task[None]:
+    """A task that renews ``session``'s lease (default: this process's) every ``interval`` (ttl / 3) s.
+
+    Started by itself for this process's session; call it for a session
+    opened with ``Session.open(register=False)``. The task ends when the
+    session is closed or found dead (``session.is_dead``; the manager must
+    then stop its pipelines and open a new session).
+    """
+    target = session if session is not None else current_session(database_proxy.obj)
+    assert target is not None
+    existing = _KEEPERS.get(target.id)
+    if existing is not None and not existing.done():
+        return existing
+    task = asyncio.get_running_loop().create_task(
+        _renew_forever(target, interval or max(0.05, target.ttl / 3)),
+        name=f"stream_state-session-{target.id}",
+    )
+    _KEEPERS[target.id] = task
+    return task
+
+
+async def _renew_forever(session: Session, interval: float) -> None:
+    while not session.is_dead:
+        await asyncio.sleep(interval)
+        if session.is_dead:
+            return
+        try:
+            await current_database().call(session.renew)
+        except OwnershipLost as exc:
+            log.error("session %s is dead: %s", session.id, exc)
+            return
+        except StreamStateError as exc:  # the database is away: try again next interval
+            log.warning("renewing session %s failed: %s", session.id, exc)
 
 
 async def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

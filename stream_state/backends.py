@@ -80,6 +80,12 @@ class Dialect:
     migration_lock_sql: ClassVar[str | None]
     # Run in a transaction that may wait and run long (migrations): lifts the everyday timeouts.
     unbounded_transaction_sql: ClassVar[tuple[str, ...]] = ()
+    # The database's "now" in epoch milliseconds, as SQL: session leases are
+    # judged by it, never by a caller's clock (models/session.py).
+    clock_ms_sql: ClassVar[str]
+    # Every process that uses the database runs on this host, so a session
+    # whose pid (and process start time) is gone is dead at once.
+    judges_pids: ClassVar[bool]
 
     def index_hint(self, index: str) -> str:
         """A clause after a table name that makes the planner use ``index`` ("" where there is none)."""
@@ -140,6 +146,9 @@ class SqliteDialect(Dialect):
     without_rowid = True
     needs_autoincrement = True  # SQLite reuses the largest rowid after that row is deleted
     migration_lock_sql = None  # BEGIN IMMEDIATE takes the write lock at once
+    # The one host's clock ('now' is fixed for the duration of a statement).
+    clock_ms_sql = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    judges_pids = True  # a SQLite file is shared by the processes of one host
 
     def index_hint(self, index: str) -> str:
         return f' INDEXED BY "{index}"'
@@ -223,6 +232,9 @@ class PostgresDialect(Dialect):
     needs_autoincrement = False  # sequences never go back
     migration_lock_sql = "SELECT pg_advisory_xact_lock(hashtext('stream_state.migrate'))"
     unbounded_transaction_sql = ("SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0")
+    # clock_timestamp(), not now(): the time the statement runs, not when its transaction began.
+    clock_ms_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+    judges_pids = False  # nodes on other hosts (or in other pid namespaces) share it
 
     def json_param(self, field: pw.JSONField, value: object) -> object:
         # The field's wrapper is already a driver adapter (jsonb).

@@ -59,10 +59,12 @@ from .errors import DatabaseUnavailable, StreamStateError, ValidationError
 from .maintenance import backup, incremental_vacuum, integrity_check, vacuum
 from .maintenance import purge as purge_old
 from .models import Event, Recording, database_proxy
+from .models.session import forget_process_session
 from .probe import probe as probe_file
 from .redact import redact_data, redact_text, redact_uri
 from .restore import Restorer
 from .retention import RetentionPolicy, RetentionRule, VolumeFloor, apply_retention
+from .sessions import SessionInfo, end_session, list_sessions
 from .states import SegmentState, Severity
 from .timeutil import from_millis
 from .validate import MAX_DAYS
@@ -342,6 +344,8 @@ def _database(*, migrate: bool = False) -> Iterator[pw.Database]:
     try:
         yield db
     finally:
+        # The command's own session (if it wrote) ends cleanly with it.
+        forget_process_session(db)
         _close(db)
         database_proxy.initialize(previous)
 
@@ -1057,15 +1061,16 @@ def restore(dry_run: bool, yes: bool, as_json: bool) -> None:
     """Show (with --dry-run) or do what a restarting manager's restore does.
 
     Lists the streams to bring back (desired state, whether each was
-    recording, the next segment index) and the repairs: segments left open
-    by a crash reconciled with their files, unfinished deletes and archive
-    moves finished. A real restore treats every open segment as abandoned,
-    so run it only while no manager is running; a manager calls the
-    library itself.
+    recording, the next segment index, which session had it and how that
+    session ended) and the repairs: segments left open by dead sessions
+    (crashed, expired, stopped) reconciled with their files, their
+    unfinished deletes and archive moves finished, their streams' statuses
+    reset. What a live manager is doing is never touched, so it is safe
+    while managers run; a manager calls the library itself.
     """
     if not dry_run and not yes:
         click.confirm(
-            "A real restore closes every open segment as if its writer had died. Is the manager stopped",
+            "A real restore repairs what dead sessions left (live managers are left alone). Go on",
             abort=True,
         )
     with _database() as db:
@@ -1098,6 +1103,63 @@ def restore(dry_run: bool, yes: bool, as_json: bool) -> None:
         )
     if dry_run:
         click.echo("\ndry run: nothing was changed")
+
+
+# --- sessions --------------------------------------------------------------------------------------
+
+
+def _lease_text(info: SessionInfo) -> str:
+    if not info.alive:
+        return "-"
+    return f"{info.lease_left:.1f}s"
+
+
+@cli.command()
+@click.option("--live", "live_only", is_flag=True, help="Only sessions that are alive now.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest N sessions.")
+@click.option(
+    "--end",
+    "end_id",
+    type=int,
+    metavar="ID",
+    help="Declare session ID dead now (its process is known to be gone) instead of waiting out its lease.",
+)
+@json_option
+@database_options
+def sessions(live_only: bool, limit: int, end_id: int | None, as_json: bool) -> None:
+    """List manager sessions: node, host, pid, start, lease left, streams owned, how each ended.
+
+    A session is one manager process. Its lease is judged by the database's
+    clock; one whose lease ran out, or whose process is gone (SQLite, same
+    host), is dead and its streams can be taken by any live session.
+    """
+    with _database() as db:
+        if end_id is not None:
+            ended = end_session(db, end_id)
+            if not as_json:
+                click.echo(f"session {end_id} " + ("declared dead" if ended else "had already ended"))
+        found = list_sessions(db, include_ended=not live_only, limit=limit)
+    if as_json:
+        _echo_json([info.as_json() for info in found])
+        return
+    _echo_table(
+        ["id", "node", "host", "pid", "started", "lease left", "streams", "ended"],
+        [
+            [
+                info.id,
+                info.node,
+                info.host,
+                info.pid,
+                format_time(info.started_at),
+                _lease_text(info),
+                info.streams,
+                info.ended or "alive",
+            ]
+            for info in found
+        ],
+        align="rllrlrrl",
+        empty="no sessions",
+    )
 
 
 # --- check -----------------------------------------------------------------------------------------

@@ -124,3 +124,24 @@ class TickFailed(StreamStateError):
             f"tick not written: {len(failures)} of {calls} calls refused: {shown}{more}; "
             "nothing of the tick was committed (commit .remaining to write the others)"
         )
+
+
+class OwnershipLost(StreamStateError):
+    """This session may not write on the stream: another session owns it, or this session is dead.
+
+    Nothing of the refused write was stored. ``stream`` names the stream (None
+    when the session itself was refused, e.g. at renew), ``session`` the
+    refused session's id and ``owner`` the id of the session that owns the
+    stream now (None: nobody). The manager must stop the stream's pipeline;
+    when the session itself is dead (its lease expired, or it was closed) it
+    must stop every pipeline and open a new session.
+    """
+
+    def __init__(self, stream: str | None, session: int | None, owner: int | None, reason: str):
+        self.stream = stream
+        self.session = session
+        self.owner = owner
+        self.reason = reason
+        what = f"stream {stream!r}" if stream is not None else "any stream"
+        holder = f"session {owner}" if owner is not None else "no session"
+        super().__init__(f"session {session} may not write on {what} ({reason}); it is owned by {holder} now")

@@ -2,7 +2,7 @@
 
 ``INVARIANTS`` holds each rule's number and short title (a test keeps it and
 the document in step). ``check_invariants()`` looks for rows that break the
-rules checkable from the database alone (2, 3, 4, 5, 8, 9, 10, 12) and
+rules checkable from the database alone (2, 3, 4, 5, 8, 9, 10, 12, 14) and
 returns one ``InvariantViolation`` per broken rule and kind, with a count
 and a few example rows; ``integrity_check()`` and ``stream-state
 integrity`` report them by number. It only reads.
@@ -17,7 +17,7 @@ from typing import Any, cast
 import peewee as pw
 
 from .backends import current_database, dialect
-from .models import Recording, Stream
+from .models import Recording, Session, Stream
 from .states import SegmentState
 
 INVARIANTS: dict[int, str] = {
@@ -35,6 +35,8 @@ INVARIANTS: dict[int, str] = {
     11: "Every repair leaves an event.",
     12: "A removed stream has no open segment.",
     13: "A file under a storage root has a row, and a settled row has its file.",
+    14: "A stream has one owner session, and every change of owner bumps its epoch.",
+    15: "A manager write commits only while its session is alive and owns the stream at its epoch.",
 }
 
 # How many example rows a violation carries: enough to start looking, not a dump.
@@ -194,6 +196,26 @@ def _rule_12() -> Iterable[tuple[str, int, list[str]]]:
     )
 
 
+def _rule_14() -> Iterable[tuple[str, int, list[str]]]:
+    owners = list(
+        _tuples(
+            Stream.select(Stream.id, Stream.name, Stream.owner_session_id)
+            .join(Session, pw.JOIN.LEFT_OUTER, on=(Session.id == Stream.owner_session_id))
+            .where(Stream.owner_session_id.is_null(False) & Session.id.is_null())
+            .order_by(Stream.id)
+        )
+    )
+    yield (
+        "a stream owned by a session that has no row",
+        len(owners),
+        [f"stream {sid} ({name}): owner session {owner}" for sid, name, owner in owners[:EXAMPLES]],
+    )
+    yield (
+        "a segment begun at an epoch its stream has not reached",
+        *_segments(Recording.session_epoch > Stream.owner_epoch),
+    )
+
+
 CHECKS: dict[int, Callable[[], Iterable[tuple[str, int, list[str]]]]] = {
     2: _rule_2,
     3: _rule_3,
@@ -203,6 +225,7 @@ CHECKS: dict[int, Callable[[], Iterable[tuple[str, int, list[str]]]]] = {
     9: _rule_9,
     10: _rule_10,
     12: _rule_12,
+    14: _rule_14,
 }
 
 

@@ -1,11 +1,15 @@
 """Bring the manager back after a restart, a crash or a power cut.
 
 ``Restorer(db).restore()`` is the one call a manager makes at start-up. It
-finishes what the last run left half done (segments still ``recording``,
-deletes still ``deleting``), writes every repair as an event, and returns a
-``RestoredState`` of plain frozen dataclasses: the streams to start, where
-each resumes, and what was repaired. ``Restorer(db).shutdown()`` is the call
-at a clean stop, so the next restore can tell a clean stop from a crash.
+finishes what dead sessions (processes that crashed, expired or stopped)
+left half done (segments still ``recording``, deletes still ``deleting``,
+archive moves), resets the statuses and health they left behind, writes
+every repair as an event, and returns a ``RestoredState`` of plain frozen
+dataclasses: the streams to start, where each resumes, who had each stream
+and how that session ended, and what was repaired. It never touches what a
+live session is doing, and claims nothing. ``Restorer(db).shutdown()`` is
+the call at a clean stop: it closes this process's open segments and its
+session, so the next restore can tell a clean stop from a crash.
 """
 
 from __future__ import annotations
@@ -21,12 +25,22 @@ from typing import Any
 
 import peewee as pw
 
-from .models import Event, Recording, Stream, SystemState, database_proxy
-from .models.base import check_database_file
+from .models import Event, Recording, Session, Stream, SystemState, database_proxy
+from .models.base import check_database_file, locked
 from .models.gate import Transition, batched_events
 from .models.recording import finish_archive, undo_archive, unlink_quietly
+from .models.session import (
+    ENDED_CRASHED,
+    _register,
+    current_session,
+    keep_alive_by_default,
+    live_session_ids,
+    mark_crashed,
+    on_takeover,
+    sweep_dead_sessions,
+)
 from .probe import Playability, Probe, probe
-from .pwtypes import dict_rows
+from .pwtypes import dict_rows, tuple_rows
 from .redact import redact_data, redact_uri
 from .states import EventType, HealthState, SegmentState, Severity, StreamStatus, desired_state
 from .timeutil import from_millis, now_millis, to_millis
@@ -35,8 +49,7 @@ log = logging.getLogger(__name__)
 
 LIFECYCLE_KEY = "lifecycle"
 
-# Identifies this process's run. A lifecycle marker written by another
-# session and still saying "running" means that run ended without shutdown().
+# Kept for code that imported it; the run is now this process's Session row.
 PROCESS_SESSION = uuid.uuid4().hex
 
 # A file modified this far after "now" is taken as a clock problem, not as
@@ -109,6 +122,10 @@ class StreamSnapshot:
     next_segment_index: int  # hand this to the segmenter's start index
     last_segment_path: str | None
     last_segment_ended_at: dt.datetime | None
+    # Which session had the stream when restore looked, and how it ended
+    # ("clean", "crashed", "expired"; None while it lives, or no session had it).
+    session: int | None = None
+    session_ended: str | None = None
 
     @property
     def display_uri(self) -> str:
@@ -133,6 +150,8 @@ class StreamSnapshot:
             "last_segment_path": self.last_segment_path,
             "last_segment_ended_at": self.last_segment_ended_at,
             "config": redact_data(self.config),
+            "session": self.session,
+            "session_ended": self.session_ended,
         }
 
 
@@ -172,6 +191,14 @@ class RestoredState:
             "repairs": [r.as_dict() for r in self.repairs],
             "summary": self.summary,
         }
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """What a claim repaired: the dead owners' open segments, and each stream's next index."""
+
+    repairs: tuple[Repair, ...]
+    next_index: dict[int, int]
 
 
 @dataclass(frozen=True)
@@ -263,57 +290,108 @@ class Restorer:
     """Rehydrates the manager after a restart and records clean stops.
 
     Holds no state beyond its configuration; safe to create anew each time.
-    ``session`` identifies the running process (default: this process), so a
-    second ``restore()`` in the same run repairs nothing and returns the
-    same streams.
+    ``session`` is the session the restorer acts as: a ``Session``, or None
+    for this process's session (opened on first need). A string labels
+    this process's run: a restore under a new label in the same process
+    ends the process's previous session as a crash and opens a new one
+    (for tests and for tools that host several runs in one process).
     """
 
     def __init__(
-        self, db: pw.Database | None = None, *, session: str | None = None, probe: Probe | None = probe
+        self,
+        db: pw.Database | None = None,
+        *,
+        session: Session | str | None = None,
+        probe: Probe | None = probe,
     ):
         if db is not None and database_proxy.obj is not db:
             database_proxy.initialize(db)
         self.db = db or database_proxy.obj
-        self.session = session or PROCESS_SESSION
+        self._session_arg = session
         # Judges whether an open segment's file plays (stream_state.probe);
         # None keeps the size-and-mtime judgement alone.
         self.probe = probe
 
+    @property
+    def session(self) -> Session:
+        """The session this restorer acts as (opened on first need)."""
+        arg = self._session_arg
+        if isinstance(arg, Session):
+            return arg
+        found = current_session(self.db, open=False)
+        if arg is None:
+            return found if found is not None else current_session(self.db)  # type: ignore[return-value]
+        if found is not None and found.label == arg:
+            return found
+        if found is not None:
+            # A new run in the same process: the previous one ends as if it crashed.
+            mark_crashed(self.db, found.id)
+            found._die("replaced by a new run in this process")
+            if found._keeper is not None:
+                found._keeper.stop()
+        opened = Session.open(label=arg, database=self.db, register=False)
+        _register(self.db, opened)
+        keep_alive_by_default(self.db, opened)
+        return opened
+
+    def _existing_session(self) -> Session | None:
+        """The session a dry run acts as, opening nothing: None when a real run would open a new one."""
+        arg = self._session_arg
+        if isinstance(arg, Session):
+            return arg
+        found = current_session(self.db, open=False)
+        if found is not None and isinstance(arg, str) and found.label != arg:
+            return None  # a real run would end it as a crash
+        return found
+
     # --- restore -------------------------------------------------------------------------
 
     def restore(self, now: dt.datetime | None = None, *, dry_run: bool = False) -> RestoredState:
-        """Finish the last run's half-done work and return what the manager needs.
+        """Finish what dead sessions left half done and return what the manager needs.
 
         With ``dry_run`` nothing is written or unlinked; the result says what
         a real restore would do.
         """
         now_ms = now_millis() if now is None else to_millis(now, "now")
         check_database_file(self.db)
+        # A dry run opens no session and marks nothing; it judges as a real run would.
+        me = self.session if not dry_run else self._existing_session()
+        me_id = me.id if me is not None else None
+        gone = set(sweep_dead_sessions(self.db, dry_run=dry_run))
+        if dry_run and isinstance(self._session_arg, str):
+            replaced = current_session(self.db, open=False)
+            if replaced is not None and replaced.label != self._session_arg:
+                gone.add(replaced.id)
+        live = (live_session_ids(self.db) - gone) | ({me_id} if me_id is not None else set())
         lifecycle = SystemState.read(LIFECYCLE_KEY) or {}
-        same_run = lifecycle.get("state") == "running" and lifecycle.get("session") == self.session
-        open_rows = self._open_segments()
+        same_run = (
+            me_id is not None and lifecycle.get("state") == "running" and lifecycle.get("session") == me_id
+        )
+        every_open = self._open_segments()
+        # Only what dead sessions (and rows from before sessions) left is repaired.
+        open_rows = [row for row in every_open if row["session_id"] not in live]
+        mine_open = {row["stream_id"] for row in every_open if row["session_id"] == me_id}
+        had = self._stream_owners(live)
         if same_run:
-            # Already restored in this run: what is open now is being written
-            # by this very process, not left over from a crash.
             clean, stopped_ms = lifecycle["last_stop"]["clean"], lifecycle["last_stop"]["at"]
-            was_recording = set(lifecycle.get("recording_stream_ids", ())) | {
-                r["stream_id"] for r in open_rows
-            }
-            repairs: list[Repair] = []
+            was_recording = set(lifecycle.get("recording_stream_ids", ())) | mine_open
         else:
             clean, stopped_ms = self._last_stop(lifecycle, open_rows)
-            was_recording = {r["stream_id"] for r in open_rows}
+            was_recording = set(mine_open)
             if clean:
                 was_recording |= set(lifecycle.get("recording_stream_ids", ()))
-            repairs = self._reconcile(open_rows, now_ms, clean=False)
-            repairs += self._finish_deletes(dry_run)
-            repairs += self._finish_archive_moves(dry_run, now_ms)
-            if not dry_run:
-                self._commit_repairs(repairs, now_ms, kind=EventType.SEGMENT_REPAIRED)
+        was_recording |= {r["stream_id"] for r in open_rows}
+        repairs = self._reconcile(open_rows, now_ms, clean=False)
+        repairs += self._finish_deletes(dry_run, live)
+        repairs += self._finish_archive_moves(dry_run, now_ms, live)
+        if not dry_run:
+            self._commit_repairs(repairs, now_ms, kind=EventType.SEGMENT_REPAIRED)
+            self._reset_streams(had, now_ms)
+            if not same_run:
                 self._write_lifecycle(
                     {
                         "state": "running",
-                        "session": self.session,
+                        "session": me_id,
                         "started_at": now_ms,
                         "last_stop": {"clean": clean, "at": stopped_ms},
                         "recording_stream_ids": sorted(was_recording),
@@ -322,12 +400,12 @@ class Restorer:
                         EventType.RESTORED,
                         Severity.WARNING if clean is False else Severity.INFO,
                         f"restored after a {_stop_kind(clean)}; {len(repairs)} repair(s)",
-                        {"clean_shutdown": clean, "repairs": len(repairs)},
+                        {"clean_shutdown": clean, "repairs": len(repairs), "session": me_id},
                     ),
                     now_ms=now_ms,
                 )
         state = RestoredState(
-            streams=self._stream_snapshots(was_recording),
+            streams=self._stream_snapshots(was_recording, had),
             open_segments=tuple(_segment_snapshot(row) for row in open_rows),
             repairs=tuple(repairs),
             clean_shutdown=clean,
@@ -338,19 +416,42 @@ class Restorer:
             log.warning("restore repaired %d segment(s): %s", len(repairs), state.summary)
         return state
 
+    def take_over(self, stream_ids: list[int], *, session: Session) -> TakeOver:
+        """Repairs at a claim: the dead owners' open segments of ``stream_ids``, and their statuses.
+
+        Called by ``claim_streams`` after the streams became ``session``'s.
+        """
+        if not stream_ids:
+            return TakeOver((), {})
+        now_ms = now_millis()
+        live = live_session_ids(self.db) | {session.id}
+        rows = [row for row in self._open_segments(stream_ids) if row["session_id"] not in live]
+        repairs = self._reconcile(rows, now_ms, clean=False)
+        self._commit_repairs(repairs, now_ms, kind=EventType.SEGMENT_REPAIRED)
+        self._reset_streams({sid: (None, None) for sid in stream_ids}, now_ms, owned_by=session.id)
+        next_index: dict[int, int] = {
+            sid: index
+            for sid, index in tuple_rows(
+                Stream.select(Stream.id, Stream.next_segment_index).where(Stream.id.in_(stream_ids))
+            )
+        }
+        return TakeOver(tuple(repairs), next_index)
+
     # --- clean stop -----------------------------------------------------------------------
 
     def shutdown(self, now: dt.datetime | None = None) -> ShutdownReport:
-        """Record a clean stop; close any segment the manager left open.
+        """Record a clean stop: close this process's open segments, then its session.
 
-        Call it after the pipelines have stopped. A segment still open is
-        closed from its file (``complete``, or ``failed`` if the file is
-        missing or empty). The next ``restore()`` reports a clean stop and
-        which streams were recording.
+        Call it after the pipelines have stopped. A segment this session
+        still has open is closed from its file (``complete``, or ``failed``
+        if the file is missing or empty); other sessions' segments are not
+        touched. The next ``restore()`` reports a clean stop and which
+        streams were recording.
         """
         now_ms = now_millis() if now is None else to_millis(now, "now")
         check_database_file(self.db)
-        open_rows = self._open_segments()
+        me = self.session
+        open_rows = [row for row in self._open_segments() if row["session_id"] == me.id]
         closed = self._reconcile(open_rows, now_ms, clean=True)
         recording_ids = sorted({row["stream_id"] for row in open_rows})
         names = {row["stream_id"]: row["stream_name"] for row in open_rows}
@@ -359,7 +460,7 @@ class Restorer:
             {
                 "state": "stopped",
                 "clean": True,
-                "session": self.session,
+                "session": me.id,
                 "stopped_at": now_ms,
                 "recording_stream_ids": recording_ids,
             },
@@ -367,16 +468,116 @@ class Restorer:
                 EventType.CLEAN_SHUTDOWN,
                 Severity.INFO,
                 f"clean shutdown; {len(closed)} open segment(s) closed",
-                {"closed": len(closed), "recording_streams": [names[i] for i in recording_ids]},
+                {
+                    "closed": len(closed),
+                    "recording_streams": [names[i] for i in recording_ids],
+                    "session": me.id,
+                },
             ),
             now_ms=now_ms,
         )
+        me.close(clean=True)
         log.info("clean shutdown recorded; closed %d open segment(s)", len(closed))
         return ShutdownReport(
             closed=tuple(closed),
             recording_streams=tuple(names[i] for i in recording_ids),
             stopped_at=from_millis(now_ms),
         )
+
+    # --- sessions' streams ------------------------------------------------------------------
+
+    def _stream_owners(self, live: set[int]) -> dict[int, tuple[int | None, str | None]]:
+        """stream id -> (owner session, how it ended or None while alive), for owned streams."""
+        rows = self.db.execute_sql(
+            'SELECT s."id", s."owner_session_id", o."ended", o."closed_at" '
+            'FROM "stream" s LEFT JOIN "session" o ON o."id" = s."owner_session_id" '
+            'WHERE s."owner_session_id" IS NOT NULL'
+        ).fetchall()
+        owners: dict[int, tuple[int | None, str | None]] = {}
+        for sid, owner, ended, closed in rows:
+            if owner in live:
+                owners[sid] = (owner, None)
+            else:
+                owners[sid] = (owner, ended or ("clean" if closed is not None else ENDED_CRASHED))
+        return owners
+
+    def _reset_streams(
+        self,
+        had: dict[int, tuple[int | None, str | None]],
+        now_ms: int,
+        owned_by: int | None = None,
+    ) -> None:
+        """Streams a dead session left: status stopped (error if mid-transition), health unknown.
+
+        Each change is an event. Streams of live sessions are not touched;
+        with ``owned_by`` (a takeover) the given streams are reset although
+        that live session owns them now. A dead session's streams stay
+        marked as its own (it can write nothing: the gate checks its lease)
+        until a live session claims them, so a second restore reports the
+        same owner and changes nothing.
+        """
+        now = from_millis(now_ms)
+        if owned_by is None:
+            dead_owned = [sid for sid, (owner, ended) in had.items() if ended is not None]
+            query = Stream.select().where(Stream.id.in_(dead_owned) | Stream.owner_session_id.is_null())
+        else:
+            query = Stream.select().where(Stream.id.in_(list(had)) & (Stream.owner_session_id == owned_by))
+        query = query.where(
+            (Stream.status != StreamStatus.STOPPED.value)
+            | (Stream.health != HealthState.UNKNOWN.value)
+            | Stream.owner_session_id.is_null(False)
+        )
+        with self.db.atomic():
+            for stream in locked(query.order_by(Stream.id)):
+                if owned_by is None and stream.owner_session_id is not None:
+                    owner, ended = had.get(stream.id, (None, None))
+                    if stream.owner_session_id != owner or ended is None:
+                        continue  # taken by a live session since we looked
+                changes: dict[str, Any] = {}
+                events = []
+                previous = had.get(stream.id, (None, None))
+                if stream.status != StreamStatus.STOPPED:
+                    new = (
+                        StreamStatus.ERROR
+                        if stream.status in (StreamStatus.STARTING, StreamStatus.STOPPING, StreamStatus.ERROR)
+                        else StreamStatus.STOPPED
+                    )
+                    if new != stream.status:
+                        changes.update(status=new, status_changed_at=now_ms)
+                        events.append(
+                            Event.build(
+                                EventType.STATUS_CHANGED,
+                                stream=stream.id,
+                                severity=Severity.ERROR if new == StreamStatus.ERROR else Severity.WARNING,
+                                message=f"{stream.name}: {stream.status} -> {new} (its session "
+                                f"{previous[0]} is gone: {previous[1] or 'no owner'})",
+                                data={
+                                    "old": str(stream.status),
+                                    "new": str(new),
+                                    "reason": "session ended",
+                                    "session": previous[0],
+                                    "ended": previous[1],
+                                },
+                                at=now,
+                            )
+                        )
+                if stream.health != HealthState.UNKNOWN:
+                    changes.update(health=HealthState.UNKNOWN, health_changed_at=now_ms)
+                    events.append(
+                        Event.build(
+                            EventType.HEALTH_CHANGED,
+                            stream=stream.id,
+                            severity=Severity.INFO,
+                            message=f"{stream.name}: {stream.health} -> unknown (nobody is watching it)",
+                            data={"old": str(stream.health), "new": "unknown", "reason": "session ended",
+                                  "session": previous[0], "ended": previous[1]},
+                            at=now,
+                        )
+                    )  # fmt: skip
+                if changes:
+                    Stream.update(**changes).where(Stream.id == stream.id).execute()
+                if events:
+                    Event.bulk_create(events, batch_size=200)
 
     # --- steps ----------------------------------------------------------------------------------
 
@@ -394,7 +595,7 @@ class Restorer:
             signs.append(latest_seen if isinstance(latest_seen, int) else to_millis(latest_seen))
         return False, max(signs)
 
-    def _open_segments(self) -> list[dict]:
+    def _open_segments(self, stream_ids: list[int] | None = None) -> list[dict]:
         # invariant 5: open (no end) is the same as recording
         query = (
             Recording.select(
@@ -407,11 +608,14 @@ class Restorer:
                 Recording.checkpoint_at,
                 Recording.size_bytes,
                 Recording.state,
+                Recording.session_id,
             )
             .join(Stream)
             .where(Recording.ended_at.is_null())
             .order_by(Recording.id)
         )
+        if stream_ids is not None:
+            query = query.where(Recording.stream.in_(stream_ids))
         return [_raw_times(row) for row in dict_rows(query)]
 
     def _reconcile(self, open_rows: list[dict], now_ms: int, *, clean: bool) -> list[Repair]:
@@ -445,10 +649,19 @@ class Restorer:
             )
         return repairs
 
-    def _finish_deletes(self, dry_run: bool) -> list[Repair]:
-        """Complete deletes a crash interrupted: unlink if still there, then drop the row (invariant 7)."""
+    def _finish_deletes(self, dry_run: bool, live: set[int]) -> list[Repair]:
+        """Complete deletes a crash interrupted: unlink if still there, then drop the row (invariant 7).
+
+        A delete a live session is in the middle of is its own business.
+        """
         rows = (
-            Recording.select(Recording.id, Recording.stream, Stream.name.alias("stream_name"), Recording.path)
+            Recording.select(
+                Recording.id,
+                Recording.stream,
+                Stream.name.alias("stream_name"),
+                Recording.path,
+                Recording.busy_session_id,
+            )
             .join(Stream)
             # The first term matches the partial index recording_unsettled.
             .where(
@@ -458,6 +671,8 @@ class Restorer:
         )
         repairs = []
         for row in dict_rows(rows):
+            if row["busy_session_id"] in live:
+                continue
             freed = 0 if dry_run else unlink_quietly(row["path"])
             repairs.append(
                 Repair(
@@ -474,11 +689,18 @@ class Restorer:
             )
         return repairs
 
-    def _finish_archive_moves(self, dry_run: bool, now_ms: int) -> list[Repair]:
-        """Finish or undo archive moves a crash interrupted, from the plan in the row (invariants 7, 9)."""
+    def _finish_archive_moves(self, dry_run: bool, now_ms: int, live: set[int]) -> list[Repair]:
+        """Finish or undo archive moves a crash interrupted, from the plan in the row (invariants 7, 9).
+
+        A move a live session is in the middle of is its own business.
+        """
         rows = (
             Recording.select(
-                Recording.id, Recording.stream, Stream.name.alias("stream_name"), Recording.metadata
+                Recording.id,
+                Recording.stream,
+                Stream.name.alias("stream_name"),
+                Recording.metadata,
+                Recording.busy_session_id,
             )
             .join(Stream)
             .where(
@@ -488,6 +710,8 @@ class Restorer:
         )
         repairs = []
         for row in dict_rows(rows):
+            if row["busy_session_id"] in live:
+                continue  # a live session is moving it right now
             plan = (row["metadata"] or {}).get("archive") or {}
             source, dest = plan.get("from"), plan.get("to")
             previous = SegmentState(plan.get("previous_state", SegmentState.COMPLETE))
@@ -508,7 +732,12 @@ class Restorer:
                     source,
                 )
                 if not dry_run:
-                    Recording.transition(row["id"], SegmentState.ARCHIVING, SegmentState.MISSING)
+                    Recording.transition(
+                        row["id"],
+                        SegmentState.ARCHIVING,
+                        SegmentState.MISSING,
+                        values={"busy_session_id": None},
+                    )
             repairs.append(
                 Repair(
                     recording_id=row["id"],
@@ -585,7 +814,9 @@ class Restorer:
             SystemState.write(LIFECYCLE_KEY, value)
             Event.record(kind, severity=severity, message=message, data=data, at=from_millis(now_ms))
 
-    def _stream_snapshots(self, was_recording: set[int]) -> tuple[StreamSnapshot, ...]:
+    def _stream_snapshots(
+        self, was_recording: set[int], had: dict[int, tuple[int | None, str | None]] | None = None
+    ) -> tuple[StreamSnapshot, ...]:
         # One query: each live stream with its newest segment, found by one
         # index seek per stream on (stream_id, segment_index), not by a
         # GROUP BY over every recording.
@@ -633,6 +864,8 @@ class Restorer:
                 next_segment_index=next_index,
                 last_segment_path=path,
                 last_segment_ended_at=None if ended is None else from_millis(ended),
+                session=(had or {}).get(stream_id, (None, None))[0],
+                session_ended=(had or {}).get(stream_id, (None, None))[1],
             )
             for (
                 stream_id,
@@ -715,3 +948,7 @@ def _segment_snapshot(row: dict) -> SegmentSnapshot:
         size_bytes=row["size_bytes"],
         state=SegmentState(row["state"]),
     )
+
+
+# A claim of a dead session's streams repairs what it left, as restore would.
+on_takeover(lambda db, stream_ids, session: Restorer(db).take_over(stream_ids, session=session).repairs)

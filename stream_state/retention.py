@@ -29,6 +29,7 @@ from .backends import dialect
 from .errors import ValidationError
 from .models import Event, Recording, Stream, database_proxy
 from .models.recording import unlink_quietly
+from .models.session import writer
 from .pwtypes import tuple_rows
 from .states import EventType, SegmentState, Severity
 from .timeutil import now_millis, to_millis
@@ -475,6 +476,9 @@ def delete_recordings(
     busy handler, so a writer waiting for the lock always finds a gap.
     """
     db = database_proxy
+    # Rows this run marks "deleting" name its session, so that a repair run
+    # elsewhere leaves them alone while this process lives.
+    session = writer(db)
     freed = 0
     deletable = [s.value for s in DELETABLE_STATES]
     unlinked: list[int] = []  # marked, file gone, row still to remove
@@ -498,7 +502,10 @@ def delete_recordings(
                     # invariant 6: rows say "deleting" (committed) before their files go
                     marked = set(
                         Recording.transition(
-                            [rec_id for rec_id, _ in rows], DELETABLE_STATES, SegmentState.DELETING
+                            [rec_id for rec_id, _ in rows],
+                            DELETABLE_STATES,
+                            SegmentState.DELETING,
+                            values={"busy_session_id": session.id},
                         ).changed
                     )
                     rows = [(rec_id, path) for rec_id, path in rows if rec_id in marked]

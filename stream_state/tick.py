@@ -41,6 +41,7 @@ written by a tick are not read back, so they have no ``id``: use
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -61,6 +62,7 @@ from .models.metric import (
     _wrap_database_error,
     series_id_cache,
 )
+from .models.session import writer
 from .models.statements import manager_statements
 from .models.stream import health_values
 from .states import HealthState, Severity
@@ -307,7 +309,10 @@ class Tick:
         try:
             for attempt in range(2):
                 try:
-                    with db.atomic():
+                    # One ownership check for every stream the tick writes on
+                    # (invariant 15), in its transaction; begin and complete
+                    # are gated again by their own methods.
+                    with db.atomic(), self._owned(db):
                         self._write(db, report, failures, learned)
                         if failures:
                             raise _Refused
@@ -330,6 +335,17 @@ class Tick:
         series_id_cache(db).learn(learned, db)
         self._settle(report)
         return report
+
+    def _owned(self, db: pw.Database) -> contextlib.AbstractContextManager[Any]:
+        """The ownership gate over the streams of the tick's checkpoints, health, events and samples."""
+        ids: set[int] = {c.recording.stream_id for c in self._checkpoints}
+        ids |= {call.stream.id for call in self._health}
+        ids |= {e.row.stream_id for e in self._events if e.row.stream_id is not None}
+        for samples in self._samples:
+            ids |= {sid for sid in samples.stream_ids if sid is not None}
+        if not ids:
+            return contextlib.nullcontext()
+        return writer(db).gate(sorted(ids), skip_missing=True)
 
     def _write(
         self, db: pw.Database, report: TickReport, failures: list[TickFailure], learned: dict[str, int]

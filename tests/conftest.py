@@ -21,6 +21,7 @@ import pytest
 
 from stream_state import open_database
 from stream_state.database import connect_database
+from stream_state.models.session import forget_process_session
 
 pytest_plugins = ["pytester"]  # tests/test_conftest.py runs pytest on this file
 
@@ -100,6 +101,9 @@ def db(backend: Backend) -> Iterator[pw.Database]:
     try:
         yield database
     finally:
+        # The process's session of this database (opened by the first
+        # write) ends cleanly with the test, and its keep-alive thread too.
+        forget_process_session(database)
         if isinstance(database, pw.PostgresqlDatabase):
             database.close_all()
         else:

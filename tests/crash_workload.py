@@ -10,7 +10,10 @@ package's own "now" follows (``stream_state.timeutil`` reads a skewed clock).
 After each call that committed, it appends a line to a journal; the parent
 checks that everything journaled survived the kill.
 
-    python -m tests.crash_workload --url URL --dir DIR --journal FILE --seed N [--pg-schema S]
+    python -m tests.crash_workload --url URL --dir DIR --journal FILE --seed N [--pg-schema S] [--prefix P]
+
+Each run has its own session; two runs with different prefixes record side by
+side on one database, and each one's restore leaves the other's work alone.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--journal", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pg-schema")
+    parser.add_argument("--prefix", default="cam", help="stream names; two workloads on one file use two")
     args = parser.parse_args()
 
     # The application name lets the parent wait until the server has finished
@@ -97,7 +101,10 @@ def main() -> None:
 
     streams = [
         Stream.register(
-            f"cam-{i}", f"rtsp://viewer:s3cret{i}@10.0.0.{i + 1}/stream1", {"fps": 15}, recording=True
+            f"{args.prefix}-{i}",
+            f"rtsp://viewer:s3cret{i}@10.0.0.{i + 1}/stream1",
+            {"fps": 15},
+            recording=True,
         )
         for i in range(STREAMS)
     ]

@@ -36,7 +36,8 @@ from stream_state.cli_output import (
     parse_time,
     to_json,
 )
-from stream_state.models import database_proxy
+from stream_state.models import Session, database_proxy
+from stream_state.models.session import current_session, forget_process_session
 
 from .factories import RecordingFactory, StreamFactory
 
@@ -181,6 +182,12 @@ def site(db, tmp_path):
         ]
         + [("fps", 25.0, cam2, None, T0 + i * MINUTE) for i in range(3)]
     )
+    # The manager that wrote all this has died (the CLI runs next to its
+    # leftovers, as an operator's would). Its sessions' claims of the two
+    # streams are not part of the history these tests read (test_sessions
+    # covers them).
+    forget_process_session(db, clean=False)
+    Event.delete().where(Event.type == "stream_claimed").execute()
     return {"media": media, "cam1": cam1, "cam2": cam2, "orphan": orphan}
 
 
@@ -340,6 +347,7 @@ def test_every_command_and_option_has_help():
         "check",
         "retention",
         "purge",
+        "sessions",
         "vacuum",
         "backup",
         "integrity",
@@ -940,3 +948,24 @@ def test_no_command_ever_prints_a_credential(run, site, backend, tmp_path):
     assert result.exit_code == 1 and "postgres:***@127.0.0.1:1" in result.stderr
     assert SECRET not in result.output
     assert SECRET not in CliRunner().invoke(cli, ["--db", broken, "-v", "migrate"]).output
+
+
+# --- sessions --------------------------------------------------------------------------------------
+
+
+def test_sessions_lists_live_and_ended_sessions_and_ends_one(run, db):
+    stream = StreamFactory(name="cam-s")
+    stream.record_health("healthy")  # this process's session takes the stream
+    me = current_session(db)
+    listed = {s["id"]: s for s in run.json("sessions")}
+    assert listed[me.id]["alive"] and listed[me.id]["streams"] == 1 and listed[me.id]["lease_left"] > 0
+    assert listed[me.id]["pid"] == os.getpid()
+    table = run("sessions").stdout
+    assert table.splitlines()[0].split()[:4] == ["ID", "NODE", "HOST", "PID"] and "alive" in table
+    # An operator who killed a node declares it dead instead of waiting out its lease.
+    other = Session.open(node="node-x", register=False)
+    ended = run("sessions", "--end", str(other.id))
+    assert ended.exit_code == 0 and f"session {other.id} declared dead" in ended.stdout
+    assert run("sessions", "--end", str(other.id)).stdout.startswith(f"session {other.id} had already ended")
+    assert other.id not in {s["id"] for s in run.json("sessions", "--live")}
+    assert run("sessions", "--end", "999999").exit_code == 1

@@ -22,8 +22,9 @@ import peewee as pw
 
 from stream_state import Event, MetricSample, Recording, SegmentState, Stream, open_database
 from stream_state.invariants import check_invariants as broken_rules
-from stream_state.models import MetricSeries
+from stream_state.models import MetricSeries, Session
 from stream_state.restore import Repair, Restorer
+from stream_state.sessions import end_session
 from stream_state.states import EventType
 
 from .crash_workload import workload_name
@@ -40,24 +41,39 @@ def read_journal(path: Path) -> list[list]:
     return [json.loads(line) for line in lines if line.endswith("]")]
 
 
-def run_child_and_kill(url: str, schema: str | None, media: Path, journal: Path, seed: int) -> None:
-    command = [sys.executable, "-m", "tests.crash_workload", "--url", url, "--dir", str(media)]
-    command += ["--journal", str(journal), "--seed", str(seed)]
-    if schema:
-        command += ["--pg-schema", schema]
-    child = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def run_children_and_kill(
+    url: str, schema: str | None, media: Path, journals: list[Path], seed: int
+) -> list[int]:
+    """One workload per journal, side by side on the database, each SIGKILLed at its own moment.
+
+    Returns their pids.
+    """
+    children = []
+    for n, journal in enumerate(journals):
+        command = [sys.executable, "-m", "tests.crash_workload", "--url", url, "--dir", str(media)]
+        command += ["--journal", str(journal), "--seed", str(seed * 10 + n), "--prefix", f"cam{n}"]
+        if schema:
+            command += ["--pg-schema", schema]
+        children.append(
+            subprocess.Popen(
+                command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     try:
-        line = child.stdout.readline()
-        assert line.strip() == "ready", f"workload did not start: {line!r} {child.stderr.read()}"
-        time.sleep(random.Random(seed).uniform(0.05, 0.8))
-        assert child.poll() is None, f"workload died by itself: {child.stderr.read()}"
-        child.send_signal(signal.SIGKILL)
+        for child in children:
+            line = child.stdout.readline()
+            assert line.strip() == "ready", f"workload did not start: {line!r} {child.stderr.read()}"
+        rng = random.Random(seed)
+        for child in children:
+            time.sleep(rng.uniform(0.05, 0.8 / len(children)))
+            assert child.poll() is None, f"workload died by itself: {child.stderr.read()}"
+            child.send_signal(signal.SIGKILL)
     finally:
-        child.wait(timeout=30)
-        child.stdout.close()
-        child.stderr.close()
+        for child in children:
+            child.wait(timeout=30)
+            child.stdout.close()
+            child.stderr.close()
+    return [child.pid for child in children]
 
 
 def check_invariants(
@@ -156,16 +172,25 @@ def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path)
     schema = params["options"].split("=", 1)[1] if params else None
     media = tmp_path / "media"
     media.mkdir()
-    journal_path = tmp_path / "journal.jsonl"
+    # Two recorder processes on one SQLite file (each one's start-up restore
+    # must leave the other's live work alone); one on PostgreSQL.
+    journal_paths = [tmp_path / f"journal-{n}.jsonl" for n in range(2 if backend.name == "sqlite" else 1)]
     seed0 = random.randrange(1_000_000)
     for iteration in range(ITERATIONS):
-        run_child_and_kill(url, schema, media, journal_path, seed0 + iteration)
+        pids = run_children_and_kill(url, schema, media, journal_paths, seed0 + iteration)
         db = open_database(url, **params)
         try:
             if isinstance(db, pw.PostgresqlDatabase):
-                wait_for_server_side_of(db, workload_name(seed0 + iteration))
+                # the one PostgreSQL workload runs with seed (seed0 + iteration) * 10 (run_children_and_kill)
+                wait_for_server_side_of(db, workload_name((seed0 + iteration) * 10))
+            if backend.name == "postgres":
+                # No pid check on PostgreSQL (nodes share no process table):
+                # the operator who killed the process says so instead of
+                # waiting out its lease.
+                for session in Session.select().where(Session.pid.in_(pids) & Session.closed_at.is_null()):
+                    end_session(db, session.id)
             first = Restorer(db, session=f"parent-{iteration}").restore()
-            journal = read_journal(journal_path)
+            journal = [entry for path in journal_paths for entry in read_journal(path)]
             check_invariants(db, media, journal, iteration, first.repairs)
             again = Restorer(db, session=f"parent-{iteration}").restore()
             assert again.repairs == () and again.streams == first.streams, (
@@ -184,6 +209,7 @@ def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path)
                 db.close_all()
             else:
                 db.close()
-    assert any(entry[0] == "complete" for entry in read_journal(journal_path)), "the workload did real work"
-    kinds = {entry[0] for entry in read_journal(journal_path)}
+    for path in journal_paths:
+        assert any(entry[0] == "complete" for entry in read_journal(path)), f"{path.name}: no real work"
+    kinds = {entry[0] for path in journal_paths for entry in read_journal(path)}
     assert {"clock", "refused"} <= kinds, "the workload stepped the clock and tried a relative path"

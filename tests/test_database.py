@@ -263,7 +263,13 @@ def test_pending_migration_on_an_existing_file_takes_an_online_backup_first(
     path = tmp_path / "live.db"
     monkeypatch.setattr("stream_state.database.migrations_dir", lambda: at_001)
     db = open_database(path)
-    StreamFactory.create_batch(3)
+    # Rows of the schema at 001 (the models have grown columns since).
+    for n in range(3):
+        db.execute_sql(
+            "INSERT INTO stream (name, uri, config, desired_enabled, desired_recording, status, health,"
+            f" next_segment_index, created_at, updated_at) VALUES ('cam-{n}', 'rtsp://x/1', '{{}}', 1, 0,"
+            " 'stopped', 'unknown', 0, 0, 0)"
+        )
     # Another process is mid-flight: its committed rows sit in the WAL, not yet
     # checkpointed into the main file, so a plain file copy would miss them.
     writer = sqlite3.connect(path, isolation_level=None)

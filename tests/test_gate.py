@@ -18,6 +18,7 @@ import stream_state
 from stream_state import Event, InvalidTransition, NotFound, Recording, SegmentState, ValidationError
 from stream_state.errors import StreamStateError
 from stream_state.models import gate
+from stream_state.models.session import current_session, ownership_guard
 
 from .factories import StreamFactory
 
@@ -224,8 +225,10 @@ def test_complete_segment_runs_exactly_the_gates_statement(db):
     (rec,) = segments(1, close=False)
     with count_queries() as counter:
         rec.complete_segment(ended_at=T0 + dt.timedelta(seconds=10), size_bytes=5)
+    # ... with the ownership guard of sessions (issue 14) in the same statement
+    guard, _ = ownership_guard(current_session(db), rec.stream_id, 1).where(db)
     expected = gate.statement(Recording, db, SegmentState.COMPLETE, ("ended_at", "size_bytes"))
-    assert [q.msg[0] for q in counter.get_queries()] == [expected]
+    assert [q.msg[0] for q in counter.get_queries()] == [f"{expected} AND ({guard})"]
     assert expected.startswith('UPDATE "recording" SET "state" = ')
 
 
@@ -254,7 +257,7 @@ _INSERT_SQL = re.compile(rf"\bINSERT\s+INTO\s+{_TABLE}\s*\((?P<columns>[^)]*)\)(
 # begin_segment may spell the one birth state of a new segment.
 _GATE = PACKAGE / "models" / "gate.py"
 # Event.record saves an Event; nothing else may call save() (it writes every dirty field).
-_SAVE_ALLOWED = {("models/event.py", "record")}
+_SAVE_ALLOWED = {("models/event.py", "_record")}  # Event.record writes through _record
 
 
 def _is_state_key(node: ast.AST | None) -> bool:

@@ -124,6 +124,10 @@ def plant(kind: str, db: pw.Database, backend, cam, done, open_segment) -> None:
         execute(db, "UPDATE recording SET state = 'finished' WHERE id = ?", second.id)
     elif kind == "open segment of a removed stream":
         execute(db, "UPDATE stream SET removed_at = 1 WHERE id = ?", cam.id)
+    elif kind == "owner without a session row":
+        execute(db, "UPDATE stream SET owner_session_id = 999999 WHERE id = ?", cam.id)
+    elif kind == "segment from a future epoch":
+        execute(db, "UPDATE recording SET session_epoch = 99 WHERE id = ?", open_segment.id)
     else:
         raise AssertionError(kind)
 
@@ -141,6 +145,8 @@ PLANTED = {
     "archiving without a plan": (9, "without its move's plan"),
     "unknown state": (10, "does not know"),
     "open segment of a removed stream": (12, "removed stream"),
+    "owner without a session row": (14, "session that has no row"),
+    "segment from a future epoch": (14, "has not reached"),
 }
 
 

@@ -84,9 +84,11 @@ def test_a_restored_state_as_plain_data_masks_credentials(db, tmp_path):
     cam = Stream.register("cam-1", f"rtsp://admin:{SECRET}@10.0.0.1/s", {"token": SECRET}, recording=True)
     (tmp_path / "a.ts").write_bytes(b"x" * 100)
     cam.begin_segment(tmp_path / "a.ts", started_at=T0)
-    state = Restorer(db).restore(T0 + dt.timedelta(minutes=1))
+    # The next run (a new session label: the recording run counts as crashed).
+    state = Restorer(db, session="next-run").restore(T0 + dt.timedelta(minutes=1))
     data = state.as_dict()
     assert [s["name"] for s in data["streams"]] == ["cam-1"]
+    assert data["streams"][0]["session_ended"] == "crashed"
     assert data["streams"][0]["was_recording"] is True and data["streams"][0]["next_segment_index"] == 1
     assert [(r["old_state"], r["new_state"]) for r in data["repairs"]] == [("recording", "interrupted")]
     assert data["summary"] == state.summary

@@ -176,7 +176,8 @@ def test_restore_fails_an_unfinalised_mp4_and_keeps_an_interrupted_matroska_with
     mkv_row = stream.begin_segment(path_template=template + ".mkv", media_started_at=T0)
     (tmp_path / "0.mp4").write_bytes(mp4(moov=False))
     (tmp_path / "1.mkv").write_bytes(mkv(17, cues=False))
-    state = Restorer(db).restore(now=T0 + dt.timedelta(minutes=1))
+    # The next run (a new session label: the recording run counts as crashed).
+    state = Restorer(db, session="next-run").restore(now=T0 + dt.timedelta(minutes=1))
     by_path = {r.path: r for r in state.repairs}
     assert by_path[mp4_row.path].new_state == SegmentState.FAILED
     assert "moov" in by_path[mp4_row.path].evidence

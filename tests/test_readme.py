@@ -37,7 +37,8 @@ def test_the_readme_asyncio_session_runs(tmp_path, monkeypatch):
     session = session.replace("/media/disk1", str(tmp_path / "media" / "disk1"))
     printed = []
     exec(compile(session, str(README), "exec"), {"print": lambda *a: printed.append(a)})
-    assert printed and printed[0][1] == ["health_changed", "stream_registered"]
+    # newest first: the health report, the session taking the stream on its first write, the registration
+    assert printed and printed[0][1] == ["health_changed", "stream_claimed", "stream_registered"]
 
 
 def test_the_readme_shows_the_example_manager_as_it_is():

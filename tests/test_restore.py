@@ -253,7 +253,9 @@ def test_state_restoration_scenario_recording_crashes_and_resumes_with_the_next_
     assert "hunter2" not in repr(snapshot) and "hunter2" not in repr(state)
     assert snapshot.config == {"segment_seconds": 60}
     assert (snapshot.enabled, snapshot.recording, snapshot.was_recording) == (True, True, True)
-    assert snapshot.status == "running"
+    # The dead run's "running" is reset, so the next start is an allowed transition.
+    assert snapshot.status == "stopped"
+    assert (snapshot.session_ended, snapshot.session) == ("crashed", crashed.session_id)
     assert snapshot.next_segment_index == 4
     assert snapshot.last_segment_path == str(tmp_path / "cam-7-00003.mp4")
     assert snapshot.last_segment_ended_at == at(200)

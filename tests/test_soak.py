@@ -164,6 +164,7 @@ def _check_counts(results: dict[str, dict]) -> None:
         assert events(EventType.HEALTH_CHANGED) == counts["health_changes"] == begun, name
         assert events(EventType.STATUS_CHANGED) == counts["status_changes"] == begun, name
         assert events(EventType.STREAM_REGISTERED) == 1, name
+        assert events("stream_claimed") == 1, name  # one session per process took it once
         series = MetricSeries.select().where(MetricSeries.stream == stream)
         assert series.count() == 3, name
         assert MetricSample.select().where(MetricSample.series.in_(series)).count() == counts["samples"], name
@@ -173,8 +174,9 @@ def _check_counts(results: dict[str, dict]) -> None:
     assert Stream.select().count() == total
     assert Recording.select().count() == sum(r["segments_begun"] for r in results.values())
     assert MetricSample.select().count() == sum(r["samples"] for r in results.values())
+    # + its registration and the claim of the stream by the worker's session (its first write)
     expected_events = sum(
-        r["events"] + r["health_changes"] + r["status_changes"] + 1 for r in results.values()
+        r["events"] + r["health_changes"] + r["status_changes"] + 2 for r in results.values()
     )
     assert Event.select().count() == expected_events
     assert Event.select(pw.fn.COUNT(pw.fn.DISTINCT(Event.id))).scalar() == expected_events

@@ -26,7 +26,12 @@ SECRET_URI = "rtsp://admin:hunter2@10.0.0.7:554/stream1"
 
 
 def events_of(stream, type_=None):
-    query = Event.select().where(Event.stream == stream).order_by(Event.id)
+    # Ownership events (a session taking the stream on its first write) aside.
+    query = (
+        Event.select()
+        .where((Event.stream == stream) & Event.type.not_in(["stream_claimed", "stream_released"]))
+        .order_by(Event.id)
+    )
     if type_:
         query = query.where(Event.type == type_)
     return list(query)

@@ -6,6 +6,7 @@ from .event import Event
 from .metric import MetricSample, MetricSeries
 from .recording import Recording
 from .rollups import MetricRollup, MetricRollupStale
+from .session import Session
 from .stream import Stream
 from .system import SystemState
 from .usage import RecordingUsage
@@ -22,6 +23,7 @@ MODELS = (
     MetricRollup,
     MetricRollupStale,
     SystemState,
+    Session,
 )
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "MetricSeries",
     "Recording",
     "RecordingUsage",
+    "Session",
     "Stream",
     "SystemState",
     "database_proxy",

@@ -64,14 +64,44 @@ class Event(BaseModel):
         Credentials in ``message`` and ``data`` (URIs with passwords,
         secret-looking keys) are masked before they are stored: events are
         shown to operators.
+
+        An event attributed to a stream is a manager write: it goes through
+        this process's session, which must own the stream (taking it on
+        this first write if it is free), else ``OwnershipLost`` and nothing
+        is written.
         """
+        return cls._record(type, stream, severity, message, data, at, gate=True)
+
+    @classmethod
+    def _record(
+        cls,
+        type: str,
+        stream: Stream | int | None = None,
+        severity: Severity | str = Severity.INFO,
+        message: str | None = None,
+        data: dict[str, Any] | None = None,
+        at: dt.datetime | None = None,
+        *,
+        gate: bool,
+    ) -> Event:
+        """``record``; the package's own operator paths (and writes already gated) pass ``gate=False``."""
         row = cls.build(type, stream=stream, severity=severity, message=message, data=data, at=at)
         db = cls._meta.database
         # Written once per backend (statements.py): the ORM's INSERT cost 5x the statement.
         try:
-            (row.id,) = db.execute_sql(
-                manager_statements(db).insert_event_returning, row._insert_values(db)
-            ).fetchone()
+            if gate and row.stream_id is not None:
+                from .session import current_session
+
+                session = current_session(cls._meta.database)
+                assert session is not None
+                with db.atomic(), session.gate(row.stream_id):
+                    (row.id,) = db.execute_sql(
+                        manager_statements(db).insert_event_returning, row._insert_values(db)
+                    ).fetchone()
+            else:
+                (row.id,) = db.execute_sql(
+                    manager_statements(db).insert_event_returning, row._insert_values(db)
+                ).fetchone()
         except pw.IntegrityError as exc:
             raise NotFound("stream", stream if isinstance(stream, int) else row.stream_key) from exc
         cast(Any, row)._dirty.clear()

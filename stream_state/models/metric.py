@@ -15,6 +15,7 @@ driver's own: see bench/ingest.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -34,6 +35,7 @@ from ..pwtypes import exception_wrapper, tuple_rows
 from ..timeutil import from_millis, now_millis, to_millis, utc_now
 from ..validate import require_count, require_number, require_text
 from .base import BaseModel, WithoutRowidOnSqlite, current_database, dialect
+from .session import writer
 from .stream import Stream, require_stream_id
 
 log = logging.getLogger(__name__)
@@ -658,12 +660,19 @@ class MetricSample(BaseModel):
         """Resolve the series and write their samples in one transaction; return the series ids."""
         db = current_database()
         count = sum(len(spec.samples) for spec in specs) // 2
+        # Samples attributed to streams are manager writes: gated on this
+        # process's session owning each of those streams (one statement).
+        stream_ids = [spec.stream_id for spec in specs if spec.stream_id is not None]
+        session = writer(db) if stream_ids else None
         for attempt in range(2):
             learned: dict[str, int] = {}
             try:
                 # BEGIN IMMEDIATE on SQLite: the series lookup and the writes see
                 # one state of the database.
-                with db.atomic():
+                with (
+                    db.atomic(),
+                    session.gate(stream_ids) if session is not None else contextlib.nullcontext(),
+                ):
                     series_ids = cls._write_specs(db, specs, learned)
             except pw.IntegrityError as exc:
                 # A series vanished between its lookup and the insert: a

@@ -8,7 +8,7 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import peewee as pw
@@ -23,7 +23,7 @@ from ..validate import optional_text, require_count, require_json_object, requir
 from . import gate
 from .base import BaseModel, locked
 from .gate import EventsFor, Guard, Transition
-from .statements import manager_statements
+from .session import gated_checkpoint, ownership_guard, writer
 from .stream import Stream
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class Recording(BaseModel):
     # The unique (stream, segment_index) index below leads with stream_id and
     # serves foreign-key checks, so the default single-column index is skipped.
     stream = pw.ForeignKeyField(Stream, backref="recordings", on_delete="RESTRICT", index=False)
+    stream_id: int  # the foreign key's column, as peewee exposes it
     path = pw.TextField(unique=True)
     storage = pw.TextField(null=True)
     segment_index = pw.BigIntegerField(constraints=[pw.Check("segment_index >= 0")])
@@ -61,6 +62,14 @@ class Recording(BaseModel):
     # a 1970 boot then NTP): flagged ``too_long``. Managers with longer
     # segments raise it: ``Recording.max_plausible_length = dt.timedelta(hours=48)``.
     max_plausible_length = dt.timedelta(hours=24)
+
+    # The session that began the segment and its epoch on the stream then
+    # (restore repairs only dead sessions' segments; the audit checks them).
+    session_id = pw.BigIntegerField(null=True)
+    session_epoch = pw.BigIntegerField(null=True)
+    # The session in the middle of a multi-step change of the row
+    # (deleting, archiving): a repair leaves it alone while that one lives.
+    busy_session_id = pw.BigIntegerField(null=True)
 
     class Meta:
         table_name = "recording"
@@ -160,8 +169,16 @@ class Recording(BaseModel):
         self._clock_clamped = None
         size, when_ms = self._checkpoint_values(size_bytes, at)
         db = self._meta.database
-        # Written once per backend (statements.py): this runs every second for every stream.
-        if not db.execute_sql(manager_statements(db).checkpoint, (size, when_ms, self.id)).rowcount:
+        session = writer(db)
+        epoch = session.owned_epoch(self.stream_id)
+        gated = contextlib.nullcontext(epoch) if epoch is not None else _claiming(db, session, self.stream_id)
+        with gated as epoch:
+            updated = self._write_checkpoint(session, epoch, size, when_ms)
+        if not updated:
+            again = session.refused(self.stream_id)
+            if again is not None:  # the stream was free again and is taken: one retry
+                updated = self._write_checkpoint(session, again, size, when_ms)
+        if not updated:
             self._raise_not_open("checkpoint")
         self.size_bytes = size
         self.checkpoint_at = from_millis(when_ms)
@@ -200,6 +217,16 @@ class Recording(BaseModel):
             self._clock_clamped = clock_note("checkpoint_at", when, self.started_at)
             when_ms = started_ms
         return size_bytes, when_ms
+
+    def _write_checkpoint(self, session: Any, epoch: int, size_bytes: int, when_ms: int) -> int:
+        # Written once per backend (statements.py), with the ownership gate:
+        # this runs every second for every stream.
+        db = self._meta.database
+        return int(
+            db.execute_sql(
+                gated_checkpoint(db), (size_bytes, when_ms, self.id, session.id, epoch, session.id)
+            ).rowcount
+        )
 
     def complete_segment(
         self,
@@ -277,7 +304,9 @@ class Recording(BaseModel):
             milliseconds=1
         )
         suspect = {"clock_suspect": "too_long"} if too_long else {}
-        if metadata is None:
+        session = writer(db)
+        epoch = session.owned_epoch(self.stream_id)
+        if metadata is None and epoch is not None:
             # The common case, an open segment closed without new metadata:
             # one statement, which only an open row matches (invariants 5, 8);
             # media values not given keep what the row has.
@@ -286,6 +315,7 @@ class Recording(BaseModel):
                 SegmentState.RECORDING,
                 SegmentState.COMPLETE,
                 values={"ended_at": ended_ms, "size_bytes": size_bytes, **media, **suspect},
+                guard=ownership_guard(session, self.stream_id, epoch),
             )
             if closed:
                 if too_long:
@@ -299,36 +329,37 @@ class Recording(BaseModel):
             fresh = locked(cls.select().where(cls.id == self.id)).first()
             if fresh is None:
                 raise NotFound("recording", self.path)
-            if (
-                fresh.state == SegmentState.COMPLETE
-                and fresh.ended_at == from_millis(ended_ms)
-                and fresh.size_bytes == size_bytes
-                and all(
-                    fresh.__data__.get(key) == (from_millis(value) if key == "media_ended_at" else value)
-                    for key, value in media.items()
+            with session.gate(fresh.stream_id):
+                if (
+                    fresh.state == SegmentState.COMPLETE
+                    and fresh.ended_at == from_millis(ended_ms)
+                    and fresh.size_bytes == size_bytes
+                    and all(
+                        fresh.__data__.get(key) == (from_millis(value) if key == "media_ended_at" else value)
+                        for key, value in media.items()
+                    )
+                    and (metadata is None or {**(fresh.metadata or {}), **metadata} == (fresh.metadata or {}))
+                ):
+                    # completing again with the same values is harmless
+                    self.__data__.update(fresh.__data__)
+                    return self
+                merged = {**(fresh.metadata or {}), **metadata} if metadata else fresh.metadata
+                earlier = (fresh.metadata or {}).get("clock_clamped")
+                if clamped is not None and isinstance(earlier, dict):  # keep an earlier clamp's note too
+                    merged["clock_clamped"] = {**earlier, **clamped["clock_clamped"]}
+                cls.transition(
+                    self.id,
+                    fresh.state,
+                    SegmentState.COMPLETE,
+                    values={
+                        "ended_at": ended_ms,
+                        "size_bytes": size_bytes,
+                        "metadata": merged,
+                        **media,
+                        **suspect,
+                    },
+                    strict=True,
                 )
-                and (metadata is None or {**(fresh.metadata or {}), **metadata} == (fresh.metadata or {}))
-            ):
-                # completing again with the same values is harmless
-                self.__data__.update(fresh.__data__)
-                return self
-            merged = {**(fresh.metadata or {}), **metadata} if metadata else fresh.metadata
-            earlier = (fresh.metadata or {}).get("clock_clamped")
-            if clamped is not None and isinstance(earlier, dict):  # keep an earlier clamp's note too
-                merged["clock_clamped"] = {**earlier, **clamped["clock_clamped"]}
-            cls.transition(
-                self.id,
-                fresh.state,
-                SegmentState.COMPLETE,
-                values={
-                    "ended_at": ended_ms,
-                    "size_bytes": size_bytes,
-                    "metadata": merged,
-                    **media,
-                    **suspect,
-                },
-                strict=True,
-            )
         self.state = SegmentState.COMPLETE
         self.ended_at = from_millis(ended_ms)
         self.size_bytes = size_bytes
@@ -356,37 +387,39 @@ class Recording(BaseModel):
         when = utc_now() if at is None else at
         when_ms = max(to_millis(when, "at"), to_millis(self.started_at))
         cls = type(self)
+        session = writer(self._meta.database)
         with self._meta.database.atomic():
             fresh = locked(cls.select().where(cls.id == self.id)).first()
             if fresh is None:
                 raise NotFound("recording", self.path)
-            if fresh.state == SegmentState.FAILED:
-                self.__data__.update(fresh.__data__)
-                return self
-            size = self._size_on_disk(default=fresh.size_bytes)
-            cls.transition(
-                self.id,
-                fresh.state,
-                SegmentState.FAILED,
-                values={"ended_at": when_ms, "size_bytes": size},
-                # invariant 11: the event commits with the change
-                event=lambda _moved: [
-                    Event.build(
-                        EventType.SEGMENT_FAILED,
-                        fresh.stream_id,
-                        severity=Severity.ERROR,
-                        message=f"segment {self.path} failed: {reason}",
-                        data={
-                            "recording_id": self.id,
-                            "path": self.path,
-                            "reason": reason,
-                            "size_bytes": size,
-                        },
-                        at=from_millis(when_ms),
-                    )
-                ],
-                strict=True,
-            )
+            with session.gate(fresh.stream_id):
+                if fresh.state == SegmentState.FAILED:
+                    self.__data__.update(fresh.__data__)
+                    return self
+                size = self._size_on_disk(default=fresh.size_bytes)
+                cls.transition(
+                    self.id,
+                    fresh.state,
+                    SegmentState.FAILED,
+                    values={"ended_at": when_ms, "size_bytes": size},
+                    # invariant 11: the event commits with the change
+                    event=lambda _moved: [
+                        Event.build(
+                            EventType.SEGMENT_FAILED,
+                            fresh.stream_id,
+                            severity=Severity.ERROR,
+                            message=f"segment {self.path} failed: {reason}",
+                            data={
+                                "recording_id": self.id,
+                                "path": self.path,
+                                "reason": reason,
+                                "size_bytes": size,
+                            },
+                            at=from_millis(when_ms),
+                        )
+                    ],
+                    strict=True,
+                )
         self.state = SegmentState.FAILED
         self.ended_at = from_millis(when_ms)
         self.size_bytes = size
@@ -403,13 +436,21 @@ class Recording(BaseModel):
         (0 if the file was already gone). An open segment cannot be deleted.
         """
         cls = type(self)
+        session = writer(self._meta.database)
         with self._meta.database.atomic():
             fresh = locked(cls.select().where(cls.id == self.id)).first()
             if fresh is None:
                 return 0
-            if fresh.state != SegmentState.DELETING:
-                # invariant 6: the row says "deleting" (committed) before the file goes
-                cls.transition(self.id, fresh.state, SegmentState.DELETING, strict=True)
+            with session.gate(fresh.stream_id):
+                if fresh.state != SegmentState.DELETING:
+                    # invariant 6: the row says "deleting" (committed) before the file goes
+                    cls.transition(
+                        self.id,
+                        fresh.state,
+                        SegmentState.DELETING,
+                        values={"busy_session_id": session.id},
+                        strict=True,
+                    )
         self.state = SegmentState.DELETING
         freed = unlink_quietly(self.path)
         cls.finish_delete(self.id)
@@ -457,7 +498,10 @@ class Recording(BaseModel):
                 self.id,
                 fresh.state,
                 SegmentState.ARCHIVING,
-                values={"metadata": {**(fresh.metadata or {}), "archive": plan}},
+                values={
+                    "metadata": {**(fresh.metadata or {}), "archive": plan},
+                    "busy_session_id": writer(self._meta.database).id,
+                },
                 strict=True,
             )
         try:
@@ -552,6 +596,13 @@ def clock_note(column: str, now: dt.datetime, started_at: dt.datetime) -> dict[s
     return {"clock_clamped": {column: {"clock_said": now.isoformat(), "kept": started_at.isoformat()}}}
 
 
+@contextlib.contextmanager
+def _claiming(db: Any, session: Any, stream_id: int) -> Iterator[int]:
+    """A transaction that takes a free stream on this first write, with the write."""
+    with db.atomic(), session.gate(stream_id, verify=False) as epoch:
+        yield epoch
+
+
 def _archive_root(dest_root: Any) -> str:
     """A usable archive directory, created if needed, before any row is touched."""
     if not isinstance(dest_root, (str, os.PathLike)) or isinstance(dest_root, bytes):
@@ -618,6 +669,7 @@ def finish_archive(recording_id: int, plan: dict[str, Any]) -> None:
             "storage": plan.get("storage") or row.storage,
             "archived": True,
             "metadata": metadata or None,
+            "busy_session_id": None,
         },
     )
 
@@ -632,7 +684,7 @@ def undo_archive(recording_id: int, plan: dict[str, Any]) -> None:
         recording_id,
         SegmentState.ARCHIVING,
         SegmentState(plan["previous_state"]),
-        values={"metadata": metadata or None},
+        values={"metadata": metadata or None, "busy_session_id": None},
     )
 
 

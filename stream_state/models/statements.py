@@ -23,6 +23,7 @@ from functools import lru_cache
 import peewee as pw
 
 from ..states import SegmentState
+from .base import dialect
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class SegmentStatements:
 
 
 @lru_cache(maxsize=8)
-def spelled(param: str) -> SegmentStatements:
-    """The statements with ``param`` (``?`` or ``%s``) as the placeholder."""
+def spelled(param: str, clock: str) -> SegmentStatements:
+    """The statements with ``param`` (``?`` or ``%s``) as the placeholder and ``clock`` as "now" in ms."""
     # Imported here: stream.py and recording.py import this module.
     from .recording import Recording
     from .stream import Stream
@@ -63,26 +64,37 @@ def spelled(param: str) -> SegmentStatements:
             "archived",
             "metadata",
             "media_started_at",
+            "session_id",
+            "session_epoch",
         )
+    )
+    owner, epoch = col(Stream, "owner_session_id"), col(Stream, "owner_epoch")
+    # The session named by the parameter is alive by the database's clock (models/session.py).
+    live = (
+        f'EXISTS (SELECT 1 FROM "session" WHERE "session"."id" = {p} '
+        f'AND "session"."closed_at" IS NULL AND "session"."expires_at" > {clock})'
     )
     recording_id = col(Recording, "id")
     return SegmentStatements(
-        # Takes the next index and refuses a removed stream in one statement.
+        # Takes the next index, refuses a removed stream, and is gated on
+        # (owner session, epoch) and the session's lease, in one statement.
+        # Parameters: stream, session, epoch, session.
         claim_index=(
             f"UPDATE {stream} SET {next_index} = {next_index} + 1 "
-            f"WHERE {stream_id} = {p} AND {removed_at} IS NULL RETURNING {next_index}"
+            f"WHERE {stream_id} = {p} AND {removed_at} IS NULL AND {owner} = {p} AND {epoch} = {p} "
+            f"AND {live} RETURNING {next_index}"
         ),
         insert_recording=(
             f"INSERT INTO {recording} ({inserted}) "
-            f"VALUES ({p}, {p}, {p}, {p}, {p}, 0, '{SegmentState.RECORDING.value}', {p}, {p}, {p}) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, 0, '{SegmentState.RECORDING.value}', {p}, {p}, {p}, {p}, {p}) "
             f"RETURNING {recording_id}"
         ),
     )
 
 
 def segment_statements(db: pw.Database) -> SegmentStatements:
-    """The statements in ``db``'s placeholder style (``?`` or ``%s``)."""
-    return spelled(db.param)
+    """The statements in ``db``'s placeholder style (``?`` or ``%s``) and clock."""
+    return spelled(db.param, dialect(db).clock_ms_sql)
 
 
 def _column(model: type[pw.Model], name: str) -> str:

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import peewee as pw
 
-from ..errors import AlreadyExists, InvalidTransition, NotFound, StreamRemoved, ValidationError
+from ..errors import (
+    AlreadyExists,
+    InvalidTransition,
+    NotFound,
+    OwnershipLost,
+    StreamRemoved,
+    ValidationError,
+)
 from ..fields import EnumField, TimestampField
 from ..redact import MASK, is_secret_key, redact_data, redact_text, redact_uri
 from ..states import EventType, HealthState, SegmentState, Severity, StreamStatus
@@ -28,7 +35,8 @@ from ..validate import (
     require_uri,
 )
 from .base import BaseModel, check_database_file, dialect, locked
-from .statements import manager_statements, segment_statements
+from .session import Session, gated_touch_health, writer
+from .statements import segment_statements
 
 if TYPE_CHECKING:
     from .recording import Recording
@@ -64,6 +72,10 @@ class Stream(BaseModel):
     updated_at = TimestampField(default=utc_now)
     # Soft delete: history stays queryable and the name can be reused.
     removed_at = TimestampField(null=True)
+    # The session that owns the stream (models/session.py) and the fencing
+    # epoch, bumped at every change of owner; manager writes are gated on both.
+    owner_session_id = pw.BigIntegerField(null=True, index=True)
+    owner_epoch = pw.BigIntegerField(default=0)
 
     class Meta:
         table_name = "stream"
@@ -134,24 +146,24 @@ class Stream(BaseModel):
                             desired_enabled=flags.get("enabled", True),
                             desired_recording=flags.get("recording", False),
                         )
-                        Event.record(
+                        Event._record(
                             EventType.STREAM_REGISTERED,
                             stream,
                             message=f"stream {name} registered",
                             data={"uri": stream.display_uri, "enabled": stream.desired_enabled,
-                                  "recording": stream.desired_recording},
-                        )  # fmt: skip
+                                  "recording": stream.desired_recording}, gate=False)  # fmt: skip
                         log.info("registered stream %s (%s)", name, stream.display_uri)
                         return stream
                     if stream.uri != uri:
                         old = stream.display_uri
                         stream.uri = uri
                         stream._touch(uri=uri)
-                        Event.record(
+                        Event._record(
                             EventType.STREAM_UPDATED,
                             stream,
                             message=f"stream {name} URI changed",
                             data={"uri": {"old": old, "new": stream.display_uri}},
+                            gate=False,
                         )
                     if config is not None:
                         stream._replace_config(config)
@@ -181,11 +193,12 @@ class Stream(BaseModel):
             return False
         self.config = config
         self._touch(config=config)
-        Event.record(
+        Event._record(
             EventType.CONFIG_CHANGED,
             self,
             message=_config_message(self.name, change),
             data=change,
+            gate=False,
         )
         return True
 
@@ -215,8 +228,12 @@ class Stream(BaseModel):
         for column, value in columns.items():
             setattr(self, column, value)
         self._touch(**columns)
-        Event.record(
-            EventType.DESIRED_CHANGED, self, message=f"desired state of {self.name} changed", data=changed
+        Event._record(
+            EventType.DESIRED_CHANGED,
+            self,
+            message=f"desired state of {self.name} changed",
+            data=changed,
+            gate=False,
         )
         return True
 
@@ -239,22 +256,25 @@ class Stream(BaseModel):
         to_millis(when, "at")
         from .event import Event
 
+        session = writer(self._meta.database)
         with self._meta.database.atomic():
             self._refresh_live()
-            current = self.status
-            if not status_change(current, requested):
-                return False
-            self.status = requested
-            self.status_changed_at = when
-            self._touch(status=requested, status_changed_at=when)
-            Event.record(
-                EventType.STATUS_CHANGED,
-                self,
-                severity=Severity.ERROR if requested == StreamStatus.ERROR else Severity.INFO,
-                message=f"{self.name}: {current} -> {requested}{shown_reason}",
-                data={"old": str(current), "new": str(requested), "reason": reason},
-                at=when,
-            )
+            with session.gate(self.id, self.name):
+                current = self.status
+                if not status_change(current, requested):
+                    return False
+                self.status = requested
+                self.status_changed_at = when
+                self._touch(status=requested, status_changed_at=when)
+                Event._record(
+                    EventType.STATUS_CHANGED,
+                    self,
+                    severity=Severity.ERROR if requested == StreamStatus.ERROR else Severity.INFO,
+                    message=f"{self.name}: {current} -> {requested}{shown_reason}",
+                    data={"old": str(current), "new": str(requested), "reason": reason},
+                    at=when,
+                    gate=False,
+                )
         log.info("stream %s status %s -> %s%s", self.name, current, requested, shown_reason)
         return True
 
@@ -272,9 +292,17 @@ class Stream(BaseModel):
         """
         requested, reason, data, when, when_ms = health_values(state, reason, data, at)
         db = self._meta.database
-        # The common case, the same state again: one statement, no transaction,
-        # written once per backend (statements.py): it runs every few seconds per stream.
-        if db.execute_sql(manager_statements(db).touch_health, (when_ms, self.id, requested.value)).rowcount:
+        session = writer(db)
+        epoch = session.owned_epoch(self.id)
+        # The common case, the same state again on a stream this session owns:
+        # one statement, no transaction, written once per backend
+        # (statements.py), gated on (owner, epoch) and the session's lease.
+        if (
+            epoch is not None
+            and db.execute_sql(
+                gated_touch_health(db), (when_ms, self.id, requested.value, session.id, epoch, session.id)
+            ).rowcount
+        ):
             self.health = requested
             self.last_seen_at = when
             return False
@@ -287,24 +315,28 @@ class Stream(BaseModel):
         shown_reason = f" ({redact_text(reason)})" if reason else ""
         from .event import Event
 
-        with self._meta.database.atomic():
+        db = self._meta.database
+        session = writer(db)
+        with db.atomic():
             self._refresh_live()
-            current = self.health
-            self.last_seen_at = when
-            if current == requested:
-                self._touch(last_seen_at=when, stamp=False)
-                return False
-            self.health = requested
-            self.health_changed_at = when
-            self._touch(health=requested, health_changed_at=when, last_seen_at=when)
-            Event.record(
-                EventType.HEALTH_CHANGED,
-                self,
-                severity=health_severity(requested),
-                message=f"{self.name}: {current} -> {requested}{shown_reason}",
-                data={"old": str(current), "new": str(requested), "reason": reason, "detail": data},
-                at=when,
-            )
+            with session.gate(self.id, self.name):
+                current = self.health
+                self.last_seen_at = when
+                if current == requested:
+                    self._touch(last_seen_at=when, stamp=False)
+                    return False
+                self.health = requested
+                self.health_changed_at = when
+                self._touch(health=requested, health_changed_at=when, last_seen_at=when)
+                Event._record(
+                    EventType.HEALTH_CHANGED,
+                    self,
+                    severity=health_severity(requested),
+                    message=f"{self.name}: {current} -> {requested}{shown_reason}",
+                    data={"old": str(current), "new": str(requested), "reason": reason, "detail": data},
+                    at=when,
+                    gate=False,
+                )
         log.log(
             logging.WARNING if requested != HealthState.HEALTHY else logging.INFO,
             "stream %s health %s -> %s%s",
@@ -343,7 +375,7 @@ class Stream(BaseModel):
                 )
             self.removed_at = utc_now()
             self._touch(removed_at=self.removed_at)
-            Event.record(EventType.STREAM_REMOVED, self, message=f"stream {self.name} removed")
+            Event._record(EventType.STREAM_REMOVED, self, message=f"stream {self.name} removed", gate=False)
         log.info("removed stream %s", self.name)
         return True
 
@@ -406,14 +438,23 @@ class Stream(BaseModel):
         # next restart: one stat() per segment to refuse that loudly.
         check_database_file(db)
         sql = segment_statements(db)
+        session = writer(db)
         try:
-            # invariant 1: this transaction commits before the caller opens the file
-            with db.atomic():
+            # invariant 1: this transaction commits before the caller opens the file.
+            # The ownership gate takes a free stream on this first write, in the
+            # same transaction; the statement below is gated itself.
+            with db.atomic(), session.gate(self.id, self.name, verify=False) as epoch:
                 # invariants 2, 3, 12: the counter hands out the index and moves
-                # past it in one statement, which a removed stream does not match
-                claimed = db.execute_sql(sql.claim_index, (self.id,)).fetchone()
+                # past it in one statement, which a removed stream (or a stream
+                # this session does not own at this epoch) does not match
+                claimed = db.execute_sql(sql.claim_index, (self.id, session.id, epoch, session.id)).fetchone()
                 if claimed is None:
-                    raise self._why_not_live()
+                    epoch = self._why_refused(session)  # the stream was free again: taken, one retry
+                    claimed = db.execute_sql(
+                        sql.claim_index, (self.id, session.id, epoch, session.id)
+                    ).fetchone()
+                    if claimed is None:
+                        raise OwnershipLost(self.name, session.id, None, "refused by the ownership gate")
                 index = claimed[0] - 1
                 if path_template is not None:
                     path = normalise_path(
@@ -430,6 +471,8 @@ class Stream(BaseModel):
                         Recording.archived.db_value(False),
                         dialect(db).json_param(Recording.metadata, metadata),
                         media_ms,
+                        session.id,
+                        epoch,
                     ),
                 ).fetchone()
                 if suspicion is not None:  # rare: a clock not yet set, or set back
@@ -452,6 +495,8 @@ class Stream(BaseModel):
             metadata=metadata,
             media_started_at=None if media_ms is None else from_millis(media_ms),
             clock_suspect=suspicion,
+            session_id=session.id,
+            session_epoch=epoch,
         )
         if suspicion is not None:
             log.warning(
@@ -464,11 +509,18 @@ class Stream(BaseModel):
         recording._dirty.clear()
         return recording
 
-    def _why_not_live(self) -> NotFound:
+    def _why_refused(self, session: Session) -> int:
+        """A gated write on this stream matched nothing: raise the reason, or the epoch to retry at."""
         cls = type(self)
-        return (
-            StreamRemoved(self.name) if cls.get_or_none(cls.id == self.id) else NotFound("stream", self.name)
-        )
+        row = cls.select(cls.removed_at).where(cls.id == self.id).first()
+        if row is None:
+            raise NotFound("stream", self.name)
+        if row.removed_at is not None:
+            raise StreamRemoved(self.name)
+        again = session.refused(self.id, self.name)
+        if again is None:
+            raise OwnershipLost(self.name, session.id, None, "refused by the ownership gate")
+        return again
 
     # --- helpers --------------------------------------------------------------------------
 

@@ -140,3 +140,15 @@ def test_state_restoration_undoes_an_archive_move_that_did_not_finish(db, tmp_pa
     stored = Recording.get_by_id(segment.id)
     assert (stored.path, stored.state, stored.archived) == (str(tmp_path / "a.mp4"), "complete", False)
     assert not os.path.exists(plan["to"] + ".part") and (tmp_path / "a.mp4").exists()
+
+
+def test_delete_file_on_an_object_loaded_before_the_move_deletes_the_moved_file(db, tmp_path):
+    # The row's path is what counts, not the path an older copy of the row held.
+    segment = finished(StreamFactory(name="cam-1"), tmp_path / "media" / "a.mp4", size=70)
+    stale = Recording.get_by_id(segment.id)
+    Recording.get_by_id(segment.id).archive(tmp_path / "archive")
+    moved = tmp_path / "archive" / "cam-1" / "a.mp4"
+    assert moved.exists()
+    assert stale.delete_file() == 70
+    assert not moved.exists() and not Recording.select().where(Recording.id == segment.id).exists()
+    assert stale.path == str(moved)

@@ -451,8 +451,9 @@ class Recording(BaseModel):
                         values={"busy_session_id": session.id},
                         strict=True,
                     )
-        self.state = SegmentState.DELETING
-        freed = unlink_quietly(self.path)
+        # The row's path, not this object's: an archive move may have changed it since it was read.
+        self.state, self.path = SegmentState.DELETING, fresh.path
+        freed = unlink_quietly(fresh.path)
         cls.finish_delete(self.id)
         log.info("deleted segment %s (%d bytes)", self.path, freed)
         return freed

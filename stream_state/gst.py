@@ -70,8 +70,12 @@ import peewee as pw
 from .errors import DatabaseUnavailable, StreamStateError, ValidationError
 from .models import Recording, Stream
 from .models.stream import require_path_template
+from .probe import gcc_unwinder_first
 from .states import HealthState
 
+# Before PyGObject loads libgstreamer (and, with it, libunwind) into the global
+# symbol scope, or C++ extensions imported later abort on their first exception.
+gcc_unwinder_first()
 try:  # the [gstreamer] extra: Debian's python3-gi + gir1.2-gstreamer-1.0
     import gi  # PyGObject ships no stubs: setup.cfg [mypy-gi.*]
 

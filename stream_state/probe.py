@@ -20,10 +20,13 @@ same signature (``probe=``), so a manager can plug in its own (ffprobe, say).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import datetime as dt
 import os
 import struct
+import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -313,9 +316,34 @@ def _block_group(
 
 # --- GStreamer's discoverer, when installed ------------------------------------------------------
 
+_gcc_unwinder: ctypes.CDLL | None = None
+
+
+def gcc_unwinder_first() -> None:
+    """Make libgcc_s the process's C++ unwinder before PyGObject loads GStreamer; call before ``import gi``.
+
+    Debian's libgstreamer-1.0 links libunwind.so.8, which defines the same
+    ``_Unwind_*`` functions as libgcc_s, and PyGObject opens the libraries
+    of a typelib with RTLD_GLOBAL. From then on every C++ extension module
+    loaded later (matplotlib's ft2font, numpy, kiwisolver...) binds
+    ``_Unwind_Resume`` to libunwind, while a libstdc++ loaded before GStreamer
+    (by greenlet, say) already bound ``_Unwind_RaiseException`` to libgcc_s:
+    the first C++ exception thrown then (pybind11's AttributeError inside
+    ``from matplotlib.ft2font import ...``) is raised by one unwinder and
+    resumed by the other, and the process aborts (or segfaults). With
+    libgcc_s in the global scope first, every later module binds to it.
+    Harmless where libgcc_s is absent or already global; idempotent.
+    """
+    global _gcc_unwinder
+    if _gcc_unwinder is not None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):  # not a GNU toolchain's system (musl...): nothing to prefer
+        _gcc_unwinder = ctypes.CDLL("libgcc_s.so.1", mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+
 
 def discover(path: str, timeout: float = 5.0) -> Playability | None:
     """Ask GStreamer's discoverer; None when GStreamer's Python bindings are not installed."""
+    gcc_unwinder_first()  # before GStreamer's libunwind goes global: see there
     try:
         import gi  # PyGObject ships no stubs: setup.cfg [mypy-gi.*]
 

@@ -464,6 +464,35 @@ def test_an_asyncio_manager_records_through_its_loop(backend, tmp_path):
     assert [os.path.basename(row.path) for row in rows] == [f"{row.segment_index:08d}.mkv" for row in rows]
 
 
+# --- one process with other native code ------------------------------------------------------------
+
+CXX_AFTER_GSTREAMER = """
+import kiwisolver  # a C++ extension (matplotlib's): libstdc++ is loaded before GStreamer
+from stream_state.gst import require_gstreamer
+
+require_gstreamer()  # loads libgstreamer, and its libunwind, with RTLD_GLOBAL
+import matplotlib.figure  # C++ extensions loaded now throw on import (pybind11's AttributeError)
+
+try:
+    from matplotlib.ft2font import NotThere  # one more C++ exception, caught as ImportError
+except ImportError:
+    print("survived")
+"""
+
+
+def test_cxx_extensions_loaded_after_gstreamer_survive_their_exceptions():
+    # The full suite aborted inside `import matplotlib` after the GStreamer
+    # tests: libstdc++ raised with libgcc_s's unwinder, ft2font resumed with
+    # libunwind's (see stream_state.probe.gcc_unwinder_first). A fresh process
+    # reproduces that load order whatever ran before in this one.
+    pytest.importorskip("matplotlib")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", CXX_AFTER_GSTREAMER], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "survived", (done.returncode, done.stderr[-2000:])
+
+
 # --- bad input -------------------------------------------------------------------------------------
 
 

@@ -110,7 +110,9 @@ def redate(
             # Times only: the state is not touched (the gate owns state changes).
             Recording.update(**moved, clock_suspect=suspicion).where(Recording.id == rec_id).execute()
         indexes = [index for _id, index, *_rest in rows]
-        Event.record(
+        # An operator's repair, like update_config: not gated on the stream's owner
+        # (a live manager keeps recording while its old footage is re-dated).
+        Event._record(
             SEGMENTS_REDATED,
             target,
             severity=Severity.WARNING,
@@ -122,6 +124,7 @@ def redate(
                 "last_index": max(indexes),
                 "still_suspect": still,
             },
+            gate=False,
         )
     log.warning("re-dated %d segment(s) of %s by %s", len(rows), target.name, shift)
     return RedateReport(target.name, shift, len(rows), min(indexes), max(indexes), still)

@@ -310,9 +310,8 @@ def test_a_defaulted_now_before_the_start_is_clamped_and_noted(db, tmp_path, mon
 
 def test_restore_repairs_in_batches_and_a_run_killed_halfway_finishes_next_time(db, tmp_path, monkeypatch):
     from stream_state import Event
-    from stream_state.restore import Restorer
-
     from stream_state.models import Session
+    from stream_state.restore import Restorer
 
     cam = Stream.register("cam-1", "rtsp://cam/1", recording=True)
     recorder = Session.open(register=False)  # the manager that will crash

@@ -613,8 +613,8 @@ def _lane(
         return Lane(stream.id, stream.name, end, end, (), (), (), (), 0)
     since, until = from_millis(start), from_millis(end)
     cover = coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms), reasons=True)
-    health = _health(stream, start, end)
     events = _events(stream.id, start, end)
+    health = _health(stream, start, end, events)
     statuses = [
         StatusChange(at, new, reason) for at, kind, _, _, new, reason in events if kind == "status_changed"
     ]
@@ -797,8 +797,16 @@ def _neighbours(stream: Stream, segments: list[Segment]) -> list[Segment]:
     return found
 
 
-def _health(stream: Stream, start: int, end: int) -> list[HealthPiece]:
-    """The health band: the state at ``start`` (the last change before it), then each change."""
+def _health(
+    stream: Stream, start: int, end: int, lane_events: list[tuple[int, str, str, str | None, Any, Any]]
+) -> list[HealthPiece]:
+    """The health band: the state at ``start`` (the last change before it), then each change.
+
+    The changes come from the lane's events (``_events``, read once: the
+    same rows ``history.health_transitions`` reads, in the same order),
+    unless those were cut at ``MAX_TICKS_PER_LANE``; then from
+    ``health_transitions`` itself, so the band is never cut.
+    """
     before = events(
         stream=stream.id, type=EventType.HEALTH_CHANGED.value, until=from_millis(start), limit=1
     ).events
@@ -806,14 +814,23 @@ def _health(stream: Stream, start: int, end: int) -> list[HealthPiece]:
     if before:
         data = before[0].data or {}
         state, reason = str(data.get("new") or state), data.get("reason")
+    kind = EventType.HEALTH_CHANGED.value
+    if len(lane_events) < MAX_TICKS_PER_LANE:
+        changes: Iterable[tuple[int, Any, Any]] = [
+            (at, new, why) for at, type_, _, _, new, why in lane_events if type_ == kind
+        ]
+    else:
+        changes = [
+            (to_millis(change.at), change.new, change.reason)
+            for change in health_transitions(stream.id, from_millis(start), from_millis(end))
+        ]
     pieces: list[HealthPiece] = []
     at = start
-    for change in health_transitions(stream.id, from_millis(start), from_millis(end)):
-        change_ms = to_millis(change.at)
+    for change_ms, new, why in changes:
         if change_ms > at:
             pieces.append(HealthPiece(at, change_ms, state, reason))
         at = max(at, change_ms)
-        state, reason = str(change.new or HealthState.UNKNOWN.value), change.reason
+        state, reason = str(new or HealthState.UNKNOWN.value), why
     if end > at:
         pieces.append(HealthPiece(at, end, state, reason))
     return pieces

@@ -556,3 +556,13 @@ def test_readme_timeline_image_exists():
         pytest.fail(f"{image} is missing: make it with the command the README gives")
     width, _height = _png_size(image.read_bytes())
     assert width == tl.DEFAULT_WIDTH
+
+
+def test_the_health_band_is_whole_when_the_lane_has_more_events_than_ticks(db, monkeypatch):
+    night()
+    full = collected(since=at(-1))
+    assert any(piece.health == "unhealthy" for lane in full.lanes for piece in lane.health)
+    # Events cut at the tick limit: the band comes from health_transitions, not the cut events.
+    monkeypatch.setattr(tl, "MAX_TICKS_PER_LANE", 1)
+    cut = collected(since=at(-1))
+    assert [lane.health for lane in cut.lanes] == [lane.health for lane in full.lanes]

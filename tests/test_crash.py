@@ -22,12 +22,12 @@ import peewee as pw
 
 from stream_state import Event, MetricSample, Recording, SegmentState, Stream, open_database
 from stream_state.invariants import check_invariants as broken_rules
-from stream_state.models import MetricSeries, Session
+from stream_state.models import MetricSeries
 from stream_state.restore import Repair, Restorer
-from stream_state.sessions import end_session
 from stream_state.states import EventType
 
 from .crash_workload import workload_name
+from .sessionkit import end_sessions_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ITERATIONS = int(os.environ.get("STREAM_STATE_CRASH_ITERATIONS", "20"))
@@ -184,11 +184,7 @@ def test_state_restoration_survives_sigkill_at_random_moments(backend, tmp_path)
                 # the one PostgreSQL workload runs with seed (seed0 + iteration) * 10 (run_children_and_kill)
                 wait_for_server_side_of(db, workload_name((seed0 + iteration) * 10))
             if backend.name == "postgres":
-                # No pid check on PostgreSQL (nodes share no process table):
-                # the operator who killed the process says so instead of
-                # waiting out its lease.
-                for session in Session.select().where(Session.pid.in_(pids) & Session.closed_at.is_null()):
-                    end_session(db, session.id)
+                end_sessions_of(db, pids)
             first = Restorer(db, session=f"parent-{iteration}").restore()
             journal = [entry for path in journal_paths for entry in read_journal(path)]
             check_invariants(db, media, journal, iteration, first.repairs)

@@ -313,16 +313,16 @@ def test_restore_repairs_in_batches_and_a_run_killed_halfway_finishes_next_time(
     from stream_state.models import Session
     from stream_state.restore import Restorer
 
+    from .sessionkit import expire
+
     cam = Stream.register("cam-1", "rtsp://cam/1", recording=True)
     recorder = Session.open(register=False)  # the manager that will crash
     with recorder.acting():
         for i in range(35):
             cam.begin_segment(_file(tmp_path / f"{i}.ts", 100, T), started_at=T + dt.timedelta(seconds=i))
-    # Its lease runs out: restore repairs only what dead sessions left (invariants 7, 15).
-    db.execute_sql(
-        f'UPDATE "session" SET "expires_at" = "expires_at" - "ttl_ms" - 1000 WHERE "id" = {db.param}',
-        (recorder.id,),
-    )
+    expire(
+        db, recorder
+    )  # its lease runs out: restore repairs only what dead sessions left (invariants 7, 15)
     monkeypatch.setattr(Restorer, "REPAIR_BATCH", 10)
     real = Restorer._commit_batch
     batches = []

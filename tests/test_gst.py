@@ -23,9 +23,9 @@ import pytest
 
 from stream_state import Recording, Restorer, SegmentState, Stream, history, open_database
 from stream_state.gst import GST_MISSING
-from stream_state.models import Session
 from stream_state.probe import discover, probe
-from stream_state.sessions import end_session
+
+from .sessionkit import end_sessions_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ELEMENTS = (
@@ -326,12 +326,7 @@ def test_sigkill_mid_segment_then_restore_judges_each_file_by_what_plays(backend
         db = open_database(url, **params)
         try:
             if backend.name == "postgres":
-                # No pid check on PostgreSQL (nodes share no process table): the
-                # operator who killed the manager says so instead of waiting out
-                # its lease (invariant 15: restore repairs only dead sessions' rows).
-                killed = [child.pid for child in children.values()]
-                for session in Session.select().where(Session.pid.in_(killed) & Session.closed_at.is_null()):
-                    end_session(db, session.id)
+                end_sessions_of(db, [child.pid for child in children.values()])
             state = Restorer(db, session="after-kill").restore()
             assert state.clean_shutdown is False and len(state.repairs) == 2  # one open file per stream
             for repair in state.repairs:

@@ -21,16 +21,9 @@ from stream_state.states import HealthState, SegmentState, StreamStatus
 
 from .dbdump import dump_tables
 from .factories import StreamFactory
+from .sessionkit import expire
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def expire(db, session: Session) -> None:
-    """Move the lease into the past, as if the holder paused for longer than its ttl."""
-    p = db.param
-    db.execute_sql(
-        f'UPDATE "session" SET "expires_at" = "expires_at" - "ttl_ms" - 1000 WHERE "id" = {p}', (session.id,)
-    )
 
 
 def other(ttl: float = 30.0) -> Session:

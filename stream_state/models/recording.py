@@ -717,7 +717,7 @@ Recording.add_index(
     )
 )
 # Segments longer than LONG_SEGMENT_MS (a segmenter that did not split): the
-# longest one per stream bounds the time-range scan exactly (history.py).
+# longest one per stream bounds the time-range scan exactly (history/segments.py).
 LONG_SEGMENT_MS = 120_000
 _length = Recording.ended_at - Recording.started_at
 Recording.add_index(

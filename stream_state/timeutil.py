@@ -59,6 +59,14 @@ def from_millis(millis: int) -> dt.datetime:
     return EPOCH + dt.timedelta(milliseconds=millis)
 
 
+def exact_utc(value: object) -> bool:
+    """True when ``value`` is what ``from_millis(to_millis(value))`` returns: a UTC datetime in whole ms.
+
+    Then the value itself can stand for the stored time, with no new object.
+    """
+    return type(value) is dt.datetime and value.tzinfo is UTC and not value.microsecond % 1000
+
+
 def optional_millis(value: dt.datetime | None, field: str, default: int | None = None) -> int | None:
     """``to_millis`` that passes ``None`` through as ``default``."""
     if value is None:

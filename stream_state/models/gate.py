@@ -38,7 +38,7 @@ import peewee as pw
 from ..errors import InvalidTransition, NotFound, StreamStateError, ValidationError
 from ..states import SegmentState
 from ..transitions import SEGMENT_INITIAL, check_segment_removal, check_segment_transition
-from .base import dialect
+from .statements import prepared
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,8 @@ def change(
     wanted = (ids,) if type(ids) is int else _ids(ids)
     if not wanted:
         return Transition(froms, target, (), ())
-    db = model._meta.database
+    hot = prepared(model._meta.database)
+    db = hot.db
     columns = tuple(values) if values else ()
     if "state" in columns:
         raise ValidationError("values", "state", "the state is the gate's to set: pass it as `to`")
@@ -224,13 +225,13 @@ def change(
         for name, (field, is_json) in zip(columns, shape.fields, strict=True):
             value = values[name]  # type: ignore[index]
             params.append(
-                dialect(db).json_param(cast(pw.JSONField, field), value) if is_json else field.db_value(value)
+                hot.dialect.json_param(cast(pw.JSONField, field), value) if is_json else field.db_value(value)
             )
     params += wanted
     params += [_VALUE[state] for state in froms]
     if guard is not None:
         fragment, extra = guard.where(db)
-        sql = f"{sql} AND ({fragment})"
+        sql = _guarded(sql, fragment)
         params += extra
     if event is None and not strict:
         return Transition(froms, target, wanted, _run(db, sql, params, wanted, model))
@@ -246,6 +247,12 @@ def change(
             elif events:
                 type(events[0]).bulk_create(events, batch_size=200)
     return result
+
+
+@lru_cache(maxsize=256)
+def _guarded(sql: str, fragment: str) -> str:
+    """A shape's statement with a guard's fragment ANDed in: the same text each time, one cached statement."""
+    return f"{sql} AND ({fragment})"
 
 
 # Events of gate calls inside batched_events(), not yet written.

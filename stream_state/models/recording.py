@@ -17,13 +17,14 @@ from ..errors import AlreadyExists, InvalidTransition, NotFound, StorageFull, Va
 from ..fields import EnumField, GrowingIdField, TimestampField
 from ..redact import redact_text
 from ..states import EventType, SegmentState, Severity
-from ..timeutil import from_millis, to_millis, utc_now
+from ..timeutil import exact_utc, from_millis, to_millis, utc_now
 from ..transitions import check_segment_transition
 from ..validate import optional_text, require_count, require_json_object, require_segment_path, require_text
 from . import gate
 from .base import BaseModel, locked
 from .gate import EventsFor, Guard, Transition
-from .session import gated_checkpoint, ownership_guard, writer
+from .session import ownership_guard, writer
+from .statements import Prepared, prepared
 from .stream import Stream
 
 log = logging.getLogger(__name__)
@@ -168,20 +169,26 @@ class Recording(BaseModel):
         """
         self._clock_clamped = None
         size, when_ms = self._checkpoint_values(size_bytes, at)
-        db = self._meta.database
-        session = writer(db)
-        epoch = session.owned_epoch(self.stream_id)
-        gated = contextlib.nullcontext(epoch) if epoch is not None else _claiming(db, session, self.stream_id)
-        with gated as epoch:
-            updated = self._write_checkpoint(session, epoch, size, when_ms)
+        # This runs every second for every stream: the statement is spelled
+        # once per database (statements.Prepared) and gated on (owner, epoch)
+        # and the session's lease in itself (invariant 15).
+        hot = prepared(self._meta.database)
+        session = writer(hot.db)
+        stream_id = self.stream_id
+        epoch = session.owned_epoch(stream_id)
+        if epoch is not None:
+            updated = self._write_checkpoint(hot, session, epoch, size, when_ms)
+        else:
+            with _claiming(hot.db, session, stream_id) as epoch:
+                updated = self._write_checkpoint(hot, session, epoch, size, when_ms)
         if not updated:
-            again = session.refused(self.stream_id)
+            again = session.refused(stream_id)
             if again is not None:  # the stream was free again and is taken: one retry
-                updated = self._write_checkpoint(session, again, size, when_ms)
+                updated = self._write_checkpoint(hot, session, again, size, when_ms)
         if not updated:
             self._raise_not_open("checkpoint")
         self.size_bytes = size
-        self.checkpoint_at = from_millis(when_ms)
+        self.checkpoint_at = at if exact_utc(at) else from_millis(when_ms)
         if self._clock_clamped is not None:
             self._note_in_metadata(self._clock_clamped)
 
@@ -218,13 +225,13 @@ class Recording(BaseModel):
             when_ms = started_ms
         return size_bytes, when_ms
 
-    def _write_checkpoint(self, session: Any, epoch: int, size_bytes: int, when_ms: int) -> int:
-        # Written once per backend (statements.py), with the ownership gate:
-        # this runs every second for every stream.
-        db = self._meta.database
+    def _write_checkpoint(
+        self, hot: Prepared, session: Any, epoch: int, size_bytes: int, when_ms: int
+    ) -> int:
+        session_id = session.id
         return int(
-            db.execute_sql(
-                gated_checkpoint(db), (size_bytes, when_ms, self.id, session.id, epoch, session.id)
+            hot.db.execute_sql(
+                hot.gated_checkpoint, (size_bytes, when_ms, self.id, session_id, epoch, session_id)
             ).rowcount
         )
 
@@ -264,8 +271,9 @@ class Recording(BaseModel):
             ended_at if ended_at is not None else media_ended_at if media_ended_at is not None else utc_now()
         )
         ended_ms = to_millis(ended, "ended_at")
+        started_ms = to_millis(self.started_at)
         clamped: dict[str, Any] | None = None
-        if ended_at is None and media_ended_at is None and ended_ms < to_millis(self.started_at):
+        if ended_at is None and media_ended_at is None and ended_ms < started_ms:
             # A defaulted "now" before the start: the wall clock stepped back
             # (NTP). The caller gave no time, so nothing of theirs is wrong:
             # the end is clamped to the start and the row says why.
@@ -273,13 +281,13 @@ class Recording(BaseModel):
             metadata = (
                 {**(metadata or {}), **note} if isinstance(metadata, dict) or metadata is None else metadata
             )
-            ended_ms = to_millis(self.started_at)
+            ended_ms = started_ms
             ended = self.started_at
         if media_ms is not None and media_ms != ended_ms:
             raise ValidationError(
                 "ended_at", ended_at, "differs from media_ended_at; the media time is the row's end"
             )
-        if ended_ms < to_millis(self.started_at):
+        if ended_ms < started_ms:
             raise ValidationError(
                 "ended_at", ended, f"before the segment started ({self.started_at.isoformat()})"
             )
@@ -288,42 +296,51 @@ class Recording(BaseModel):
         require_count("size_bytes", size_bytes)
         if metadata is not None:
             metadata = require_json_object("metadata", metadata)
-        media = {
-            key: value
-            for key, value in (
-                ("media_ended_at", media_ms),
-                ("frame_count", frame_count),
-                ("finalized", finalized),
-            )
-            if value is not None
-        }
+        media = (
+            {
+                key: value
+                for key, value in (
+                    ("media_ended_at", media_ms),
+                    ("frame_count", frame_count),
+                    ("finalized", finalized),
+                )
+                if value is not None
+            }
+            if media_ms is not None or frame_count is not None or finalized is not None
+            else {}
+        )
         cls = type(self)
         db = self._meta.database
         # invariant: a segment whose length cannot be true is flagged, not believed
-        too_long = ended_ms - to_millis(self.started_at) > self.max_plausible_length / dt.timedelta(
-            milliseconds=1
-        )
+        too_long = ended_ms - started_ms > self.max_plausible_length / _ONE_MS
         suspect = {"clock_suspect": "too_long"} if too_long else {}
         session = writer(db)
-        epoch = session.owned_epoch(self.stream_id)
+        stream_id = self.stream_id
+        epoch = session.owned_epoch(stream_id)
         if metadata is None and epoch is not None:
             # The common case, an open segment closed without new metadata:
             # one statement, which only an open row matches (invariants 5, 8);
             # media values not given keep what the row has.
+            values: dict[str, Any] = {"ended_at": ended_ms, "size_bytes": size_bytes}
+            if media:
+                values.update(media)
+            if too_long:
+                values.update(suspect)
             closed = cls.transition(
                 self.id,
                 SegmentState.RECORDING,
                 SegmentState.COMPLETE,
-                values={"ended_at": ended_ms, "size_bytes": size_bytes, **media, **suspect},
-                guard=ownership_guard(session, self.stream_id, epoch),
+                values=values,
+                guard=ownership_guard(session, stream_id, epoch),
             )
             if closed:
                 if too_long:
                     self.clock_suspect = "too_long"
                 self.state = SegmentState.COMPLETE
-                self.ended_at = from_millis(ended_ms)
+                self.ended_at = ended if exact_utc(ended) else from_millis(ended_ms)
                 self.size_bytes = size_bytes
-                self._take_media(media)
+                if media:
+                    self._take_media(media)
                 return self
         with db.atomic():
             fresh = locked(cls.select().where(cls.id == self.id)).first()
@@ -567,6 +584,8 @@ class Recording(BaseModel):
             raise NotFound("recording", self.path)
         raise InvalidTransition("segment", current, action, f"{self.path} is not open")
 
+
+_ONE_MS = dt.timedelta(milliseconds=1)
 
 # Timestamps before this are a clock that has not been set (a board booted in 1970).
 PLAUSIBLE_SINCE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z

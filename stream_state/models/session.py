@@ -45,6 +45,7 @@ from ..fields import GrowingIdField, TimestampField
 from ..timeutil import from_millis
 from ..validate import optional_text
 from .base import BaseModel, database_proxy, dialect
+from .statements import prepared
 
 log = logging.getLogger(__name__)
 
@@ -676,8 +677,9 @@ class OwnershipGuard:
     key: Hashable = "owner"
 
     def where(self, db: Any) -> tuple[str, list[Any]]:
-        fragment = f"{owns_recording_stream_sql(db)} AND {live_session_sql(db)}"
-        return fragment, [self.session.id, self.epoch, self.session.id]
+        # Spelled once per database (statements.Prepared): this runs for every segment closed.
+        session_id = self.session.id
+        return prepared(db).owner_guard, [session_id, self.epoch, session_id]
 
     def why_refused(self, ids: Any) -> StreamStateError | None:
         try:
@@ -689,6 +691,11 @@ class OwnershipGuard:
                 str(self.stream_id), self.session.id, None, "the stream was taken again; retry"
             )
         return None
+
+
+def owner_guard_sql(db: Any) -> str:
+    """``OwnershipGuard``'s fragment in ``db``'s spelling: (session, epoch, session)."""
+    return f"{owns_recording_stream_sql(db)} AND {live_session_sql(db)}"
 
 
 def ownership_guard(session: Session, stream_id: int, epoch: int) -> OwnershipGuard:
@@ -802,6 +809,19 @@ _ACTING: contextvars.ContextVar[Session | None] = contextvars.ContextVar("stream
 _BY_DATABASE: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
 
+# This process's pid, renewed in a forked child: every manager write asks
+# whether the registered session is this process's, and os.getpid() is a
+# system call each time.
+_pid = os.getpid()
+
+
+def _renew_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
+
 
 def _register(db: Any, session: Session) -> None:
     with _REGISTRY_LOCK:
@@ -825,6 +845,11 @@ def current_session(db: Any = None, *, open: bool = True) -> Session | None:
     if acting is not None:
         return acting
     db = _database(db if db is not None else Session._meta.database)
+    # The common case, this process's live session, read without the lock:
+    # one dict read, and every change of the registry is made under the lock.
+    session = _BY_DATABASE.get(db)
+    if session is not None and session._dead is None and session.pid == _pid:
+        return session
     with _REGISTRY_LOCK:
         session = _BY_DATABASE.get(db)
         if session is not None and session.pid != os.getpid():

@@ -22,8 +22,9 @@ from functools import lru_cache
 
 import peewee as pw
 
+from ..backends import Dialect
 from ..states import SegmentState
-from .base import dialect
+from .base import current_database, dialect
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,57 @@ def manager_spelled(param: str) -> ManagerStatements:
 def manager_statements(db: pw.Database) -> ManagerStatements:
     """The statements in ``db``'s placeholder style."""
     return manager_spelled(db.param)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One database's hot-path statements, spelled once and kept on the database object.
+
+    A manager calls ``checkpoint`` and ``record_health`` every second for
+    every stream: looking up the database behind the proxy, its dialect and
+    each statement through three caches cost more per call than running the
+    statement. Each gated statement still carries the ownership gate
+    (invariant 15): owner session, epoch and the session's lease, checked in
+    the statement itself.
+    """
+
+    db: pw.Database  # the database itself, never the proxy
+    dialect: Dialect
+    segment: SegmentStatements
+    manager: ManagerStatements
+    # manager.checkpoint + the gate: (size, at, id, session, epoch, session)
+    gated_checkpoint: str
+    # manager.touch_health + the gate: (at, id, health, session, epoch, session)
+    gated_touch_health: str
+    # The segment-state gate's ownership guard over "recording": (session, epoch, session)
+    owner_guard: str
+
+
+_PREPARED = "_stream_state_prepared"
+
+
+def prepared(db: pw.Database) -> Prepared:
+    """``db``'s ``Prepared`` (``db`` may be the models' proxy); built on first use."""
+    if isinstance(db, pw.DatabaseProxy):
+        db = db.obj if db.obj is not None else current_database()
+    found: Prepared | None = db.__dict__.get(_PREPARED)
+    if found is None:
+        found = _prepare(db)
+        db.__dict__[_PREPARED] = found
+    return found
+
+
+def _prepare(db: pw.Database) -> Prepared:
+    # Imported here: session.py imports this module.
+    from .session import gated_checkpoint, gated_touch_health, owner_guard_sql
+
+    d = dialect(db)
+    return Prepared(
+        db=db,
+        dialect=d,
+        segment=spelled(db.param, d.clock_ms_sql),
+        manager=manager_spelled(db.param),
+        gated_checkpoint=gated_checkpoint(db),
+        gated_touch_health=gated_touch_health(db),
+        owner_guard=owner_guard_sql(db),
+    )

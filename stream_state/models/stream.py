@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import peewee as pw
@@ -20,7 +22,7 @@ from ..errors import (
 from ..fields import EnumField, TimestampField
 from ..redact import MASK, is_secret_key, redact_data, redact_text, redact_uri
 from ..states import EventType, HealthState, SegmentState, Severity, StreamStatus
-from ..timeutil import from_millis, to_millis, utc_now
+from ..timeutil import exact_utc, from_millis, to_millis, utc_now
 from ..transitions import REPORTABLE_HEALTH, health_severity, status_change
 from ..validate import (
     MAX_STREAM_ID,
@@ -34,9 +36,9 @@ from ..validate import (
     require_text,
     require_uri,
 )
-from .base import BaseModel, check_database_file, dialect, locked
-from .session import Session, gated_touch_health, writer
-from .statements import segment_statements
+from .base import BaseModel, locked
+from .session import Session, writer
+from .statements import prepared
 
 if TYPE_CHECKING:
     from .recording import Recording
@@ -291,21 +293,21 @@ class Stream(BaseModel):
         event). A change writes a ``health_changed`` event and returns True.
         """
         requested, reason, data, when, when_ms = health_values(state, reason, data, at)
-        db = self._meta.database
-        session = writer(db)
-        epoch = session.owned_epoch(self.id)
+        hot = prepared(self._meta.database)
+        session = writer(hot.db)
+        stream_id = self.id
+        epoch = session.owned_epoch(stream_id)
         # The common case, the same state again on a stream this session owns:
-        # one statement, no transaction, written once per backend
-        # (statements.py), gated on (owner, epoch) and the session's lease.
-        if (
-            epoch is not None
-            and db.execute_sql(
-                gated_touch_health(db), (when_ms, self.id, requested.value, session.id, epoch, session.id)
-            ).rowcount
-        ):
-            self.health = requested
-            self.last_seen_at = when
-            return False
+        # one statement, no transaction, spelled once per database
+        # (statements.Prepared), gated on (owner, epoch) and the session's lease.
+        if epoch is not None:
+            session_id = session.id
+            if hot.db.execute_sql(
+                hot.gated_touch_health, (when_ms, stream_id, requested.value, session_id, epoch, session_id)
+            ).rowcount:
+                self.health = requested
+                self.last_seen_at = when
+                return False
         return self._change_health(requested, reason, data, when)
 
     def _change_health(
@@ -409,7 +411,8 @@ class Stream(BaseModel):
         time of a callback that runs a GOP late); giving both with different
         values is an error.
         """
-        from .recording import Recording
+        recording_module = _recording_module()
+        Recording = recording_module.Recording
 
         if (path is None) == (path_template is None):
             raise ValidationError("path", path, "give exactly one of path= or path_template=")
@@ -429,21 +432,30 @@ class Stream(BaseModel):
             raise ValidationError(
                 "started_at", started_at, "differs from media_started_at; the media time is the row's start"
             )
-        from .recording import start_suspicion
-
         registered = self.__data__.get("created_at")
-        suspicion = start_suspicion(started_ms, None if registered is None else to_millis(registered))
-        db = self._meta.database
+        suspicion = recording_module.start_suspicion(
+            started_ms, None if registered is None else to_millis(registered)
+        )
+        hot = prepared(self._meta.database)
+        db = hot.db
         # A segment recorded into a deleted database file would vanish at the
         # next restart: one stat() per segment to refuse that loudly.
-        check_database_file(db)
-        sql = segment_statements(db)
+        hot.dialect.verify_file()
+        sql = hot.segment
         session = writer(db)
+        # A stream this session owns already needs no gate of its own: the
+        # statement below is gated itself (owner, epoch, lease).
+        epoch = session.owned_epoch(self.id)
+        gated = (
+            contextlib.nullcontext(epoch)
+            if epoch is not None
+            else session.gate(self.id, self.name, verify=False)
+        )
         try:
             # invariant 1: this transaction commits before the caller opens the file.
             # The ownership gate takes a free stream on this first write, in the
             # same transaction; the statement below is gated itself.
-            with db.atomic(), session.gate(self.id, self.name, verify=False) as epoch:
+            with db.atomic(), gated as epoch:
                 # invariants 2, 3, 12: the counter hands out the index and moves
                 # past it in one statement, which a removed stream (or a stream
                 # this session does not own at this epoch) does not match
@@ -468,8 +480,8 @@ class Stream(BaseModel):
                         storage,
                         index,
                         started_ms,
-                        Recording.archived.db_value(False),
-                        dialect(db).json_param(Recording.metadata, metadata),
+                        _STORED_FALSE,
+                        None if metadata is None else hot.dialect.json_param(Recording.metadata, metadata),
                         media_ms,
                         session.id,
                         epoch,
@@ -482,22 +494,27 @@ class Stream(BaseModel):
                 raise AlreadyExists("recording", "path", path) from exc
             raise
         self.next_segment_index = index + 1
-        recording = Recording(
-            id=recording_id,
-            stream=self,
-            path=path,
-            storage=storage,
-            segment_index=index,
-            started_at=from_millis(started_ms),
-            size_bytes=0,
-            state=SegmentState.RECORDING,
-            archived=False,
-            metadata=metadata,
-            media_started_at=None if media_ms is None else from_millis(media_ms),
-            clock_suspect=suspicion,
-            session_id=session.id,
-            session_epoch=epoch,
-        )
+        # The row as written, straight into the model's data (what a row read
+        # back holds; nothing is left to save): a model built field by field
+        # cost as much Python as the rest of this method.
+        recording = Recording(__no_default__=True)
+        recording.__data__ = {
+            "id": recording_id,
+            "stream": self.id,
+            "path": path,
+            "storage": storage,
+            "segment_index": index,
+            "started_at": started if exact_utc(started) else from_millis(started_ms),
+            "size_bytes": 0,
+            "state": SegmentState.RECORDING,
+            "archived": False,
+            "metadata": metadata,
+            "media_started_at": None if media_ms is None else from_millis(media_ms),
+            "clock_suspect": suspicion,
+            "session_id": session.id,
+            "session_epoch": epoch,
+        }
+        recording.__rel__["stream"] = self
         if suspicion is not None:
             log.warning(
                 "segment %s of %s starts at %s (%s): its time is flagged, not believed",
@@ -506,7 +523,6 @@ class Stream(BaseModel):
                 from_millis(started_ms).isoformat(),
                 suspicion,
             )
-        recording._dirty.clear()
         return recording
 
     def _why_refused(self, session: Session) -> int:
@@ -541,6 +557,22 @@ class Stream(BaseModel):
             self.updated_at = utc_now()
             columns["updated_at"] = self.updated_at
         type(self).update(**columns).where(type(self).id == self.id).execute()
+
+
+# Recording.archived's stored False, as begin_segment writes it.
+_STORED_FALSE = pw.BooleanField().db_value(False)
+
+_recording: ModuleType | None = None
+
+
+def _recording_module() -> ModuleType:
+    """models/recording.py, imported on first use: it imports this module (begin_segment runs per segment)."""
+    global _recording
+    if _recording is None:
+        from . import recording
+
+        _recording = recording
+    return _recording
 
 
 def require_path_template(template: Any, name: str, stream_id: int) -> str:

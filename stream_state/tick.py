@@ -521,9 +521,12 @@ class Tick:
 
     def _settle(self, report: TickReport) -> None:
         """After the commit: the objects the caller holds show what was written."""
+        at_ms, at = -1, None
         for c in self._checkpoints:
+            if c.at_ms != at_ms:  # a tick's checkpoints nearly all share one time: one datetime
+                at_ms, at = c.at_ms, from_millis(c.at_ms)
             c.recording.size_bytes = c.size
-            c.recording.checkpoint_at = from_millis(c.at_ms)
+            c.recording.checkpoint_at = at
         for h in self._health:
             h.stream.health = h.state
             h.stream.last_seen_at = h.at

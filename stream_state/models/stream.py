@@ -595,13 +595,27 @@ def health_values(
     state: HealthState | str, reason: str | None, data: dict[str, Any] | None, at: dt.datetime | None
 ) -> tuple[HealthState, str | None, dict[str, Any] | None, dt.datetime, int]:
     """A health report's arguments, validated: (state, reason, data, at, at in epoch ms)."""
-    requested = require_choice("state", state, HealthState)
-    if requested not in REPORTABLE_HEALTH:
-        raise ValidationError("state", state, f"report one of: {', '.join(sorted(REPORTABLE_HEALTH))}")
-    reason = optional_text("reason", reason, max_length=REASON_MAX_LENGTH)
-    require_json("data", data)
+    # Every stream reports its health every second: a reportable state given
+    # as its member or its text is one dict lookup (anything else, and every
+    # error, takes the full checks).
+    requested = _REPORTABLE.get(state) if type(state) is str or type(state) is HealthState else None
+    if requested is None:
+        requested = require_choice("state", state, HealthState)
+        if requested not in REPORTABLE_HEALTH:
+            raise ValidationError("state", state, f"report one of: {', '.join(sorted(REPORTABLE_HEALTH))}")
+    if reason is not None:
+        reason = optional_text("reason", reason, max_length=REASON_MAX_LENGTH)
+    if data is not None:
+        require_json("data", data)
     when = utc_now() if at is None else at
     return requested, reason, data, when, to_millis(when, "at")
+
+
+# The reportable health states by member and by stored text.
+_REPORTABLE: dict[str, HealthState] = {
+    **{state: state for state in REPORTABLE_HEALTH},
+    **{state.value: state for state in REPORTABLE_HEALTH},
+}
 
 
 def _desired_flags(desired: dict[str, Any], drop_none: bool = False) -> dict[str, bool]:

@@ -20,8 +20,9 @@ from ..validate import (
     require_json,
     require_text,
 )
-from .base import BaseModel, dialect
-from .statements import manager_statements
+from .base import BaseModel
+from .session import writer
+from .statements import prepared
 from .stream import Stream, require_stream_id
 
 
@@ -86,22 +87,16 @@ class Event(BaseModel):
     ) -> Event:
         """``record``; the package's own operator paths (and writes already gated) pass ``gate=False``."""
         row = cls.build(type, stream=stream, severity=severity, message=message, data=data, at=at)
-        db = cls._meta.database
+        hot = prepared(cls._meta.database)
+        db = hot.db
         # Written once per backend (statements.py): the ORM's INSERT cost 5x the statement.
+        sql = hot.manager.insert_event_returning
         try:
             if gate and row.stream_id is not None:
-                from .session import current_session
-
-                session = current_session(cls._meta.database)
-                assert session is not None
-                with db.atomic(), session.gate(row.stream_id):
-                    (row.id,) = db.execute_sql(
-                        manager_statements(db).insert_event_returning, row._insert_values(db)
-                    ).fetchone()
+                with db.atomic(), writer(db).gate(row.stream_id):
+                    (row.id,) = db.execute_sql(sql, row._insert_values(db)).fetchone()
             else:
-                (row.id,) = db.execute_sql(
-                    manager_statements(db).insert_event_returning, row._insert_values(db)
-                ).fetchone()
+                (row.id,) = db.execute_sql(sql, row._insert_values(db)).fetchone()
         except pw.IntegrityError as exc:
             raise NotFound("stream", stream if isinstance(stream, int) else row.stream_key) from exc
         cast(Any, row)._dirty.clear()
@@ -121,7 +116,7 @@ class Event(BaseModel):
             self.type,
             self.severity.value,
             self.message,
-            dialect(db).json_param(Event.data, self.data),
+            None if self.data is None else prepared(db).dialect.json_param(Event.data, self.data),
         )
 
     @classmethod
@@ -142,7 +137,9 @@ class Event(BaseModel):
         stream_id = require_stream_id("stream", stream)
         ts = utc_now() if at is None else at
         to_millis(ts, "at")
+        # No defaults to compute: every column with one is given here.
         return cls(
+            __no_default__=True,
             ts=ts,
             # The Stream itself when given, so event.stream needs no query
             # (in async code a lazy load would need the greenlet bridge).

@@ -37,6 +37,9 @@ from .pgwatch import Watchdog
 from .pwtypes import M, exception_wrapper
 from .redact import redact_uri
 
+# peewee's own logger: it logs each statement at DEBUG (count_queries counts those lines).
+_peewee_log = logging.getLogger("peewee")
+
 log = logging.getLogger(__name__)
 
 database_proxy = pw.DatabaseProxy()
@@ -432,6 +435,25 @@ class StreamStateSqliteDatabase(_TranslatesDriverErrors, SqliteDialect, pw.Sqlit
     _timeout: float
     _pragmas: list[tuple[str, Any]]
     _add_conn_hooks: Callable[[sqlite3.Connection], None]
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        # peewee's Database.execute_sql and _execute_cursor and the error
+        # translation above, in one frame: every statement passes here, a
+        # manager sends a few per stream per second, and the frames cost as
+        # much Python as the hot path's own work. Same log line (which
+        # count_queries reads), same cursor, same errors; peewee's query
+        # hooks, when any are set, keep peewee's own path.
+        if self.query_hooks:
+            return super().execute_sql(sql, params)
+        if _peewee_log.isEnabledFor(logging.DEBUG):
+            _peewee_log.debug((sql, params))
+        try:
+            with exception_wrapper:
+                cursor = self.cursor()
+                cursor.execute(sql, params or ())
+        except pw.PeeweeException as exc:
+            self._raise_translated(exc)
+        return cursor
 
     def _connect(self) -> sqlite3.Connection:
         self.verify_file()

@@ -37,6 +37,7 @@ INVARIANTS: dict[int, str] = {
     13: "A file under a storage root has a row, and a settled row has its file.",
     14: "A stream has one owner session, and every change of owner bumps its epoch.",
     15: "A manager write commits only while its session is alive and owns the stream at its epoch.",
+    16: "A segment the package names never takes the name of a file that is already there.",
 }
 
 # How many example rows a violation carries: enough to start looking, not a dump.

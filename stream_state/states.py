@@ -65,6 +65,7 @@ class EventType(enum.StrEnum):
     SEGMENT_FAILED = "segment_failed"
     SEGMENT_REPAIRED = "segment_repaired"
     SEGMENT_DELETED = "segment_deleted"
+    SEGMENT_INDEX_SKIPPED = "segment_index_skipped"
     RESTORED = "restored"
     CLEAN_SHUTDOWN = "clean_shutdown"
     CHECK_REPAIRED = "check_repaired"

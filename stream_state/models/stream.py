@@ -472,6 +472,12 @@ class Stream(BaseModel):
                     path = normalise_path(
                         path_template.format(stream=self.name, stream_id=self.id, index=index)
                     )
+                    # invariant 16: one lstat() per segment, so that a database
+                    # behind its disk (an older backup restored) never names a
+                    # file that is already there. A path= is the caller's own
+                    # choice: a manager may register a file its muxer just opened.
+                    if os.path.lexists(path):
+                        index, path = self._skip_files_on_disk(path_template, index, session.id)
                 (recording_id,) = db.execute_sql(
                     sql.insert_recording,
                     (
@@ -525,6 +531,37 @@ class Stream(BaseModel):
             )
         return recording
 
+    def _skip_files_on_disk(self, template: str, index: int, session_id: int) -> tuple[int, str]:
+        """Move past indexes whose files exist without a row (invariant 16); return the first free one.
+
+        Runs inside ``begin_segment``'s gated transaction, right after the
+        claim: the counter moves past the skipped indexes in it, with an event
+        saying which were skipped and why, or not at all.
+        """
+        from .event import Event
+
+        first = index
+        while True:
+            index += 1
+            path = normalise_path(template.format(stream=self.name, stream_id=self.id, index=index))
+            if not os.path.lexists(path):
+                break
+        # invariant 3: the counter only grows, past every index handed out or skipped
+        Stream.update(next_segment_index=index + 1).where(
+            (Stream.id == self.id) & (Stream.next_segment_index <= index)
+        ).execute()
+        note = _skip_note(first, index - 1)
+        Event._record(
+            EventType.SEGMENT_INDEX_SKIPPED,
+            self.id,
+            Severity.WARNING,
+            note,
+            {"first": first, "last": index - 1, "next": index, "session": session_id},
+            gate=False,  # the caller's transaction is gated already
+        )
+        log.warning("stream %s: %s", self.name, note)
+        return index, path
+
     def _why_refused(self, session: Session) -> int:
         """A gated write on this stream matched nothing: raise the reason, or the epoch to retry at."""
         cls = type(self)
@@ -573,6 +610,14 @@ def _recording_module() -> ModuleType:
 
         _recording = recording
     return _recording
+
+
+def _skip_note(first: int, last: int) -> str:
+    return (
+        f"segment indexes {first}..{last} skipped: their files already exist but have no row "
+        "(is the database older than the disk? an older backup restored?); run `stream-state check` "
+        "to adopt or remove them"
+    )
 
 
 def require_path_template(template: Any, name: str, stream_id: int) -> str:

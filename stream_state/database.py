@@ -17,7 +17,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import peewee as pw
 from peewee_migrate import Router
@@ -192,11 +192,21 @@ def connect_database(
     return db
 
 
+def _split_sqlite_url(url: str) -> SplitResult:
+    """``urlsplit`` for a SQLite URL, where "#" is part of the file's name.
+
+    A file path has no fragment: ``sqlite:////data/cam#2.db`` names
+    ``/data/cam#2.db``, and cutting at the "#" would silently open (and
+    create) ``/data/cam`` instead.
+    """
+    return urlsplit(url.replace("#", "%23"))
+
+
 def sqlite_path(url: str) -> Path:
     """The file a SQLite URL (or bare path) names; ``ValidationError`` for in-memory or hosted URLs."""
     if "://" not in url:
         return Path(url)
-    parts = urlsplit(url)
+    parts = _split_sqlite_url(url)
     # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db"
     path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if parts.netloc:
@@ -214,7 +224,7 @@ def sqlite_path(url: str) -> Path:
 
 def _open_sqlite(url: str, *, synchronous: str, busy_timeout: float, **connect_params: Any) -> pw.Database:
     path = sqlite_path(url)
-    query = dict(parse_qsl(urlsplit(url).query)) if "://" in url else {}
+    query = dict(parse_qsl(_split_sqlite_url(url).query)) if "://" in url else {}
     synchronous = query.pop("synchronous", synchronous)
     if query:
         raise ValidationError(

@@ -63,6 +63,18 @@ def test_a_bare_path_opens_a_sqlite_file(tmp_path):
         db.close()
 
 
+@pytest.mark.parametrize("suffix", ["", "?synchronous=full"])
+def test_a_hash_in_a_sqlite_url_is_part_of_the_file_name(tmp_path, suffix):
+    """``sqlite:////data/cam#2.db`` once opened (and created) ``/data/cam``: a file path has no fragment."""
+    db = open_database(f"sqlite:///{tmp_path}/cam#2.db{suffix}")
+    try:
+        assert "stream" in db.get_tables()
+        assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == ["cam#2.db"]
+        assert not (tmp_path / "cam").exists()
+    finally:
+        db.close()
+
+
 def test_new_sqlite_file_and_its_wal_are_private(tmp_path):
     old_umask = os.umask(0o022)
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import select
 import socket
 import threading
@@ -219,6 +220,27 @@ def _wait(conn: Any, deadline: float) -> None:
             raise OSError(f"unexpected poll state {state}")
 
 
+# "-c name=value" or "--name=value" in libpq's options, as PostgreSQL reads them.
+_OPTION = re.compile(r"(?:-c\s*|--)(statement_timeout|lock_timeout)\s*=\s*(\S+)")
+# PostgreSQL's units for time settings; a bare number is milliseconds.
+_UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _settings_in_options(options: str) -> dict[str, int]:
+    """The timeouts set in libpq's ``options`` string, in ms (the last of a name wins, as on the server)."""
+    from .errors import ValidationError
+
+    found: dict[str, int] = {}
+    for name, text in _OPTION.findall(options):
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text.strip("'\""))
+        if match is None or match.group(2) not in {"", *_UNITS_MS}:
+            raise ValidationError(
+                "options", options, f"{name}={text}: expected a time such as 30000, 30s or 1min"
+            )
+        found[name] = round(float(match.group(1)) * _UNITS_MS.get(match.group(2) or "ms", 1))
+    return found
+
+
 def split_settings(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int], dict[str, float]]:
     """(libpq params with the defaults filled in, server settings in ms, client settings in s).
 
@@ -228,8 +250,15 @@ def split_settings(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, in
     from .errors import ValidationError
 
     libpq = {**LIBPQ_DEFAULTS, **params}
+    in_options = _settings_in_options(str(libpq.get("options") or ""))
     server: dict[str, int] = {}
     for name, default in SERVER_DEFAULTS.items():
+        if name not in libpq and name in in_options:
+            # The caller set it in libpq's options ("-c lock_timeout=30s"):
+            # that value stands (appending ours would override it) and the
+            # watchdog's limit follows it.
+            server[name] = in_options[name]
+            continue
         value = libpq.pop(name, default)
         try:
             number = int(value)
@@ -248,6 +277,8 @@ def split_settings(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, in
         if not 0 <= seconds < 86400:
             raise ValidationError(name, value, "expected seconds (0 turns the watchdog off)")
         client[name] = seconds
-    extra = " ".join(f"-c {name}={ms}" for name, ms in server.items())
+    extra = " ".join(
+        f"-c {name}={ms}" for name, ms in server.items() if name not in in_options or name in params
+    )
     libpq["options"] = f"{libpq['options']} {extra}" if libpq.get("options") else extra
     return libpq, server, client

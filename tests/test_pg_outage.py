@@ -59,6 +59,7 @@ from stream_state import (
     StreamStateError,
     open_database,
 )
+from stream_state.pgwatch import GRACE
 
 from .dbdump import dump_tables
 from .tcp_proxy import TcpProxy
@@ -702,6 +703,30 @@ def test_postgres_timeouts_are_settable_and_never_a_raw_driver_error(backend):
         db.close_all()
     with pytest.raises(stream_state_errors().ValidationError, match="statement_timeout"):
         open_database(url, statement_timeout="soon", **params)
+
+
+def test_timeouts_given_in_libpq_options_stand_and_bound_the_watchdog(backend):
+    """``options=-c lock_timeout=...`` used to be overridden by the package's default appended after it."""
+    if backend.name != "postgres":
+        pytest.skip("PostgreSQL's statement_timeout and lock_timeout")
+    url, params = backend.new_target()
+    schema = params.pop("options")  # the test's own search_path, kept
+    db = open_database(url, options=f"{schema} -c lock_timeout=1500 --statement_timeout=2min", **params)
+    try:
+        assert db.execute_sql("SHOW lock_timeout").fetchone() == ("1500ms",)
+        assert db.execute_sql("SHOW statement_timeout").fetchone() == ("2min",)
+        assert db.watchdog.hard_limit == 120 + GRACE  # the caller's statement_timeout, not the default
+    finally:
+        db.close_all()
+    # an explicit argument still wins over the options string
+    db = open_database(url, options=f"{schema} -c lock_timeout=1500", lock_timeout=700, **params)
+    try:
+        assert db.execute_sql("SHOW lock_timeout").fetchone() == ("700ms",)
+    finally:
+        db.close_all()
+    with pytest.raises(stream_state_errors().ValidationError, match="lock_timeout=soon") as info:
+        open_database(url, options=f"{schema} -c lock_timeout=soon", **params)
+    assert info.value.field == "options"
 
 
 def test_a_slow_statement_on_an_answering_server_is_not_probed_every_tick(backend, monkeypatch):

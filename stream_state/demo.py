@@ -63,7 +63,7 @@ TICK_SECONDS = 0.1
 TS_PACKET = b"\x47" + bytes(187)  # an MPEG-TS packet: the sync byte and padding
 PACKETS_PER_TICK = 4  # about 7.5 KB a second per camera
 CHECKPOINT_EVERY = 3  # ticks
-KILL_DELAY = 0.4  # seconds of recording after the kill window opens
+KILL_TICKS = 4  # ticks of recording after the kill window opens, then the child waits for its SIGKILL
 RESTART_DELAY = 0.5  # how long the recorder stays dead before the "supervisor" restarts it
 MIN_GAP = dt.timedelta(seconds=0.25)  # shorter holes are segment-boundary jitter
 START_TIMEOUT = 60.0  # a cold start on a slow machine
@@ -153,8 +153,16 @@ def run_child(directory: Path) -> None:
     _narrate(0.0, f"{', '.join(by_name)}: running, recording {SEGMENT_SECONDS:g}-second segments")
 
     tick = 0
+    kill_window: int | None = None  # the tick at which the kill window opened
     while time.monotonic() - start < CHILD_LIFETIME:
         tick += 1
+        if kill_window is not None and tick > kill_window + KILL_TICKS:
+            # Hold still until the parent's SIGKILL lands, so that the crash
+            # finds the same moment on every run, however slowly a loaded
+            # machine lets the parent read the line.
+            _say("kill-now")
+            time.sleep(CHILD_LIFETIME)
+            break
         time.sleep(max(0.0, start + tick * TICK_SECONDS - time.monotonic()))
         elapsed = tick * TICK_SECONDS
 
@@ -198,10 +206,13 @@ def run_child(directory: Path) -> None:
                 camera.complete_oldest()
                 if keyframe_wait:
                     _say("kill-window")
+                    kill_window = tick
             else:
                 camera.write()
 
-        if tick % CHECKPOINT_EVERY == 0:
+        # None once the kill window is open: what the open segments write
+        # from then on is known only from their files (restore goes by mtime).
+        if tick % CHECKPOINT_EVERY == 0 and kill_window is None:
             for camera in cameras:
                 camera.checkpoint()
         samples = []
@@ -276,7 +287,7 @@ def _run_and_kill(workdir: Path, echo: Callable[[str], None]) -> _Run:
         _ready, session_ms, recording_ms = until("ready", START_TIMEOUT).split()
         ready_at = time.monotonic()
         until("kill-window", RUN_TIMEOUT)
-        time.sleep(KILL_DELAY)  # the other cameras keep writing their open segments meanwhile
+        until("kill-now", RUN_TIMEOUT)  # the other cameras kept writing their open segments meanwhile
         child.kill()  # SIGKILL: no handler, no cleanup, no last commit
         child.wait()
         killed_after = time.monotonic() - ready_at

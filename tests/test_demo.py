@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -31,11 +30,8 @@ def section(output: str, heading: str) -> list[str]:
 @pytest.mark.skipif(sys.platform == "win32", reason="the demo kills its recorder with SIGKILL")
 def test_demo_kills_a_recorder_mid_segment_and_restores_it(tmp_path):
     workdir = tmp_path / "demo"
-    started = time.monotonic()
     result = CliRunner().invoke(cli, ["demo", "--dir", str(workdir)])
-    elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.output
-    assert elapsed < 30
     out = result.stdout
 
     assert "SIGKILL: the recorder died in the middle of its segments" in out

@@ -90,9 +90,25 @@ class Dialect:
     # whose pid (and process start time) is gone is dead at once.
     judges_pids: ClassVar[bool]
 
+    # The most rows ``rows_table`` spells in one statement (SQLite counts its parameters).
+    max_table_rows: ClassVar[int]
+
     def index_hint(self, index: str) -> str:
         """A clause after a table name that makes the planner use ``index`` ("" where there is none)."""
         return ""
+
+    def rows_table(self, columns: Sequence[tuple[str, str]], count: int, alias: str = "v") -> str:
+        """A table of ``count`` rows passed as parameters, for one set-based statement over many rows.
+
+        ``columns`` are (name, SQL type) pairs; the table is named ``alias``
+        (``UPDATE t SET ... FROM <it> WHERE t.id = v.id``, ``INSERT ... SELECT
+        ... FROM <it>``). Its parameters are ``rows_params(rows)``.
+        """
+        raise NotImplementedError
+
+    def rows_params(self, rows: Sequence[Sequence[Any]], width: int) -> list[Any]:
+        """The parameters of ``rows_table`` for ``rows`` (each ``width`` values, in column order)."""
+        raise NotImplementedError
 
     def json_placeholder(self, placeholder: str) -> str:
         """The placeholder of a JSON value passed as compact text (``json_param``)."""
@@ -153,8 +169,19 @@ class SqliteDialect(Dialect):
     clock_ms_sql = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
     judges_pids = True  # a SQLite file is shared by the processes of one host
 
+    max_table_rows = 500  # 500 rows of up to 60 columns stay below SQLite's 32,766 parameters
+
     def index_hint(self, index: str) -> str:
         return f' INDEXED BY "{index}"'
+
+    def rows_table(self, columns: Sequence[tuple[str, str]], count: int, alias: str = "v") -> str:
+        # VALUES names its columns column1, column2, ...: renamed by a SELECT around it.
+        names = ", ".join(f'column{i} AS "{name}"' for i, (name, _type) in enumerate(columns, 1))
+        row = "(" + ", ".join("?" * len(columns)) + ")"
+        return f"(SELECT {names} FROM (VALUES {', '.join([row] * count)})) AS {alias}"
+
+    def rows_params(self, rows: Sequence[Sequence[Any]], width: int) -> list[Any]:
+        return [value for row in rows for value in row]
 
     def json_placeholder(self, placeholder: str) -> str:
         # json() stores the text as peewee's JSONField does.
@@ -238,6 +265,17 @@ class PostgresDialect(Dialect):
     # clock_timestamp(), not now(): the time the statement runs, not when its transaction began.
     clock_ms_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
     judges_pids = False  # nodes on other hosts (or in other pid namespaces) share it
+    max_table_rows = 100_000  # one array per column, whatever the rows
+
+    def rows_table(self, columns: Sequence[tuple[str, str]], count: int, alias: str = "v") -> str:
+        # One array parameter per column: the statement's text is the same
+        # whatever the number of rows (one plan, asyncpg's statement cache).
+        arrays = ", ".join(f"%s::{sql_type}[]" for _name, sql_type in columns)
+        names = ", ".join(f'"{name}"' for name, _type in columns)
+        return f"unnest({arrays}) AS {alias}({names})"
+
+    def rows_params(self, rows: Sequence[Sequence[Any]], width: int) -> list[Any]:
+        return [[row[i] for row in rows] for i in range(width)]
 
     def json_param(self, field: pw.JSONField, value: object) -> object:
         # The field's wrapper is already a driver adapter (jsonb).

@@ -51,7 +51,14 @@ from typing import Any, cast
 
 import peewee as pw
 
-from .errors import AlreadyExists, InvalidTransition, NotFound, StreamStateError, TickFailed, ValidationError
+from .errors import (
+    InvalidTransition,
+    NotFound,
+    OwnershipLost,
+    StreamStateError,
+    TickFailed,
+    ValidationError,
+)
 from .models import Event, MetricSample, Recording, Stream
 from .models.base import check_database_file, current_database, dialect
 from .models.metric import (
@@ -62,11 +69,13 @@ from .models.metric import (
     _wrap_database_error,
     series_id_cache,
 )
+from .models.recording import Completion
+from .models.rolls import Begun, begin_many, complete_many
 from .models.session import writer
 from .models.statements import manager_statements
-from .models.stream import health_values
+from .models.stream import SegmentStart, health_values
 from .states import HealthState, Severity
-from .timeutil import from_millis, utc_now
+from .timeutil import from_millis
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +146,13 @@ class _Segment:
     index: int
     kind: str  # "begin" or "complete"
     target: Any  # the Stream (begin) or Recording (complete)
-    args: dict[str, Any]
+    done: Completion | None = None  # complete: what it writes, validated at the call
+    start: SegmentStart | None = None  # begin: the new row, validated at the call
     pending: PendingSegment | None = None
+    # Set at commit: closed by the batch (the object is updated after the
+    # commit), or the new row written (an object once committed).
+    batched: bool = False
+    begun: Begun | None = None
 
 
 @dataclass
@@ -228,35 +242,36 @@ class Tick:
         metadata: dict[str, Any] | None = None,
         **media: Any,
     ) -> None:
-        """``recording.complete_segment(...)``, run at commit inside the tick's transaction.
+        """``recording.complete_segment(...)``, written at commit with the tick's other rolls.
 
         Saves a commit per segment (on PostgreSQL each commit waits for the
-        WAL). The end time defaults to now and the size to the file's, both
-        read now, at the call. Validated at commit, by the very method.
+        WAL), and the tick closes all its segments in one statement. Validated
+        now, as the single call validates; the end time defaults to now and
+        the size to the file's, both read now, at the call (a clock stepped
+        back since the segment began is clamped, as by the single call).
         """
         if not isinstance(recording, Recording):
             raise ValidationError("recording", recording, "expected a Recording (from begin_segment)")
-        ended = utc_now() if ended_at is None and media.get("media_ended_at") is None else ended_at
-        size = recording._size_on_disk() if size_bytes is None else size_bytes
-        args = {"ended_at": ended, "size_bytes": size, "metadata": metadata, **media}
-        self._segments.append(_Segment(self._next(), "complete", recording, args))
+        done = recording._completion(ended_at, size_bytes, metadata, **media)
+        self._segments.append(_Segment(self._next(), "complete", recording, done=done))
 
     def begin_segment(
         self, stream: Stream, path: Any = None, started_at: dt.datetime | None = None, **more: Any
     ) -> PendingSegment:
-        """``stream.begin_segment(...)``, run at commit inside the tick's transaction.
+        """``stream.begin_segment(...)``, written at commit with the tick's other rolls.
 
         Returns a ``PendingSegment`` whose ``recording`` is the new row once
-        the tick committed: open the file only then. Validated at commit, by
-        the very method; a refusal (a path already used, a removed stream)
-        is a ``TickFailed`` naming this call.
+        the tick committed: open the file only then (invariant 1). Validated
+        now, as the single call validates (the start defaults to now, read
+        now); a refusal by the database (a path already used, a removed
+        stream, a stream another live session owns) is a ``TickFailed``
+        naming this call.
         """
         if not isinstance(stream, Stream):
             raise ValidationError("stream", stream, "expected a Stream")
-        start = utc_now() if started_at is None and more.get("media_started_at") is None else started_at
+        start = stream._segment_start(path, started_at, **more)
         pending = PendingSegment(stream)
-        args = {"path": path, "started_at": start, **more}
-        self._segments.append(_Segment(self._next(), "begin", stream, args, pending))
+        self._segments.append(_Segment(self._next(), "begin", stream, start=start, pending=pending))
         return pending
 
     def record_many(self, samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
@@ -310,10 +325,11 @@ class Tick:
             for attempt in range(2):
                 try:
                     # One ownership check for every stream the tick writes on
-                    # (invariant 15), in its transaction; begin and complete
-                    # are gated again by their own methods.
-                    with db.atomic(), self._owned(db):
-                        self._write(db, report, failures, learned)
+                    # (invariant 15), in its transaction; a roll is gated in
+                    # its own statements, and a stream it takes on its first
+                    # write (claims) is forgotten again if the tick rolls back.
+                    with db.atomic(), self._owned(db), contextlib.ExitStack() as claims:
+                        self._write(db, report, failures, learned, claims)
                         if failures:
                             raise _Refused
                     break
@@ -326,10 +342,8 @@ class Tick:
                         raise
                     report = TickReport()
         except _Refused:
-            self._forget_begun()
             raise TickFailed(failures, self._without(failures), self._calls) from None
         except pw.PeeweeException as exc:
-            self._forget_begun()
             self._diagnose_integrity(db, exc)
             raise _wrap_database_error(db, exc, f"writing a tick of {self._calls} calls") from exc
         series_id_cache(db).learn(learned, db)
@@ -348,7 +362,12 @@ class Tick:
         return writer(db).gate(sorted(ids), skip_missing=True)
 
     def _write(
-        self, db: pw.Database, report: TickReport, failures: list[TickFailure], learned: dict[str, int]
+        self,
+        db: pw.Database,
+        report: TickReport,
+        failures: list[TickFailure],
+        learned: dict[str, int],
+        claims: contextlib.ExitStack,
     ) -> None:
         sql = manager_statements(db)
         postgres = not dialect(db).is_sqlite
@@ -364,20 +383,8 @@ class Tick:
             if written != len(rows):
                 failures.extend(self._refused_checkpoints(db, latest))
             report.checkpoints = len(self._checkpoints)
-        for call in self._segments:
-            # Completes and begins in call order, each by its own method:
-            # the same statements and checks as the single call, no commit.
-            try:
-                if call.kind == "complete":
-                    call.target.complete_segment(**call.args)
-                    report.segments_completed += 1
-                else:
-                    assert call.pending is not None
-                    call.pending.recording = call.target.begin_segment(**call.args)
-                    report.segments_begun += 1
-            except (NotFound, InvalidTransition, AlreadyExists, ValidationError) as exc:
-                what = call.target.path if call.kind == "complete" else call.target.name
-                failures.append(TickFailure(call.index, f"{call.kind} segment of {what}", exc))
+        if self._segments:
+            self._write_rolls(db, report, failures, claims)
         if self._health:
             self._write_health(db, sql, postgres, report, failures)
         if self._events:
@@ -390,6 +397,39 @@ class Tick:
             except NotFound as exc:
                 failures.extend(self._refused_samples(exc))
             report.samples = sum(s.count for s in self._samples)
+
+    def _write_rolls(
+        self, db: pw.Database, report: TickReport, failures: list[TickFailure], claims: contextlib.ExitStack
+    ) -> None:
+        """Every completion in one statement and every begin in two (models/rolls.py), the rest one by one."""
+        session = writer(db)
+        completes = [call for call in self._segments if call.kind == "complete"]
+        begins = [call for call in self._segments if call.kind == "begin"]
+        refused: list[TickFailure] = []
+        closed = complete_many(session, [(call.target, cast(Completion, call.done)) for call in completes])
+        for call, batched in zip(completes, closed, strict=True):
+            call.batched = batched
+            if batched:
+                continue
+            # Not for the batch, or refused by it: the single call writes it
+            # or says why (not open, gone, another session's stream).
+            try:
+                call.target._complete(call.done)
+            except (NotFound, InvalidTransition, OwnershipLost) as exc:
+                if isinstance(exc, OwnershipLost) and session.is_dead:
+                    raise
+                refused.append(TickFailure(call.index, f"complete segment of {call.target.path}", exc))
+        begun = begin_many(
+            session, [(call.target, cast(SegmentStart, call.start)) for call in begins], claims
+        )
+        for call, result in zip(begins, begun, strict=True):
+            if isinstance(result, StreamStateError):
+                refused.append(TickFailure(call.index, f"begin segment of {call.target.name}", result))
+            else:
+                call.begun = result
+        failures.extend(sorted(refused, key=lambda failure: failure.index))
+        report.segments_completed = len(completes) - sum(f.call.startswith("complete") for f in refused)
+        report.segments_begun = len(begins) - sum(f.call.startswith("begin") for f in refused)
 
     def _write_health(
         self, db: pw.Database, sql: Any, postgres: bool, report: TickReport, failures: list[TickFailure]
@@ -503,6 +543,8 @@ class Tick:
                 rest._add_samples(_prepare(call.items, single=False), call.items)
                 continue
             copy = type(call)(**{**call.__dict__, "index": rest._next()})
+            if isinstance(copy, _Segment):
+                copy.batched, copy.begun = False, None
             if isinstance(copy, _Checkpoint):
                 rest._checkpoints.append(copy)
             elif isinstance(copy, _Health):
@@ -512,12 +554,6 @@ class Tick:
             else:
                 rest._events.append(copy)
         return rest
-
-    def _forget_begun(self) -> None:
-        """The tick rolled back: no segment it began exists."""
-        for call in self._segments:
-            if call.pending is not None:
-                call.pending.recording = None
 
     def _settle(self, report: TickReport) -> None:
         """After the commit: the objects the caller holds show what was written."""
@@ -530,6 +566,12 @@ class Tick:
         for h in self._health:
             h.stream.health = h.state
             h.stream.last_seen_at = h.at
+        for call in self._segments:
+            if call.batched:
+                assert call.done is not None
+                call.target._closed(call.done)
+            elif call.begun is not None and call.pending is not None:
+                call.pending.recording = call.begun.recording()  # committed: open the file now
         log.debug(
             "tick: %d checkpoints, %d health reports (%d changes), %d events, %d samples",
             report.checkpoints,

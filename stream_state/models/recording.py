@@ -8,7 +8,8 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import peewee as pw
@@ -22,12 +23,34 @@ from ..transitions import check_segment_transition
 from ..validate import optional_text, require_count, require_json_object, require_segment_path, require_text
 from . import gate
 from .base import BaseModel, locked
-from .gate import EventsFor, Guard, Transition
+from .gate import EachGuard, EventsFor, Guard, Transition
 from .session import ownership_guard, writer
 from .statements import Prepared, prepared
 from .stream import Stream
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What closing a segment writes, validated (``Recording._completion``): end, size, metadata, media."""
+
+    ended: dt.datetime  # as given (or now, or the start when clamped)
+    ended_ms: int
+    size_bytes: int
+    metadata: dict[str, Any] | None  # None: keep the row's (the common case: one statement)
+    media: dict[str, Any]  # media_ended_at (ms), frame_count, finalized: only those given
+    too_long: bool  # flagged clock_suspect "too_long" (a clock step inside the segment)
+    clamped: dict[str, Any] | None  # the note of an end clamped to the start (a clock stepped back)
+
+    def values(self) -> dict[str, Any]:
+        """The columns the gate sets besides the state when the metadata is kept."""
+        return {
+            "ended_at": self.ended_ms,
+            "size_bytes": self.size_bytes,
+            **self.media,
+            **({"clock_suspect": "too_long"} if self.too_long else {}),
+        }
 
 
 class Recording(BaseModel):
@@ -137,6 +160,26 @@ class Recording(BaseModel):
         ``refused``; ``strict`` raises for them instead (invariant 10).
         """
         return gate.change(cls, ids, from_, to, values=values, event=event, guard=guard, strict=strict)
+
+    @classmethod
+    def transition_each(
+        cls,
+        rows: Sequence[tuple[int, Sequence[Any]]],
+        columns: Sequence[str],
+        from_: SegmentState | str | Iterable[SegmentState | str],
+        to: SegmentState | str,
+        *,
+        event: EventsFor | None = None,
+        guard: EachGuard | None = None,
+    ) -> Transition:
+        """``transition`` for many rows, each setting ``columns`` to its own values: one statement.
+
+        ``rows`` are ``(id, values)`` with the values in ``columns`` order;
+        ``guard`` is a per-row guard (``OwnershipEachGuard``: each segment's
+        stream owned at its own epoch). Refused rows are reported, never
+        raised (invariant 10).
+        """
+        return gate.change_each(cls, rows, columns, from_, to, event=event, guard=guard)
 
     @classmethod
     def finish_delete(
@@ -256,6 +299,23 @@ class Recording(BaseModel):
         Completing again with the same values is harmless; completing a
         segment that is not open is ``InvalidTransition``.
         """
+        done = self._completion(ended_at, size_bytes, metadata, media_ended_at, frame_count, finalized)
+        return self._complete(done)
+
+    def _completion(
+        self,
+        ended_at: dt.datetime | None,
+        size_bytes: int | None,
+        metadata: dict[str, Any] | None,
+        media_ended_at: dt.datetime | None = None,
+        frame_count: int | None = None,
+        finalized: bool | None = None,
+    ) -> Completion:
+        """``complete_segment``'s arguments, validated and defaulted (now, the file's size); nothing written.
+
+        A tick (``Tick.complete_segment``) takes them at the call and writes
+        many at once (models/rolls.py).
+        """
         if finalized is not None and not isinstance(finalized, bool):
             raise ValidationError("finalized", finalized, "expected True, False or None")
         if finalized is False:
@@ -309,11 +369,23 @@ class Recording(BaseModel):
             if media_ms is not None or frame_count is not None or finalized is not None
             else {}
         )
-        cls = type(self)
-        db = self._meta.database
         # invariant: a segment whose length cannot be true is flagged, not believed
         too_long = ended_ms - started_ms > self.max_plausible_length / _ONE_MS
+        return Completion(ended, ended_ms, size_bytes, metadata, media, too_long, clamped)
+
+    def _complete(self, done: Completion) -> Recording:
+        """Write a validated completion (``_completion``) as ``complete_segment`` does."""
+        ended_ms, size_bytes, metadata, media, too_long, clamped = (
+            done.ended_ms,
+            done.size_bytes,
+            done.metadata,
+            done.media,
+            done.too_long,
+            done.clamped,
+        )
         suspect = {"clock_suspect": "too_long"} if too_long else {}
+        cls = type(self)
+        db = self._meta.database
         session = writer(db)
         stream_id = self.stream_id
         epoch = session.owned_epoch(stream_id)
@@ -334,13 +406,7 @@ class Recording(BaseModel):
                 guard=ownership_guard(session, stream_id, epoch),
             )
             if closed:
-                if too_long:
-                    self.clock_suspect = "too_long"
-                self.state = SegmentState.COMPLETE
-                self.ended_at = ended if exact_utc(ended) else from_millis(ended_ms)
-                self.size_bytes = size_bytes
-                if media:
-                    self._take_media(media)
+                self._closed(done)
                 return self
         with db.atomic():
             fresh = locked(cls.select().where(cls.id == self.id)).first()
@@ -385,6 +451,16 @@ class Recording(BaseModel):
             self.clock_suspect = "too_long"
         self._take_media(media)
         return self
+
+    def _closed(self, done: Completion) -> None:
+        """This object shows the row a completion without new metadata wrote."""
+        if done.too_long:
+            self.clock_suspect = "too_long"
+        self.state = SegmentState.COMPLETE
+        self.ended_at = done.ended if exact_utc(done.ended) else from_millis(done.ended_ms)
+        self.size_bytes = done.size_bytes
+        if done.media:
+            self._take_media(done.media)
 
     def _take_media(self, media: dict[str, Any]) -> None:
         # Straight into the row's data: these are stored values, not edits to save.

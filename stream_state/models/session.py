@@ -34,7 +34,7 @@ import os
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -701,6 +701,34 @@ def owner_guard_sql(db: Any) -> str:
 def ownership_guard(session: Session, stream_id: int, epoch: int) -> OwnershipGuard:
     """The guard that lets the gate change a segment of ``stream_id`` only as its owner at ``epoch``."""
     return OwnershipGuard(session, stream_id, epoch)
+
+
+@dataclasses.dataclass
+class OwnershipEachGuard:
+    """``OwnershipGuard`` for the gate's batched form (``change_each``): each row at its stream's epoch.
+
+    ``epochs`` maps each changed recording's id to the epoch this session
+    owns its stream at; the check and the lease ride in the one statement,
+    as for a single row (invariant 15).
+    """
+
+    session: Session
+    epochs: Mapping[int, int]
+    columns: tuple[tuple[str, str], ...] = (("epoch", "bigint"),)
+
+    def row_values(self, row_id: int) -> tuple[Any, ...]:
+        return (self.epochs[row_id],)
+
+    def where_each(self, db: Any, row: Callable[[str], str]) -> tuple[str, list[Any]]:
+        p = _database(db).param
+        owns = (
+            'EXISTS (SELECT 1 FROM "stream" WHERE "stream"."id" = "recording"."stream_id" '
+            f'AND "stream"."owner_session_id" = {p} AND "stream"."owner_epoch" = {row("epoch")})'
+        )
+        return f"{owns} AND {live_session_sql(db)}", [self.session.id, self.session.id]
+
+    def why_refused(self, ids: Any) -> StreamStateError | None:
+        return None  # the caller asks each refused segment why, by its single call
 
 
 @lru_cache(maxsize=8)

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,27 @@ DESIRED_FLAGS = ("enabled", "recording")
 # Long enough for any error text; short enough that the event message built
 # around it stays within an event message's limit.
 REASON_MAX_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class SegmentStart:
+    """A new segment's row before it is written, validated (``Stream._segment_start``)."""
+
+    path: str | None  # or, once the index is known, the template filled
+    path_template: str | None
+    storage: str | None
+    metadata: dict[str, Any] | None
+    started: dt.datetime  # as given (or now)
+    started_ms: int
+    media_ms: int | None
+    suspicion: str | None  # why its start cannot be believed (clock_suspect), else None
+
+    def path_at(self, stream: Stream, index: int) -> str:
+        """The file's path once the segment's index is claimed."""
+        if self.path is not None:
+            return self.path
+        assert self.path_template is not None
+        return normalise_path(self.path_template.format(stream=stream.name, stream_id=stream.id, index=index))
 
 
 class Stream(BaseModel):
@@ -411,9 +433,97 @@ class Stream(BaseModel):
         time of a callback that runs a GOP late); giving both with different
         values is an error.
         """
-        recording_module = _recording_module()
-        Recording = recording_module.Recording
+        Recording = _recording_module().Recording
 
+        start = self._segment_start(
+            path,
+            started_at,
+            storage,
+            metadata,
+            path_template=path_template,
+            media_started_at=media_started_at,
+        )
+        hot = prepared(self._meta.database)
+        db = hot.db
+        # A segment recorded into a deleted database file would vanish at the
+        # next restart: one stat() per segment to refuse that loudly.
+        hot.dialect.verify_file()
+        sql = hot.segment
+        session = writer(db)
+        # A stream this session owns already needs no gate of its own: the
+        # statement below is gated itself (owner, epoch, lease).
+        epoch = session.owned_epoch(self.id)
+        gated = (
+            contextlib.nullcontext(epoch)
+            if epoch is not None
+            else session.gate(self.id, self.name, verify=False)
+        )
+        path = start.path
+        try:
+            # invariant 1: this transaction commits before the caller opens the file.
+            # The ownership gate takes a free stream on this first write, in the
+            # same transaction; the statement below is gated itself.
+            with db.atomic(), gated as epoch:
+                # invariants 2, 3, 12: the counter hands out the index and moves
+                # past it in one statement, which a removed stream (or a stream
+                # this session does not own at this epoch) does not match
+                claimed = db.execute_sql(sql.claim_index, (self.id, session.id, epoch, session.id)).fetchone()
+                if claimed is None:
+                    epoch = self._why_refused(session)  # the stream was free again: taken, one retry
+                    claimed = db.execute_sql(
+                        sql.claim_index, (self.id, session.id, epoch, session.id)
+                    ).fetchone()
+                    if claimed is None:
+                        raise OwnershipLost(self.name, session.id, None, "refused by the ownership gate")
+                index = claimed[0] - 1
+                path = start.path_at(self, index)
+                # invariant 16: one lstat() per segment, so that a database
+                # behind its disk (an older backup restored) never names a
+                # file that is already there. A path= is the caller's own
+                # choice: a manager may register a file its muxer just opened.
+                if start.path_template is not None and os.path.lexists(path):
+                    index, path = self._skip_files_on_disk(start.path_template, index, session.id)
+                metadata = start.metadata
+                (recording_id,) = db.execute_sql(
+                    sql.insert_recording,
+                    (
+                        self.id,
+                        path,
+                        start.storage,
+                        index,
+                        start.started_ms,
+                        _STORED_FALSE,
+                        None if metadata is None else hot.dialect.json_param(Recording.metadata, metadata),
+                        start.media_ms,
+                        session.id,
+                        epoch,
+                    ),
+                ).fetchone()
+                if start.suspicion is not None:  # rare: a clock not yet set, or set back
+                    Recording.update(clock_suspect=start.suspicion).where(
+                        Recording.id == recording_id
+                    ).execute()
+        except pw.IntegrityError as exc:
+            if "path" in str(exc):
+                raise AlreadyExists("recording", "path", path) from exc
+            raise
+        return self._begun(start, recording_id, index, path, session.id, epoch)
+
+    def _segment_start(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        started_at: dt.datetime | None = None,
+        storage: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        path_template: str | None = None,
+        media_started_at: dt.datetime | None = None,
+    ) -> SegmentStart:
+        """``begin_segment``'s arguments, validated and defaulted (now); nothing written.
+
+        A tick (``Tick.begin_segment``) takes them at the call and begins
+        many segments at once (models/rolls.py).
+        """
         if (path is None) == (path_template is None):
             raise ValidationError("path", path, "give exactly one of path= or path_template=")
         if path is not None:
@@ -433,101 +543,45 @@ class Stream(BaseModel):
                 "started_at", started_at, "differs from media_started_at; the media time is the row's start"
             )
         registered = self.__data__.get("created_at")
-        suspicion = recording_module.start_suspicion(
+        suspicion = _recording_module().start_suspicion(
             started_ms, None if registered is None else to_millis(registered)
         )
-        hot = prepared(self._meta.database)
-        db = hot.db
-        # A segment recorded into a deleted database file would vanish at the
-        # next restart: one stat() per segment to refuse that loudly.
-        hot.dialect.verify_file()
-        sql = hot.segment
-        session = writer(db)
-        # A stream this session owns already needs no gate of its own: the
-        # statement below is gated itself (owner, epoch, lease).
-        epoch = session.owned_epoch(self.id)
-        gated = (
-            contextlib.nullcontext(epoch)
-            if epoch is not None
-            else session.gate(self.id, self.name, verify=False)
-        )
-        try:
-            # invariant 1: this transaction commits before the caller opens the file.
-            # The ownership gate takes a free stream on this first write, in the
-            # same transaction; the statement below is gated itself.
-            with db.atomic(), gated as epoch:
-                # invariants 2, 3, 12: the counter hands out the index and moves
-                # past it in one statement, which a removed stream (or a stream
-                # this session does not own at this epoch) does not match
-                claimed = db.execute_sql(sql.claim_index, (self.id, session.id, epoch, session.id)).fetchone()
-                if claimed is None:
-                    epoch = self._why_refused(session)  # the stream was free again: taken, one retry
-                    claimed = db.execute_sql(
-                        sql.claim_index, (self.id, session.id, epoch, session.id)
-                    ).fetchone()
-                    if claimed is None:
-                        raise OwnershipLost(self.name, session.id, None, "refused by the ownership gate")
-                index = claimed[0] - 1
-                if path_template is not None:
-                    path = normalise_path(
-                        path_template.format(stream=self.name, stream_id=self.id, index=index)
-                    )
-                    # invariant 16: one lstat() per segment, so that a database
-                    # behind its disk (an older backup restored) never names a
-                    # file that is already there. A path= is the caller's own
-                    # choice: a manager may register a file its muxer just opened.
-                    if os.path.lexists(path):
-                        index, path = self._skip_files_on_disk(path_template, index, session.id)
-                (recording_id,) = db.execute_sql(
-                    sql.insert_recording,
-                    (
-                        self.id,
-                        path,
-                        storage,
-                        index,
-                        started_ms,
-                        _STORED_FALSE,
-                        None if metadata is None else hot.dialect.json_param(Recording.metadata, metadata),
-                        media_ms,
-                        session.id,
-                        epoch,
-                    ),
-                ).fetchone()
-                if suspicion is not None:  # rare: a clock not yet set, or set back
-                    Recording.update(clock_suspect=suspicion).where(Recording.id == recording_id).execute()
-        except pw.IntegrityError as exc:
-            if "path" in str(exc):
-                raise AlreadyExists("recording", "path", path) from exc
-            raise
+        return SegmentStart(path, path_template, storage, metadata, started, started_ms, media_ms, suspicion)
+
+    def _begun(
+        self, start: SegmentStart, recording_id: int, index: int, path: str, session_id: int, epoch: int
+    ) -> Recording:
+        """The new segment's row as an object, once its row is written; the stream moves past its index."""
         self.next_segment_index = index + 1
         # The row as written, straight into the model's data (what a row read
         # back holds; nothing is left to save): a model built field by field
-        # cost as much Python as the rest of this method.
-        recording = Recording(__no_default__=True)
+        # cost as much Python as the rest of begin_segment.
+        recording = _recording_module().Recording(__no_default__=True)
+        started = start.started
         recording.__data__ = {
             "id": recording_id,
             "stream": self.id,
             "path": path,
-            "storage": storage,
+            "storage": start.storage,
             "segment_index": index,
-            "started_at": started if exact_utc(started) else from_millis(started_ms),
+            "started_at": started if exact_utc(started) else from_millis(start.started_ms),
             "size_bytes": 0,
             "state": SegmentState.RECORDING,
             "archived": False,
-            "metadata": metadata,
-            "media_started_at": None if media_ms is None else from_millis(media_ms),
-            "clock_suspect": suspicion,
-            "session_id": session.id,
+            "metadata": start.metadata,
+            "media_started_at": None if start.media_ms is None else from_millis(start.media_ms),
+            "clock_suspect": start.suspicion,
+            "session_id": session_id,
             "session_epoch": epoch,
         }
         recording.__rel__["stream"] = self
-        if suspicion is not None:
+        if start.suspicion is not None:
             log.warning(
                 "segment %s of %s starts at %s (%s): its time is flagged, not believed",
                 index,
                 self.name,
-                from_millis(started_ms).isoformat(),
-                suspicion,
+                from_millis(start.started_ms).isoformat(),
+                start.suspicion,
             )
         return recording
 

@@ -18,21 +18,29 @@ commit waits for the WAL. A ``Tick`` gathers them instead::
 Each call is validated when it is made, exactly as the single call is
 (``ValidationError`` at once, naming the argument; the tick keeps its other
 calls). ``commit()`` (or the end of the ``with`` block) writes everything in
-one transaction, in this order: checkpoints, health reports, events,
-samples. A block that raises writes nothing.
+one transaction, in this order: checkpoints, segment rolls (completions,
+then begins), health reports, events, samples. A block that raises writes
+nothing.
 
 **Failure semantics: all or nothing.** A call the database refuses at commit
-(a checkpoint of a segment that is no longer open, a health report or event
-of a removed or unknown stream, samples of an unknown stream) rolls the whole
-tick back and raises ``TickFailed``, which names every refused call (its
+(a checkpoint or completion of a segment that is no longer open, a health
+report or event of a removed or unknown stream, samples of an unknown
+stream, a begin on a removed stream or with a path already used, a roll on a
+stream another live session owns) rolls the whole tick back and raises
+``TickFailed``, which names every refused call (its
 position in the tick, what it was, why) and carries ``remaining``: a new
 ``Tick`` with every other call, ready to ``commit()``. So one stale segment
 never loses a tick silently, and never costs the other streams more than
 one retry. A database failure (disk full, connection lost) raises the
 package's usual error; nothing of the tick is written.
 
-Segments still begin and complete on their own (``begin_segment`` must
-commit its row before the file is opened). A health report that changes the
+Segment rolls ride in the tick: its completions are one statement and its
+begins two, whatever their number (models/rolls.py), where one by one each
+roll was a savepoint and four or five round trips on PostgreSQL. A begun
+segment's row commits with the tick, and its ``PendingSegment.recording``
+is set only then: open the file after the commit (invariant 1). A session
+that is itself dead (its lease ran out) raises ``OwnershipLost``, as every
+single call does. A health report that changes the
 state takes the full path (event, log line) inside the tick's transaction;
 ``commit()`` returns a ``TickReport`` that lists those changes. Events
 written by a tick are not read back, so they have no ``id``: use

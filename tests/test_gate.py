@@ -218,6 +218,81 @@ def test_a_guard_adds_its_condition_to_the_same_statement_and_its_refusal_raises
         Recording.transition(mine.id, "complete", "missing", guard=guard, strict=True)
 
 
+# --- the batched form: many rows, each with its own values, one statement -------------------------
+
+
+@dataclass
+class EpochGuard:
+    """A per-row guard for the tests: each row names the stream it must belong to."""
+
+    streams: dict[int, int]  # recording id -> stream id
+    columns: tuple[tuple[str, str], ...] = (("stream", "bigint"),)
+
+    def row_values(self, row_id: int) -> tuple[Any, ...]:
+        return (self.streams[row_id],)
+
+    def where_each(self, db: pw.Database, row: Any) -> tuple[str, Sequence[Any]]:
+        return f'"recording"."stream_id" = {row("stream")} AND "recording"."size_bytes" >= {db.param}', (0,)
+
+    def why_refused(self, ids: Sequence[int]) -> StreamStateError | None:
+        return None
+
+
+def test_transition_each_sets_each_rows_own_values_in_one_statement(db):
+    a, b, c = segments(3, close=False)
+    failed_at = T0 + dt.timedelta(hours=1)
+    Recording.transition(b.id, SegmentState.RECORDING, SegmentState.FAILED, values={"ended_at": failed_at})
+    ends = {r.id: T0 + dt.timedelta(minutes=10 + i) for i, r in enumerate((a, b, c))}
+    with count_queries() as counter:
+        moved = Recording.transition_each(
+            [(r.id, (ends[r.id], 10 + i, True)) for i, r in enumerate((a, b, c))],
+            ("ended_at", "size_bytes", "finalized"),
+            SegmentState.RECORDING,
+            SegmentState.COMPLETE,
+        )
+    assert counter.count == 1
+    assert moved.changed == (a.id, c.id) and moved.refused == (b.id,)
+    got = {r.id: (r.state, r.ended_at, r.size_bytes, r.finalized) for r in Recording.select()}
+    assert got[a.id] == ("complete", ends[a.id], 10, True) and got[c.id] == ("complete", ends[c.id], 12, True)
+    assert got[b.id] == ("failed", failed_at, 0, None)  # refused: untouched
+
+
+def test_transition_each_checks_the_map_the_columns_and_each_row_once(db):
+    (rec,) = segments(1)
+    with count_queries() as counter, pytest.raises(InvalidTransition):
+        Recording.transition_each(
+            [(rec.id, (T0,))], ("ended_at",), SegmentState.COMPLETE, SegmentState.RECORDING
+        )
+    assert counter.count == 0
+    for columns, values, field in (
+        (("state",), ("failed",), "columns"),
+        (("metadata",), ({"a": 1},), "columns"),  # JSON: one row at a time
+        (("size_bytes",), (1, 2), "rows"),
+    ):
+        with pytest.raises(ValidationError) as info:
+            Recording.transition_each([(rec.id, values)], columns, "complete", "missing")
+        assert info.value.field == field
+    with pytest.raises(ValidationError):
+        Recording.transition_each([(rec.id, (1,)), (rec.id, (2,))], ("size_bytes",), "complete", "missing")
+    assert Recording.transition_each([], ("size_bytes",), "complete", "missing").changed == ()
+    assert state_of(rec.id) == "complete"
+
+
+def test_transition_each_takes_a_per_row_guard_in_the_same_statement(db):
+    mine, theirs = segments(1, close=False)[0], segments(1, close=False)[0]
+    guard = EpochGuard({mine.id: mine.stream_id, theirs.id: mine.stream_id})  # theirs is not of that stream
+    with count_queries() as counter:
+        moved = Recording.transition_each(
+            [(mine.id, (T0 + dt.timedelta(hours=1),)), (theirs.id, (T0 + dt.timedelta(hours=1),))],
+            ("ended_at",),
+            "recording",
+            "interrupted",
+            guard=guard,
+        )
+    assert counter.count == 1 and moved.changed == (mine.id,) and moved.refused == (theirs.id,)
+    assert (state_of(mine.id), state_of(theirs.id)) == ("interrupted", "recording")
+
+
 # --- the hot path stays one prepared statement ----------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from playhouse.test_utils import count_queries
 
 import stream_state
 from stream_state import (
+    AlreadyExists,
     Event,
     InvalidTransition,
     MetricSample,
@@ -23,10 +24,14 @@ from stream_state import (
     TickFailed,
     ValidationError,
 )
-from stream_state.models import metric
-from stream_state.timeutil import to_millis
+from stream_state.errors import OwnershipLost
+from stream_state.models import Session, metric
+from stream_state.models.session import current_session
+from stream_state.timeutil import to_millis, utc_now
 
+from .dbdump import dump_tables
 from .factories import T0
+from .sessionkit import expire
 
 SECOND = dt.timedelta(seconds=1)
 URI = "rtsp://user:secret@10.0.0.1/main"
@@ -411,3 +416,209 @@ def test_a_refused_roll_rolls_the_whole_tick_back(db):
     assert recording_row(seg)[2:] == (None, "recording") and sample_rows() == []
     caught.value.remaining.commit()
     assert recording_row(seg)[2:] == (to_millis(at(10)), "complete") and len(sample_rows()) == 2
+
+
+# --- segment rolls, set-based (models/rolls.py) ---------------------------------------------------
+
+
+def full_row(recording: Recording) -> tuple:
+    """A segment's row without what differs between two streams (ids, stream, path)."""
+    p = Stream._meta.database.param
+    return rows(
+        "SELECT segment_index, started_at, ended_at, size_bytes, state, archived, metadata, "
+        "media_started_at, media_ended_at, frame_count, finalized, clock_suspect, session_epoch "
+        f"FROM recording WHERE id = {p}",
+        (recording.id,),
+    )[0]
+
+
+def next_index(stream: Stream) -> int:
+    p = Stream._meta.database.param
+    return rows(f"SELECT next_segment_index FROM stream WHERE id = {p}", (stream.id,))[0][0]
+
+
+def test_a_tick_rolls_many_segments_in_a_few_statements_writing_what_single_calls_write(db):
+    many = cams(21)
+    (single, seg_single), rolled = many[0], many[1:]
+    seg_single.checkpoint(900, at=at(10))
+    seg_single.complete_segment(ended_at=at(10), size_bytes=1000, media_ended_at=at(10), finalized=True)
+    new_single = single.begin_segment(f"/rec/{single.name}/1.mp4", started_at=at(10))
+    with count_queries() as counter, stream_state.Tick() as tick:
+        pending = []
+        for stream, segment in rolled:
+            tick.checkpoint(segment, 900, at=at(10))
+            tick.complete_segment(
+                segment, ended_at=at(10), size_bytes=1000, media_ended_at=at(10), finalized=True
+            )
+            pending.append(tick.begin_segment(stream, f"/rec/{stream.name}/1.mp4", started_at=at(10)))
+        assert all(p.recording is None for p in pending)  # no file before the commit (invariant 1)
+    # Not five statements a roll: a checkpoint UPDATE, a roll's completes, claims and inserts, the
+    # tick's ownership check (peewee logs no BEGIN/COMMIT).
+    assert counter.count <= 6, [q.msg[0][:60] for q in counter.get_queries()]
+    for (stream, segment), p in zip(rolled, pending, strict=True):
+        assert full_row(segment) == full_row(seg_single)
+        assert segment.state == "complete" and segment.ended_at == at(10) and segment.finalized is True
+        assert p.recording is not None and p.recording.path == f"/rec/{stream.name}/1.mp4"
+        assert full_row(p.recording) == full_row(new_single)
+        assert next_index(stream) == stream.next_segment_index == 2
+    # What the objects say is what a read gives.
+    made = pending[0].recording.__data__
+    fresh = Recording.get_by_id(pending[0].recording.id).__data__
+    assert {key: fresh[key] for key in made} == made
+
+
+def test_several_begins_of_one_stream_take_its_indexes_in_call_order(db):
+    ((a, _seg),) = cams(1)
+    with stream_state.Tick() as tick:
+        first = tick.begin_segment(a, path_template="/rec/{stream}/{index:04d}.mp4", started_at=at(10))
+        second = tick.begin_segment(a, "/rec/cam-0/other.mp4", started_at=at(11), metadata={"lens": "wide"})
+        third = tick.begin_segment(a, path_template="/rec/{stream}/{index:04d}.mp4", started_at=at(12))
+    got = [(p.recording.segment_index, p.recording.path) for p in (first, second, third)]
+    assert got == [(1, "/rec/cam-0/0001.mp4"), (2, "/rec/cam-0/other.mp4"), (3, "/rec/cam-0/0003.mp4")]
+    assert next_index(a) == 4  # invariant 3
+    assert Recording.get_by_id(second.recording.id).metadata == {"lens": "wide"}
+
+
+def test_roll_arguments_are_validated_at_the_call_and_the_tick_keeps_its_other_calls(db, tmp_path):
+    ((a, seg),) = cams(1)
+    tick = stream_state.Tick()
+    tick.checkpoint(seg, 10, at=at(1))
+    with pytest.raises(ValidationError, match="ended_at"):
+        tick.complete_segment(seg, ended_at=at(-5), size_bytes=1)  # before the start
+    with pytest.raises(ValidationError, match="finalized"):
+        tick.complete_segment(seg, ended_at=at(5), size_bytes=1, finalized=False)
+    with pytest.raises(ValidationError, match="path"):
+        tick.begin_segment(a, "relative/path.mp4")
+    with pytest.raises(ValidationError, match="size_bytes"):
+        tick.complete_segment(seg, ended_at=at(5))  # no size, and no file to read it from
+    assert len(tick) == 1
+    tick.commit()
+    assert recording_row(seg)[:1] == (10,)
+
+
+def test_refused_rolls_are_named_nothing_is_written_and_the_rest_can_be_committed(db):
+    (a, seg_a), (b, seg_b), (_c, seg_c) = cams(3)
+    seg_b.complete_segment(ended_at=at(5), size_bytes=5)  # already closed, with other values
+    before = next_index(a), next_index(b)
+    tick = stream_state.Tick()
+    tick.complete_segment(seg_a, ended_at=at(10), size_bytes=10)  # 0: fine
+    tick.complete_segment(seg_b, ended_at=at(10), size_bytes=10)  # 1: not open
+    tick.begin_segment(a, "/rec/cam-0/1.mp4", started_at=at(10))  # 2: fine
+    tick.begin_segment(b, "/rec/cam-1/1.mp4", started_at=at(10))  # 3: fine
+    tick.begin_segment(b, "/rec/cam-0/1.mp4", started_at=at(10))  # 4: the path of call 2
+    tick.begin_segment(b, seg_c.path, started_at=at(10))  # 5: a path already used
+    tick.checkpoint(seg_c, 77, at=at(10))  # 6: fine
+    with pytest.raises(TickFailed) as caught:
+        tick.commit()
+    failures = caught.value.failures
+    assert [(f.index, f.call) for f in failures] == [
+        (1, f"complete segment of {seg_b.path}"),
+        (4, "begin segment of cam-1"),
+        (5, "begin segment of cam-1"),
+    ]
+    assert isinstance(failures[0].error, InvalidTransition) and "complete" in str(failures[0].error)
+    assert all(isinstance(f.error, AlreadyExists) for f in failures[1:])
+    assert "/rec/cam-0/1.mp4" in str(failures[1].error)
+    # Nothing of the tick: the counters did not move, no row was begun or closed.
+    assert (next_index(a), next_index(b)) == before
+    assert recording_row(seg_a)[2:] == (None, "recording") and recording_row(seg_c)[0] == 0
+    assert seg_a.state == "recording"  # the object too
+    report = caught.value.remaining.commit()
+    assert (report.segments_completed, report.segments_begun, report.checkpoints) == (1, 2, 1)
+    assert recording_row(seg_a)[2:] == (to_millis(at(10)), "complete") and recording_row(seg_c)[0] == 77
+    assert (next_index(a), next_index(b)) == (before[0] + 1, before[1] + 1)  # invariant 3
+
+
+def test_a_roll_on_a_removed_or_vanished_stream_is_refused_by_name(db):
+    (a, seg_a), (b, _seg_b) = cams(2)
+    seg_a.complete_segment(ended_at=at(5), size_bytes=5)
+    a.remove()
+    tick = stream_state.Tick()
+    tick.begin_segment(b, "/rec/cam-1/1.mp4", started_at=at(10))
+    tick.begin_segment(a, "/rec/cam-0/1.mp4", started_at=at(10))
+    with pytest.raises(TickFailed) as caught:
+        tick.commit()
+    ((index, call, error),) = [(f.index, f.call, f.error) for f in caught.value.failures]
+    assert (index, call) == (1, "begin segment of cam-0") and isinstance(error, NotFound)  # StreamRemoved
+    caught.value.remaining.commit()
+    assert next_index(b) == 2 and next_index(a) == 1
+
+
+def test_a_roll_of_another_live_sessions_stream_is_refused_and_writes_nothing(db, tmp_path):
+    ((_mine, my_seg),) = cams(1)
+    theirs = Stream.register("cam-theirs", URI)
+    owner = Session.open(ttl=30, register=False)  # another manager, as far as the database can tell
+    with owner.acting():
+        their_seg = theirs.begin_segment("/rec/theirs/0.mp4", started_at=at(-1))
+    before = dump_tables()
+    me = current_session(Stream._meta.database)
+    tick = stream_state.Tick()
+    tick.checkpoint(my_seg, 5, at=at(10))
+    tick.complete_segment(their_seg, ended_at=at(10), size_bytes=10)
+    tick.begin_segment(theirs, "/rec/theirs/1.mp4", started_at=at(10))
+    with pytest.raises(TickFailed) as caught:
+        tick.commit()
+    assert [(f.index, f.call) for f in caught.value.failures] == [
+        (1, "complete segment of /rec/theirs/0.mp4"),
+        (2, "begin segment of cam-theirs"),
+    ]
+    for failure in caught.value.failures:
+        assert isinstance(failure.error, OwnershipLost) and failure.error.owner == owner.id
+    assert dump_tables() == before  # invariant 15: not a row, not a claim, not an event
+    assert theirs.id not in me.owned()
+    caught.value.remaining.commit()
+    assert recording_row(my_seg)[0] == 5 and recording_row(their_seg)[2:] == (None, "recording")
+
+
+def test_a_roll_takes_a_free_stream_with_its_event_and_forgets_it_if_the_tick_is_refused(db):
+    ((a, seg),) = cams(1)
+    free = Stream.register("cam-free", URI)
+    me = current_session(Stream._meta.database)
+    assert free.id not in me.owned()
+    tick = stream_state.Tick()
+    pending = tick.begin_segment(free, "/rec/free/0.mp4", started_at=at(10))
+    tick.begin_segment(a, seg.path, started_at=at(10))  # refused: the path is taken
+    with pytest.raises(TickFailed) as caught:
+        tick.commit()
+    assert free.id not in me.owned()  # the claim rolled back with the tick
+    assert Event.select().where((Event.stream == free) & (Event.type == "stream_claimed")).count() == 0
+    caught.value.remaining.commit()
+    assert me.owned()[free.id] == 1 and pending.recording is not None
+    assert (pending.recording.session_id, pending.recording.session_epoch) == (me.id, 1)
+    (claimed,) = Event.select().where((Event.stream == free) & (Event.type == "stream_claimed"))
+    assert claimed.data["epoch"] == 1  # invariant 14: the claim's event with the claim
+
+
+def test_a_dead_sessions_rolls_raise_ownership_lost_and_write_nothing(db):
+    ((a, seg),) = cams(1)
+    database = Stream._meta.database
+    expire(database, current_session(database))
+    before = dump_tables()
+    tick = stream_state.Tick()
+    tick.complete_segment(seg, ended_at=at(10), size_bytes=10)
+    tick.begin_segment(a, "/rec/cam-0/1.mp4", started_at=at(10))
+    with pytest.raises(OwnershipLost, match="lease expired"):
+        tick.commit()
+    assert dump_tables() == before
+
+
+def test_rolls_across_a_clock_step_are_clamped_or_flagged_as_by_the_single_calls(db):
+    ahead = utc_now() + dt.timedelta(hours=1)  # began before the wall clock stepped back an hour
+    (a, _), (b, _) = cams(2)
+    seg_a = a.begin_segment("/rec/cam-0/ahead.mp4", started_at=ahead)
+    seg_b = b.begin_segment("/rec/cam-1/ahead.mp4", started_at=ahead)
+    seg_a.complete_segment(size_bytes=10)  # the single call: "now" is before the start
+    epoch_1970 = dt.datetime(1970, 1, 1, 0, 0, 5, tzinfo=dt.UTC)  # a board without an RTC
+    single_1970 = a.begin_segment("/rec/cam-0/1970.mp4", started_at=epoch_1970)
+    long_ago = b.begin_segment("/rec/cam-1/long.mp4", started_at=at(0))
+    with stream_state.Tick() as tick:
+        tick.complete_segment(seg_b, size_bytes=10)  # clamped at the call, as the single call
+        pending_1970 = tick.begin_segment(b, "/rec/cam-1/1970.mp4", started_at=epoch_1970)
+        tick.complete_segment(long_ago, ended_at=at(0) + dt.timedelta(days=2), size_bytes=1)
+    assert recording_row(seg_b)[2:] == recording_row(seg_a)[2:] == (to_millis(ahead), "complete")
+    clamped = Recording.get_by_id(seg_b.id).metadata["clock_clamped"]["ended_at"]
+    assert clamped["kept"] == ahead.isoformat()
+    assert Recording.get_by_id(seg_a.id).metadata.keys() == {"clock_clamped"}
+    assert full_row(pending_1970.recording)[11] == full_row(single_1970)[11] == "before_2000"
+    assert pending_1970.recording.clock_suspect == "before_2000"
+    assert full_row(long_ago)[11] == long_ago.clock_suspect == "too_long"

@@ -11,6 +11,12 @@ not match; the result says which ids changed and which were refused, and
 that go with a change are written in the same transaction, only for rows
 that really changed.
 
+``change_each`` is the batched form for rows that each set their own
+values (a manager's tick closes a tenth of its segments at once): one
+``UPDATE ... FROM`` a table of the rows (``unnest`` of arrays on PostgreSQL,
+``VALUES`` on SQLite), the same compare-and-set, with a per-row guard
+(``EachGuard``) for each segment's own stream epoch.
+
 Extra conditions drop in as a ``Guard``: a SQL fragment ANDed into the same
 statement (so the check and the write cannot be separated by another
 writer) plus the error to raise for rows it refused. The sessions issue's

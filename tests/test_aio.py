@@ -635,6 +635,7 @@ SHARED_NAMES = {"record_event", "record_metric"}
 # services (restore, check, retention) go through, which a manager does not call.
 NO_VERB = {
     Recording.transition,
+    Recording.transition_each,  # the gate's batched form: a tick's completions (aio.tick)
     Recording.finish_delete,
     Recording.create_segment,
     Stream.active,

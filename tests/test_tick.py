@@ -622,3 +622,20 @@ def test_rolls_across_a_clock_step_are_clamped_or_flagged_as_by_the_single_calls
     assert full_row(pending_1970.recording)[11] == full_row(single_1970)[11] == "before_2000"
     assert pending_1970.recording.clock_suspect == "before_2000"
     assert full_row(long_ago)[11] == long_ago.clock_suspect == "too_long"
+
+
+def test_begins_from_a_template_skip_files_already_on_disk_as_the_single_call_does(db, tmp_path):
+    ((a, _seg),) = cams(1)  # its next index is 1
+    template = f"{tmp_path}/cam-0/{{index:04d}}.mp4"
+    (tmp_path / "cam-0").mkdir()
+    for index in (1, 2):  # the disk is ahead of the database (an older backup restored)
+        (tmp_path / "cam-0" / f"{index:04d}.mp4").write_bytes(b"footage")
+    with stream_state.Tick() as tick:
+        first = tick.begin_segment(a, path_template=template, started_at=at(10))
+        second = tick.begin_segment(a, path_template=template, started_at=at(11))
+    # invariant 16: neither names a file on disk; invariant 3: the counter is past both
+    assert [p.recording.segment_index for p in (first, second)] == [3, 4]
+    assert second.recording.path == f"{tmp_path}/cam-0/0004.mp4" and next_index(a) == 5
+    (skipped,) = Event.select().where(Event.type == "segment_index_skipped")
+    assert (skipped.data["first"], skipped.data["last"], skipped.data["next"]) == (1, 2, 3)
+    assert (tmp_path / "cam-0" / "0001.mp4").read_bytes() == b"footage"

@@ -17,7 +17,8 @@ from typing import Any
 
 import peewee as pw
 
-from ..backends import current_database
+from .. import codec
+from ..backends import current_database, dialect
 from ..errors import ValidationError
 from ..models import MetricBlock, MetricSample, MetricSeries, Stream
 from ..models.rollups import ROLLUP_WATERMARK_KEY, watermark_value
@@ -118,10 +119,21 @@ def metric_buckets(
     below the rollup watermark come from the rollups (when ``step`` is a
     multiple of the rollup's width), everything else from raw samples:
     same answer, a fraction of the rows. ``source="raw"`` reads raw samples
-    only. Two queries.
+    only (compacted hours: their blocks). Two queries (one more for a
+    series id that has no bucket in the range, to tell it from an unknown id).
     """
-    series_id = MetricSeries.existing_id(series)
-    return _buckets([series_id], since, until, step, source).get(series_id, [])
+    if isinstance(series, MetricSeries):
+        series_id = MetricSeries.existing_id(series)
+    else:
+        # An id is looked up only when nothing was found: a bucket is proof enough that it exists.
+        series_id = (
+            require_count("series", series) if type(series) is int else MetricSeries.existing_id(series)
+        )
+    found = _buckets([series_id], since, until, step, source).get(series_id)
+    if found is None:
+        MetricSeries.existing_id(series_id)
+        return []
+    return found
 
 
 def metric_buckets_matching(
@@ -281,6 +293,15 @@ def metric_points(
 def _buckets(
     series_ids: list[int], since: dt.datetime, until: dt.datetime, step: dt.timedelta, source: str
 ) -> dict[int, list[Bucket]]:
+    """Buckets of ``series_ids``: one query for the rollup state, one for every piece of the plan.
+
+    Whole rollup buckets come from the rollups; the rest (ragged edges, the
+    head past the watermark, stale hours) from raw rows and, where those
+    hours were compacted, from their blocks: a block whose samples all fall
+    in one bucket of the piece is answered by its stored summary (count,
+    sum, min, max, last), only a block cut by the piece or by a bucket is
+    decoded (models/blocks.py). Rows are read from the cursor, no models.
+    """
     since_ms, until_ms = window(since, until)
     step_ms = require_duration_ms("step", step, positive=True)
     if (until_ms - 1) // step_ms - since_ms // step_ms + 1 > MAX_BUCKETS:
@@ -293,69 +314,86 @@ def _buckets(
     widths = tuple(width for width in ROLLUP_WIDTHS if step_ms % width == 0) if source == "auto" else ()
     watermark = None
     stale: dict[int, set[int]] = {}
-    blocks: dict[int, set[int]] | None = None  # compacted hours per series, when known
     if widths:
-        watermark, stale, blocks = _rollup_state(db, series_ids, since_ms, until_ms)
+        watermark, stale = _rollup_state(db, series_ids, since_ms, until_ms)
     if watermark is None:
         widths = ()
     plans: dict[tuple[tuple[int, int, int], ...], list[int]] = {}
     for series_id in series_ids:
         plan = tuple(_plan(since_ms, until_ms, widths, watermark or 0, stale.get(series_id, set())))
         plans.setdefault(plan, []).append(series_id)
-    arms = [_arm_sql(width, lo, hi, step_ms, ids) for plan, ids in plans.items() for width, lo, hi in plan]
+    # PostgreSQL types an untyped NULL of the first arms as text, which then clashes with bytea.
+    no_payload = "NULL" if dialect(db).is_sqlite else "CAST(NULL AS BYTEA)"
+    arms = []
+    for plan, ids in plans.items():
+        for width, lo, hi in plan:
+            arms.append(_arm_sql(width, lo, hi, step_ms, ids, no_payload))
+            if width == 0:
+                # Compacted hours have no raw rows (models/blocks.py): their blocks answer instead.
+                arms.append(_block_arm_sql(lo, hi, step_ms, ids))
     merged: dict[tuple[int, int], list[Any]] = {}
     for start in range(0, len(arms), _ARMS_PER_QUERY):
         sql = " UNION ALL ".join(arms[start : start + _ARMS_PER_QUERY])
-        for series_id, bucket, count, total, low, high, last_key, last in db.execute_sql(sql).fetchall():
-            key = (series_id, int(bucket))
+        for series_id, bucket, count, total, low, high, last_key, last, payload, lo, hi in db.execute_sql(
+            sql
+        ).fetchall():
+            if payload is not None:
+                _fold_block(merged, series_id, bytes(payload), lo, hi, step_ms)
+                continue
+            key = (series_id, bucket)
             found = merged.get(key)
             if found is None:
-                merged[key] = [int(count), total, low, high, last_key, last]
+                merged[key] = [count, total, low, high, last_key, last]
                 continue
-            found[0] += int(count)
+            found[0] += count
             found[1] += total
-            found[2] = min(found[2], low)
-            found[3] = max(found[3], high)
+            if low < found[2]:
+                found[2] = low
+            if high > found[3]:
+                found[3] = high
             if last_key > found[4]:
                 found[4], found[5] = last_key, last
-    # Compacted hours where the plan reads raw samples: their blocks, decoded.
-    for plan, ids in plans.items():
-        for width, lo, hi in plan:
-            if width:
-                continue
-            wanted = ids
-            if blocks is not None:
-                first = lo // HOUR_MS * HOUR_MS
-                wanted = [i for i in ids if any(first <= hour < hi for hour in blocks.get(i, ()))]
-                if not wanted:
-                    continue  # no block where raw samples are read: no query
-            for series_id, (stamps, values) in MetricBlock.samples_in(db, wanted, lo, hi).items():
-                for ts, value in zip(stamps, values, strict=True):
-                    key = (series_id, ts // step_ms * step_ms)
-                    found = merged.get(key)
-                    if found is None:
-                        merged[key] = [1, value, value, value, ts, value]
-                        continue
-                    found[0] += 1
-                    found[1] += value
-                    if value < found[2]:
-                        found[2] = value
-                    if value > found[3]:
-                        found[3] = value
-                    if ts > found[4]:
-                        found[4], found[5] = ts, value
     result: dict[int, list[Bucket]] = {}
+    if not merged:
+        return result
     step_td = dt.timedelta(milliseconds=step_ms)
+    # Every bucket start is a multiple of the step: one datetime, then
+    # timedelta arithmetic (from_millis per bucket costs several times more).
+    base_ms = min(bucket for _, bucket in merged)
+    base = from_millis(base_ms)
     for (series_id, bucket), (count, total, low, high, _, last) in sorted(merged.items()):
-        opens = from_millis(bucket)
+        opens = base + step_td * ((bucket - base_ms) // step_ms)
         found_list = result.get(series_id)
         if found_list is None:
             found_list = result[series_id] = []
         # Positional: a week of hours is 168 of these per series, on every chart refresh.
         found_list.append(
-            Bucket(opens, opens + step_td, count, float(total), float(low), float(high), float(last))
+            Bucket(opens, opens + step_td, int(count), float(total), float(low), float(high), float(last))
         )
     return result
+
+
+def _fold_block(
+    merged: dict[tuple[int, int], list[Any]], series_id: int, payload: bytes, lo: int, hi: int, step: int
+) -> None:
+    """Add the samples of one decoded block that fall in [lo, hi) to their buckets."""
+    stamps, values = codec.decode(payload)
+    for ts, value in zip(stamps, values, strict=True):
+        if ts < lo or ts >= hi:
+            continue
+        key = (series_id, ts // step * step)
+        found = merged.get(key)
+        if found is None:
+            merged[key] = [1, value, value, value, ts, value]
+            continue
+        found[0] += 1
+        found[1] += value
+        if value < found[2]:
+            found[2] = value
+        if value > found[3]:
+            found[3] = value
+        if ts > found[4]:
+            found[4], found[5] = ts, value
 
 
 def _plan(
@@ -402,14 +440,25 @@ def _merge(pieces: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     return merged
 
 
-def _arm_sql(width: int, lo: int, hi: int, step: int, series_ids: list[int]) -> str:
-    """One piece as (series, bucket, count, sum, min, max, last_key, last) rows per step bucket.
+def _arm_sql(width: int, lo: int, hi: int, step: int, series_ids: list[int], no_payload: str = "NULL") -> str:
+    """One piece as (series, bucket, count, sum, min, max, last_key, last, NULL, 0, 0) rows per step bucket.
 
-    Only integers we computed or read from the database are inlined (ids,
-    times, widths), so the text needs no parameters: an arm per piece and
-    a thousand series stay far from any parameter limit.
+    The three last columns are the block arm's (``_block_arm_sql``), which
+    shares the UNION ALL; ``no_payload`` is the NULL payload, typed as the
+    backend needs. Only integers we computed or read from the
+    database are inlined (ids, times, widths), so the text needs no
+    parameters: an arm per piece and a thousand series stay far from any
+    parameter limit.
     """
     ids = ", ".join(str(int(i)) for i in series_ids)
+    if width == step:
+        # A rollup bucket is a result bucket: its row as it is, no grouping, no lookup of the last value.
+        return (
+            'SELECT "series_id", "bucket_start", "sample_count", "value_sum", "value_min", "value_max", '
+            f'"bucket_start", "value_last", {no_payload}, 0, 0 FROM "metric_rollup" '
+            f'WHERE "series_id" IN ({ids}) AND "width_ms" = {width} AND "bucket_start" >= {lo} '
+            f'AND "bucket_start" < {hi}'
+        )
     if width == 0:
         inner = (
             f'SELECT "series_id", "ts" / {step} * {step} AS "b", COUNT(*) AS "n", SUM("value") AS "s", '
@@ -433,32 +482,48 @@ def _arm_sql(width: int, lo: int, hi: int, step: int, series_ids: list[int]) -> 
             f'AND "x"."width_ms" = {width} AND "x"."bucket_start" = "g"."k"'
         )
     return (
-        f'SELECT "g"."series_id", "g"."b", "g"."n", "g"."s", "g"."mn", "g"."mx", "g"."k", ({last}) '
-        f'FROM ({inner}) AS "g"'
+        f'SELECT "g"."series_id", "g"."b", "g"."n", "g"."s", "g"."mn", "g"."mx", "g"."k", ({last}), '
+        f'{no_payload}, 0, 0 FROM ({inner}) AS "g"'
+    )
+
+
+def _block_arm_sql(lo: int, hi: int, step: int, series_ids: list[int]) -> str:
+    """The compacted hours of a raw piece [lo, hi): a block's summary, or its payload to decode.
+
+    A block whose samples all lie in [lo, hi) and in one step bucket is
+    that bucket's (count, sum, min, max, last) as stored, and its payload
+    is not even read; any other block comes with its payload and the
+    piece's bounds (the last two columns), for ``_fold_block``.
+    """
+    ids = ", ".join(str(int(i)) for i in series_ids)
+    first_hour = lo // HOUR_MS * HOUR_MS
+    return (
+        f'SELECT "series_id", "first_ts" / {step} * {step}, "sample_count", "value_sum", "value_min", '
+        f'"value_max", "last_ts", "value_last", CASE WHEN "first_ts" >= {lo} AND "last_ts" < {hi} '
+        f'AND "first_ts" / {step} = "last_ts" / {step} THEN NULL ELSE "payload" END, {lo}, {hi} '
+        f'FROM "metric_block" WHERE "series_id" IN ({ids}) AND "hour_start" >= {first_hour} '
+        f'AND "hour_start" < {hi} AND "last_ts" >= {lo} AND "first_ts" < {hi}'
     )
 
 
 def _rollup_state(
     db: pw.Database, series_ids: list[int], since_ms: int, until_ms: int
-) -> tuple[int | None, dict[int, set[int]], dict[int, set[int]]]:
-    """The rollup watermark, the stale and the compacted hours of ``series_ids`` in range: one query."""
+) -> tuple[int | None, dict[int, set[int]]]:
+    """The rollup watermark and the stale hours of ``series_ids`` in range: one query."""
     p = db.param
     ids = ", ".join(str(int(i)) for i in series_ids)
     first_hour = since_ms // HOUR_MS * HOUR_MS
     rows = db.execute_sql(
-        f'SELECT NULL, NULL, "value", 0 FROM "system_state" WHERE "key" = {p} '
-        f'UNION ALL SELECT "series_id", "hour_start", NULL, 1 FROM "metric_rollup_stale" '
-        f'WHERE "series_id" IN ({ids}) AND "hour_start" >= {p} AND "hour_start" < {p} '
-        f'UNION ALL SELECT "series_id", "hour_start", NULL, 2 FROM "metric_block" '
+        f'SELECT NULL, NULL, "value" FROM "system_state" WHERE "key" = {p} '
+        f'UNION ALL SELECT "series_id", "hour_start", NULL FROM "metric_rollup_stale" '
         f'WHERE "series_id" IN ({ids}) AND "hour_start" >= {p} AND "hour_start" < {p}',
-        (ROLLUP_WATERMARK_KEY, first_hour, until_ms, first_hour, until_ms),
+        (ROLLUP_WATERMARK_KEY, first_hour, until_ms),
     ).fetchall()
     watermark = None
     stale: dict[int, set[int]] = {}
-    blocks: dict[int, set[int]] = {}
-    for series_id, hour, value, kind in rows:
-        if kind == 0:
+    for series_id, hour, value in rows:
+        if series_id is None:
             watermark = watermark_value(value)
         else:
-            (stale if kind == 1 else blocks).setdefault(series_id, set()).add(int(hour))
-    return watermark, stale, blocks
+            stale.setdefault(series_id, set()).add(int(hour))
+    return watermark, stale

@@ -13,7 +13,11 @@ hours, under the rollup watermark's lock (FOR UPDATE on PostgreSQL), which a
 late writer takes FOR SHARE: a sample written into an hour while it is being
 compacted either is in the block or expands it again right after.
 Hours marked stale (late samples not yet rolled up) wait for
-``refresh_rollups``.
+``refresh_rollups``. A series with a resolution (``set_resolution``) keeps
+its values rounded in the block, so the rollups of an hour that rounding
+changes are rewritten from the rounded values in the same transaction:
+every answer (rollups, block summaries, decoded samples) stays the one the
+stored samples give.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import peewee as pw
 from .models.base import current_database, dialect
 from .models.blocks import MetricBlock
 from .rollups import _lock_watermark
-from .timeutil import HOUR_MS, from_millis, now_millis, to_millis
+from .timeutil import HOUR_MS, MINUTE_MS, from_millis, now_millis, to_millis
 from .validate import require_count, require_duration_ms
 
 log = logging.getLogger(__name__)
@@ -141,6 +145,7 @@ def _compact_range(
             found[0].append(ts)
             found[1].append(merged[ts])
     block_rows = [MetricBlock.row(series_id, hour, *hours[hour], resolution) for hour in sorted(hours)]
+    rounded = _rounded_rollups(series_id, hours, resolution) if resolution is not None else []
     # Through the dialect: watched and translated (StorageFull...) like execute_sql.
     with pw.__exception_wrapper__:  # type: ignore[attr-defined]
         many = dialect(db).executemany
@@ -151,4 +156,43 @@ def _compact_range(
             f'DELETE FROM "metric_sample" WHERE "series_id" = {p} AND "ts" >= {p} AND "ts" < {p}',
             [(series_id, hour, hour + HOUR_MS) for hour in sorted(hours)],
         )
+        if rounded:
+            # The rollups were computed from the values as written; the block
+            # keeps them rounded, and every answer must agree with what is stored.
+            marks = sorted({(series_id, row[2] // HOUR_MS * HOUR_MS) for row in rounded})
+            many(
+                cursor,
+                f'DELETE FROM "metric_rollup" WHERE "series_id" = {p} AND "width_ms" IN ({MINUTE_MS}, '
+                f'{HOUR_MS}) AND "bucket_start" >= {p} AND "bucket_start" < {p}',
+                [(sid, hour, hour + HOUR_MS) for sid, hour in marks],
+            )
+            many(
+                cursor,
+                'INSERT INTO "metric_rollup" ("series_id", "width_ms", "bucket_start", "sample_count", '
+                f'"value_sum", "value_min", "value_max", "value_last") VALUES ({", ".join([p] * 8)})',
+                rounded,
+            )
     return len(block_rows), sum(len(stamps) for stamps, _ in hours.values())
+
+
+def _rounded_rollups(
+    series_id: int, hours: dict[int, tuple[list[int], list[float]]], resolution: int
+) -> list[tuple[int, int, int, int, float, float, float, float]]:
+    """Minute and hour rollup rows of the hours whose values ``resolution`` changes, from the rounded values.
+
+    Hours that rounding leaves as they are keep their rollups (no rows).
+    """
+    rows: list[tuple[int, int, int, int, float, float, float, float]] = []
+    for hour in sorted(hours):
+        stamps, values = hours[hour]
+        kept = [round(v, resolution) for v in values]
+        if kept == values:
+            continue
+        minutes: dict[int, list[float]] = {}
+        for ts, value in zip(stamps, kept, strict=True):
+            minutes.setdefault(ts // MINUTE_MS * MINUTE_MS, []).append(value)
+        for minute in sorted(minutes):
+            got = minutes[minute]
+            rows.append((series_id, MINUTE_MS, minute, len(got), sum(got), min(got), max(got), got[-1]))
+        rows.append((series_id, HOUR_MS, hour, len(kept), sum(kept), min(kept), max(kept), kept[-1]))
+    return rows

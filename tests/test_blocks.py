@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import struct
+import zlib
 
 import peewee as pw
 import pytest
@@ -232,3 +234,51 @@ def test_a_series_resolution_rounds_its_compacted_values_and_shrinks_them(db):
     block = MetricBlock.get(MetricBlock.hour_start == t0)
     assert len(bytes(block.payload)) / block.sample_count < 2  # about 7 without the resolution
     assert block.value_max == max(round(v, 1) for ts, v in noisy.items() if ts < t0 + HOUR_MS)
+
+
+def test_a_series_resolution_keeps_every_answer_equal_to_the_rounded_samples(db):
+    # After compaction the stored values are the rounded ones (metric_values
+    # reads them back so): the rollups of those hours must agree, or hourly
+    # buckets (rollups) and ragged ones (blocks) would disagree.
+    cam = Stream.register("cam-1", "rtsp://h/1")
+    t0 = to_millis(T0)
+    noisy = {t0 + i * 7000 + i % 5: 80 + (i * 7919 % 1000) / 997 for i in range(6 * 3600 // 7)}
+    MetricSample.record_many([("lat", v, cam, None, from_millis(ts)) for ts, v in noisy.items()])
+    series().set_resolution(1)
+    refresh_rollups(until=NOW)
+    assert compact_samples(NOW).blocks == 6
+    assert_exact({ts: round(v, 1) for ts, v in noisy.items()})
+
+
+def test_whole_hours_are_answered_from_the_blocks_summary_without_decoding(db):
+    cam = Stream.register("cam-1", "rtsp://h/1")
+    samples = write(cam, 6)
+    refresh_rollups(until=NOW)
+    compact_samples(NOW)
+    t0 = to_millis(T0)
+    want = brute(samples, t0, t0 + 6 * HOUR_MS, HOUR_MS)
+    # Garble hour 2's payload: only what must be decoded can fail.
+    db.execute_sql(
+        f"UPDATE metric_block SET payload = {db.param} WHERE hour_start = {db.param}",
+        (b"\x01garbled", t0 + 2 * HOUR_MS),
+    )
+    for source in ("raw", "auto"):
+        got = found(t0, t0 + 6 * HOUR_MS, HOUR_MS, source)
+        assert [g[:2] + g[3:] for g in got] == [w[:2] + w[3:] for w in want]
+        assert all(abs(g[2] - w[2]) < 1e-6 for g, w in zip(got, want, strict=True))
+    with pytest.raises((struct.error, zlib.error, ValidationError)):  # the garbled block, decoded
+        found(t0 + 2 * HOUR_MS + 30_000, t0 + 3 * HOUR_MS, HOUR_MS, "raw")
+
+
+def test_a_compacted_hour_marked_stale_by_a_backfill_is_read_from_its_block(db):
+    # invalidate_rollups marks hours stale without writing samples: the hour
+    # keeps its block, and the reader takes it where the rollups no longer count.
+    cam = Stream.register("cam-1", "rtsp://h/1")
+    samples = write(cam, 6)
+    refresh_rollups(until=NOW)
+    compact_samples(NOW)
+    h.invalidate_rollups(T0 + HOUR, T0 + 3 * HOUR)
+    assert {T0 + HOUR, T0 + 2 * HOUR} <= {from_millis(x) for x in block_hours()}
+    assert_exact(samples)
+    refresh_rollups(until=NOW)
+    assert_exact(samples)

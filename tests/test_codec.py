@@ -25,6 +25,15 @@ def round_trip(timestamps: list[int], values: list[float]) -> bytes:
     assert got_ts == timestamps
     assert bits(got_values) == bits(values)  # the same doubles, bit for bit (-0.0, 1e-300...)
     assert codec.header(block)[:2] == (len(timestamps), timestamps[0])
+    # Any window of it, edges on and between samples, empty and whole.
+    rng = random.Random(len(timestamps))
+    for _ in range(6):
+        lo = rng.choice([timestamps[0] - 1, rng.choice(timestamps), rng.choice(timestamps) + 1])
+        hi = rng.choice([lo, timestamps[-1] + 1, rng.choice(timestamps), rng.choice(timestamps) + 1])
+        got_ts, got_values = codec.decode_between(block, lo, hi)
+        inside = [i for i, ts in enumerate(timestamps) if lo <= ts < hi]
+        assert got_ts == [timestamps[i] for i in inside]
+        assert bits(got_values) == bits([values[i] for i in inside])
     return block
 
 

@@ -11,6 +11,7 @@ the other, never both: models/blocks.py).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 from typing import Any
@@ -324,18 +325,20 @@ def _buckets(
         plans.setdefault(plan, []).append(series_id)
     # PostgreSQL types an untyped NULL of the first arms as text, which then clashes with bytea.
     no_payload = "NULL" if dialect(db).is_sqlite else "CAST(NULL AS BYTEA)"
-    arms = []
+    arms: list[tuple[str, list[int]]] = []
     for plan, ids in plans.items():
         for width, lo, hi in plan:
-            arms.append(_arm_sql(width, lo, hi, step_ms, ids, no_payload))
+            arms.append(_arm_sql(db.param, width, lo, hi, step_ms, ids, no_payload))
             if width == 0:
                 # Compacted hours have no raw rows (models/blocks.py): their blocks answer instead.
-                arms.append(_block_arm_sql(lo, hi, step_ms, ids))
+                arms.append(_block_arm_sql(db.param, lo, hi, step_ms, ids))
     merged: dict[tuple[int, int], list[Any]] = {}
     for start in range(0, len(arms), _ARMS_PER_QUERY):
-        sql = " UNION ALL ".join(arms[start : start + _ARMS_PER_QUERY])
+        batch = arms[start : start + _ARMS_PER_QUERY]
+        sql = " UNION ALL ".join(text for text, _ in batch)
+        params = [value for _, values in batch for value in values]
         for series_id, bucket, count, total, low, high, last_key, last, payload, lo, hi in db.execute_sql(
-            sql
+            sql, params
         ).fetchall():
             if payload is not None:
                 _fold_block(merged, series_id, bytes(payload), lo, hi, step_ms)
@@ -376,24 +379,30 @@ def _buckets(
 def _fold_block(
     merged: dict[tuple[int, int], list[Any]], series_id: int, payload: bytes, lo: int, hi: int, step: int
 ) -> None:
-    """Add the samples of one decoded block that fall in [lo, hi) to their buckets."""
-    stamps, values = codec.decode(payload)
-    for ts, value in zip(stamps, values, strict=True):
-        if ts < lo or ts >= hi:
-            continue
-        key = (series_id, ts // step * step)
+    """Add the samples of one block that fall in [lo, hi) to their buckets.
+
+    Only those samples are decoded; their stamps are sorted, so each bucket
+    is a slice found by bisection and aggregated by the builtins, not
+    sample by sample in Python.
+    """
+    stamps, values = codec.decode_between(payload, lo, hi)
+    i, end = 0, len(stamps)
+    while i < end:
+        bucket = stamps[i] // step * step
+        j = bisect.bisect_left(stamps, bucket + step, i, end)
+        part = values[i:j]
+        key = (series_id, bucket)
         found = merged.get(key)
         if found is None:
-            merged[key] = [1, value, value, value, ts, value]
-            continue
-        found[0] += 1
-        found[1] += value
-        if value < found[2]:
-            found[2] = value
-        if value > found[3]:
-            found[3] = value
-        if ts > found[4]:
-            found[4], found[5] = ts, value
+            merged[key] = [j - i, sum(part), min(part), max(part), stamps[j - 1], part[-1]]
+        else:
+            found[0] += j - i
+            found[1] += sum(part)
+            found[2] = min(found[2], *part)
+            found[3] = max(found[3], *part)
+            if stamps[j - 1] > found[4]:
+                found[4], found[5] = stamps[j - 1], part[-1]
+        i = j
 
 
 def _plan(
@@ -440,15 +449,17 @@ def _merge(pieces: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     return merged
 
 
-def _arm_sql(width: int, lo: int, hi: int, step: int, series_ids: list[int], no_payload: str = "NULL") -> str:
+def _arm_sql(
+    p: str, width: int, lo: int, hi: int, step: int, series_ids: list[int], no_payload: str = "NULL"
+) -> tuple[str, list[int]]:
     """One piece as (series, bucket, count, sum, min, max, last_key, last, NULL, 0, 0) rows per step bucket.
 
     The three last columns are the block arm's (``_block_arm_sql``), which
     shares the UNION ALL; ``no_payload`` is the NULL payload, typed as the
-    backend needs. Only integers we computed or read from the
-    database are inlined (ids, times, widths), so the text needs no
-    parameters: an arm per piece and a thousand series stay far from any
-    parameter limit.
+    backend needs. Times, widths and the step are parameters (``p``), so a
+    chart that moves its window every refresh runs the same text, which the
+    driver keeps prepared; the ids, integers read from the database, are
+    inlined (a thousand series stay far from any parameter limit).
     """
     ids = ", ".join(str(int(i)) for i in series_ids)
     if width == step:
@@ -456,38 +467,44 @@ def _arm_sql(width: int, lo: int, hi: int, step: int, series_ids: list[int], no_
         return (
             'SELECT "series_id", "bucket_start", "sample_count", "value_sum", "value_min", "value_max", '
             f'"bucket_start", "value_last", {no_payload}, 0, 0 FROM "metric_rollup" '
-            f'WHERE "series_id" IN ({ids}) AND "width_ms" = {width} AND "bucket_start" >= {lo} '
-            f'AND "bucket_start" < {hi}'
+            f'WHERE "series_id" IN ({ids}) AND "width_ms" = {p} AND "bucket_start" >= {p} '
+            f'AND "bucket_start" < {p}',
+            [width, lo, hi],
         )
     if width == 0:
         inner = (
-            f'SELECT "series_id", "ts" / {step} * {step} AS "b", COUNT(*) AS "n", SUM("value") AS "s", '
+            f'SELECT "series_id", "ts" / {p} * {p} AS "b", COUNT(*) AS "n", SUM("value") AS "s", '
             f'MIN("value") AS "mn", MAX("value") AS "mx", MAX("ts") AS "k" FROM "metric_sample" '
-            f'WHERE "series_id" IN ({ids}) AND "ts" >= {lo} AND "ts" < {hi} GROUP BY "series_id", "b"'
+            f'WHERE "series_id" IN ({ids}) AND "ts" >= {p} AND "ts" < {p} GROUP BY "series_id", "b"'
         )
+        inner_params = [step, step, lo, hi]
         last = (
             'SELECT "value" FROM "metric_sample" AS "x" '
             'WHERE "x"."series_id" = "g"."series_id" AND "x"."ts" = "g"."k"'
         )
+        last_params = []
     else:
         inner = (
-            f'SELECT "series_id", "bucket_start" / {step} * {step} AS "b", '
+            f'SELECT "series_id", "bucket_start" / {p} * {p} AS "b", '
             f'CAST(SUM("sample_count") AS BIGINT) AS "n", SUM("value_sum") AS "s", MIN("value_min") AS "mn", '
             f'MAX("value_max") AS "mx", MAX("bucket_start") AS "k" FROM "metric_rollup" '
-            f'WHERE "series_id" IN ({ids}) AND "width_ms" = {width} AND "bucket_start" >= {lo} '
-            f'AND "bucket_start" < {hi} GROUP BY "series_id", "b"'
+            f'WHERE "series_id" IN ({ids}) AND "width_ms" = {p} AND "bucket_start" >= {p} '
+            f'AND "bucket_start" < {p} GROUP BY "series_id", "b"'
         )
+        inner_params = [step, step, width, lo, hi]
         last = (
             'SELECT "value_last" FROM "metric_rollup" AS "x" WHERE "x"."series_id" = "g"."series_id" '
-            f'AND "x"."width_ms" = {width} AND "x"."bucket_start" = "g"."k"'
+            f'AND "x"."width_ms" = {p} AND "x"."bucket_start" = "g"."k"'
         )
+        last_params = [width]
     return (
         f'SELECT "g"."series_id", "g"."b", "g"."n", "g"."s", "g"."mn", "g"."mx", "g"."k", ({last}), '
-        f'{no_payload}, 0, 0 FROM ({inner}) AS "g"'
+        f'{no_payload}, 0, 0 FROM ({inner}) AS "g"',
+        last_params + inner_params,
     )
 
 
-def _block_arm_sql(lo: int, hi: int, step: int, series_ids: list[int]) -> str:
+def _block_arm_sql(p: str, lo: int, hi: int, step: int, series_ids: list[int]) -> tuple[str, list[int]]:
     """The compacted hours of a raw piece [lo, hi): a block's summary, or its payload to decode.
 
     A block whose samples all lie in [lo, hi) and in one step bucket is
@@ -496,13 +513,13 @@ def _block_arm_sql(lo: int, hi: int, step: int, series_ids: list[int]) -> str:
     piece's bounds (the last two columns), for ``_fold_block``.
     """
     ids = ", ".join(str(int(i)) for i in series_ids)
-    first_hour = lo // HOUR_MS * HOUR_MS
     return (
-        f'SELECT "series_id", "first_ts" / {step} * {step}, "sample_count", "value_sum", "value_min", '
-        f'"value_max", "last_ts", "value_last", CASE WHEN "first_ts" >= {lo} AND "last_ts" < {hi} '
-        f'AND "first_ts" / {step} = "last_ts" / {step} THEN NULL ELSE "payload" END, {lo}, {hi} '
-        f'FROM "metric_block" WHERE "series_id" IN ({ids}) AND "hour_start" >= {first_hour} '
-        f'AND "hour_start" < {hi} AND "last_ts" >= {lo} AND "first_ts" < {hi}'
+        f'SELECT "series_id", "first_ts" / {p} * {p}, "sample_count", "value_sum", "value_min", '
+        f'"value_max", "last_ts", "value_last", CASE WHEN "first_ts" >= {p} AND "last_ts" < {p} '
+        f'AND "first_ts" / {p} = "last_ts" / {p} THEN NULL ELSE "payload" END, {p}, {p} '
+        f'FROM "metric_block" WHERE "series_id" IN ({ids}) AND "hour_start" >= {p} '
+        f'AND "hour_start" < {p} AND "last_ts" >= {p} AND "first_ts" < {p}',
+        [step, step, lo, hi, step, step, lo, hi, lo // HOUR_MS * HOUR_MS, hi, lo, hi],
     )
 
 

@@ -109,16 +109,10 @@ class MetricBlock(BaseModel):
         ).fetchall()
         found: dict[int, tuple[list[int], list[float]]] = {}
         for series_id, payload in rows:
-            stamps, values = codec.decode(bytes(payload))
+            stamps, values = codec.decode_between(bytes(payload), lo, hi)
             into = found.setdefault(series_id, ([], []))
-            if stamps[0] >= lo and stamps[-1] < hi:
-                into[0].extend(stamps)
-                into[1].extend(values)
-            else:
-                for ts, value in zip(stamps, values, strict=True):
-                    if lo <= ts < hi:
-                        into[0].append(ts)
-                        into[1].append(value)
+            into[0].extend(stamps)
+            into[1].extend(values)
         return found
 
     @classmethod

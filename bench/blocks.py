@@ -12,7 +12,9 @@ which a per-series resolution turns back into scaled ints).
 For each: bytes per sample of the encoded block (header included, the row
 around it not: about 60 bytes per series-hour, 0.02 a sample), encode and
 decode rates, and the same encoder written with numpy, to decide whether the
-package needs numpy (it does not, if the pure-Python one is close).
+package needs numpy (it does not, if the pure-Python one is close); decoding
+both with the codec's plain-Python path and with its numpy one (used when
+numpy is installed).
 Every block is decoded and compared bit for bit. Today's row per sample
 costs about 19 bytes (bench/ingest.py).
 
@@ -36,6 +38,7 @@ import struct
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -128,13 +131,18 @@ def measure(name: str, series: list[tuple[list[int], list[float]]], resolution: 
     start = time.process_time()
     blocks = [codec.encode(s, v, resolution) for s, v in series]
     encode_s = time.process_time() - start
-    start = time.process_time()
-    decoded = [codec.decode(b) for b in blocks]
-    decode_s = time.process_time() - start
-    for (s, v), (s2, v2), block in zip(series, decoded, blocks, strict=True):
-        assert s2 == s
-        expected = v if resolution is None else [round(x, resolution) for x in v]
-        assert [struct.pack("<d", x) for x in v2] == [struct.pack("<d", x) for x in expected], name
+    decode_s = {}
+    for use_numpy in (False, True):  # the codec's plain-Python decoder, and its numpy one
+        codec.USE_NUMPY = use_numpy
+        start = time.process_time()
+        decoded = [codec.decode(b) for b in blocks]
+        decode_s[use_numpy] = time.process_time() - start
+        for (s, v), (s2, v2) in zip(series, decoded, strict=True):
+            assert s2 == s
+            expected = v if resolution is None else [round(x, resolution) for x in v]
+            assert [struct.pack("<d", x) for x in v2] == [struct.pack("<d", x) for x in expected], name
+    codec.USE_NUMPY = True
+    for (s, v), block in zip(series, blocks, strict=True):
         if resolution is None:
             assert numpy_encode(s, v) == block, f"numpy and pure Python disagree on {name}"
     numpy_s = None
@@ -150,7 +158,8 @@ def measure(name: str, series: list[tuple[list[int], list[float]]], resolution: 
         "worst": max(per_block),
         "median": statistics.median(per_block),
         "encode": samples / encode_s / 1e6,
-        "decode": samples / decode_s / 1e6,
+        "decode": samples / decode_s[False] / 1e6,
+        "numpy decode": samples / decode_s[True] / 1e6,
         "numpy": None if numpy_s is None else samples / numpy_s / 1e6,
     }
 
@@ -188,50 +197,64 @@ def store(days: int) -> None:
             ).fetchall()
             return {name: int(size) for name, size in rows}
 
-        def timed(fn: object, runs: int = 200) -> tuple[float, float]:
-            """Median wall and CPU ms (on a shared machine wall time includes waiting for a core)."""
+        def timed(fn: Callable[[int], object], runs: int = 200) -> tuple[float, float]:
+            """Median wall and CPU ms of ``fn(run)`` (a shared machine's wall time includes waiting)."""
             walls, cpus = [], []
-            for _ in range(runs):
+            for run in range(runs):
                 start_t, start_c = time.perf_counter(), time.process_time()
-                fn()  # type: ignore[operator]
+                fn(run)
                 cpus.append(time.process_time() - start_c)
                 walls.append(time.perf_counter() - start_t)
             return statistics.median(walls) * 1000, statistics.median(cpus) * 1000
 
         series = MetricSeries.get()
+        minute = dt.timedelta(minutes=1)
         # Aligned; ends on minutes (the minute rollups take them); ends anywhere, as a chart's
-        # "last 7 days" has (a sub-minute edge that cuts a block is decoded).
-        windows = {
-            "aligned": (t0, end),
-            "minute ends": (t0 + dt.timedelta(minutes=17), end - dt.timedelta(minutes=43)),
-            "ms ends": (
-                t0 + dt.timedelta(minutes=17, seconds=23.456),
-                end - dt.timedelta(minutes=43, seconds=12.345),
+        # "last 7 days" has: a sub-minute edge inside a compacted hour decodes that block, and
+        # the cost depends on where in the hour it falls, so each run moves the window by
+        # 37.123 s (within 40 minutes): the edges visit every part of their hours.
+        windows: dict[str, Callable[[int], tuple[dt.datetime, dt.datetime]]] = {
+            "aligned": lambda run: (t0, end),
+            "minute ends": lambda run: (t0 + (17 + run % 26) * minute, end - (43 - run % 26) * minute),
+            "ms ends": lambda run: (
+                t0 + (run * dt.timedelta(seconds=37.123)) % (40 * minute) + dt.timedelta(seconds=1.456),
+                end - 41 * minute + (run * dt.timedelta(seconds=37.123)) % (40 * minute),
             ),
         }
         hour = dt.timedelta(hours=1)
         before = sizes()
-        want = {k: h.metric_buckets(series, *w, hour, source="raw") for k, w in windows.items()}
-        t_before = {k: timed(lambda w=w: h.metric_buckets(series, *w, hour)) for k, w in windows.items()}
+        checked = range(0, 200, 7)
+        want = {
+            (k, run): h.metric_buckets(series, *w(run), hour, source="raw")
+            for k, w in windows.items()
+            for run in checked
+        }
+
+        def query(w: Callable[[int], tuple[dt.datetime, dt.datetime]], source: str = "auto") -> Callable:
+            return lambda run: h.metric_buckets(series, *w(run), hour, source=source)
+
+        t_before = {k: timed(query(w)) for k, w in windows.items()}
         # The reference: the raw computation, every raw row aggregated by the database.
-        t_reference = timed(lambda: h.metric_buckets(series, t0, end, hour, source="raw"), runs=3)
+        t_reference = timed(query(windows["aligned"], "raw"), runs=3)
         report = compact_samples(end + dt.timedelta(hours=2))
         db.execute_sql("VACUUM")
         after = sizes()
         for k, w in windows.items():
-            a = want[k]
-            for b in (h.metric_buckets(series, *w, hour), h.metric_buckets(series, *w, hour, source="raw")):
-                assert [(x.start, x.count, x.min, x.max, x.last) for x in a] == [
-                    (x.start, x.count, x.min, x.max, x.last) for x in b
-                ], k
-                assert all(
-                    abs(x.sum - y.sum) < 1e-6 * max(1.0, abs(x.sum)) for x, y in zip(a, b, strict=True)
-                )
-        t_after = {k: timed(lambda w=w: h.metric_buckets(series, *w, hour)) for k, w in windows.items()}
+            for run in checked:
+                a = want[(k, run)]
+                for b in (query(w)(run), query(w, "raw")(run)):
+                    assert [(x.start, x.count, x.min, x.max, x.last) for x in a] == [
+                        (x.start, x.count, x.min, x.max, x.last) for x in b
+                    ], k
+                    assert all(
+                        abs(x.sum - y.sum) < 1e-6 * max(1.0, abs(x.sum)) for x, y in zip(a, b, strict=True)
+                    )
+        t_after = {k: timed(query(w)) for k, w in windows.items()}
+        codec.USE_NUMPY = False  # the cut blocks decoded in plain Python
+        t_pure = {k: timed(query(w)) for k, w in windows.items()}
+        codec.USE_NUMPY = True
         # Without the rollups: whole hours from the blocks' summaries, the cut blocks decoded.
-        t_raw = {
-            k: timed(lambda w=w: h.metric_buckets(series, *w, hour, source="raw")) for k, w in windows.items()
-        }
+        t_raw = {k: timed(query(w, "raw")) for k, w in windows.items()}
         db.close()
     n = seconds
     print(f"\nthe store: {days} days of one rounded, noisy sample a second (5 ms jitter), {n:,} samples")
@@ -248,13 +271,19 @@ def store(days: int) -> None:
         "  7 days in 1-hour buckets, ms of wall (CPU), medians of 200 (goal <= 1 ms); "
         "answers identical to the raw ones:"
     )
-    print(f"    {'window':<12} {'raw rows + rollups':>19} {'blocks + rollups':>17} {'blocks only':>14}")
+    print(
+        f"    {'window':<12} {'raw rows + rollups':>19} {'blocks + rollups':>17} {'(no numpy)':>13} "
+        f"{'blocks only':>14}"
+    )
 
     def shown(t: tuple[float, float], width: int) -> str:
         return f"{t[0]:.2f} ({t[1]:.2f})".rjust(width)
 
     for k in windows:
-        print(f"    {k:<12} {shown(t_before[k], 19)} {shown(t_after[k], 17)} {shown(t_raw[k], 14)}")
+        print(
+            f"    {k:<12} {shown(t_before[k], 19)} {shown(t_after[k], 17)} {shown(t_pure[k], 13)} "
+            f"{shown(t_raw[k], 14)}"
+        )
     print(f"    the raw computation (source='raw' over the raw rows, aligned): {t_reference[0]:.0f} ms")
 
 
@@ -267,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-store", action="store_true", help="only the codec figures")
     args = parser.parse_args(argv)
     rng = random.Random(16)
+    codec._numpy()  # imported once here, not inside the first timing
     rows = [
         measure("manager series, regular ticks", manager_series(args.streams, 0, rng)),
         measure("manager series, 5 ms jitter", manager_series(args.streams, 5, rng)),
@@ -280,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = (
         f"{'series':<36} {'B/sample':>8} {'median':>7} {'worst':>6} {'goal':>6} "
-        f"{'encode':>7} {'decode':>7} {'numpy enc':>9}"
+        f"{'encode':>7} {'decode':>7} {'numpy enc':>9} {'numpy dec':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -289,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         numpy_rate = f"{row['numpy']:9.2f}" if row["numpy"] is not None else f"{'':>9}"
         print(
             f"{row['name']:<36} {row['bytes']:8.2f} {row['median']:7.2f} {row['worst']:6.2f} {goal:>6} "
-            f"{row['encode']:7.2f} {row['decode']:7.2f} {numpy_rate}"
+            f"{row['encode']:7.2f} {row['decode']:7.2f} {numpy_rate} {row['numpy decode']:9.2f}"
         )
     if not args.no_store:
         store(args.days)

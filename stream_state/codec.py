@@ -19,9 +19,12 @@ Prometheus' chunks, in plain Python on the standard library:
 Decoding gives back exactly the same ints and the same float bits (``-0.0``
 and values that are not short decimals take the XOR path). The standard
 library's ``array``, slicing, ``zlib`` and ``itertools.accumulate`` do the
-per-sample work in C, so no numpy is needed: encoding runs at about 1-3
-million samples a second, decoding at several million (bench/blocks.py
-measured numpy only marginally faster and made it no smaller).
+per-sample work in C, so numpy is not needed: encoding runs at about 1-3
+million samples a second, decoding at 5-9 million (bench/blocks.py).
+Decoding uses numpy when it can be imported (it is not a dependency):
+about twice as fast for a whole block, and a query whose window edge cuts a
+block late in its hour pays about 0.1 ms for it instead of up to 0.3 ms
+(``decode_between``). Both paths give the same bits (tests run both).
 
 Pure functions, no database: the block store (``models/blocks.py``) and its
 tests build on them.
@@ -38,6 +41,7 @@ import struct
 import zlib
 from array import array
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import ValidationError
 
@@ -166,6 +170,9 @@ def _decode(block: bytes | memoryview, lo: int | None, hi: int | None) -> tuple[
     if version != VERSION:
         raise ValidationError("block", version, f"unknown block version (this code reads {VERSION})")
     body = memoryview(zlib.decompress(memoryview(block)[_HEADER.size :]))
+    np = _numpy() if USE_NUMPY else None
+    if np is not None and mode in (MODE_SCALED, MODE_XOR):
+        return _decode_numpy(np, body, mode, decimals, first, time_width, value_width, split, lo, hi)
     timestamps = _timestamps(body[:split], time_width, first, hi)
     start, end = 0, len(timestamps)
     if lo is not None and hi is not None:
@@ -187,6 +194,72 @@ def _decode(block: bytes | memoryview, lo: int | None, hi: int | None) -> tuple[
     else:
         raise ValidationError("block", mode, "unknown value encoding")
     return timestamps, values
+
+
+# Decode with numpy when it can be imported (it is not a dependency): 3-10x the
+# pure-Python speed, which matters for a query whose window edge cuts a block.
+# Both give the same ints and the same float bits (tests run both).
+USE_NUMPY = True
+_np_module: Any = None
+
+
+def _numpy() -> Any:
+    """numpy, imported on first use (not at import time), or None when it is not installed."""
+    global _np_module
+    if _np_module is None:
+        try:
+            import numpy
+        except ImportError:
+            _np_module = False
+        else:
+            _np_module = numpy
+    return _np_module or None
+
+
+def _decode_numpy(
+    np: Any,
+    body: memoryview,
+    mode: int,
+    decimals: int,
+    first: int,
+    time_width: int,
+    value_width: int,
+    split: int,
+    lo: int | None,
+    hi: int | None,
+) -> tuple[list[int], list[float]]:
+    """``_decode``'s work on numpy arrays: the same numbers, exactly."""
+
+    def column(data: memoryview, width: int, count: int | None = None) -> Any:
+        # Shuffled planes (all first bytes, then all second bytes...) back to little-endian uints.
+        planes = np.frombuffer(data, dtype=np.uint8).reshape(width, len(data) // width)[:, :count]
+        items = np.empty((planes.shape[1], width), dtype=np.uint8)
+        for j in range(width):
+            items[:, j] = planes[j]
+        return items.view(f"<u{width}").ravel().astype(np.uint64)
+
+    def signed(z: Any) -> Any:
+        return ((z >> np.uint64(1)) ^ (np.uint64(0) - (z & np.uint64(1)))).view(np.int64)
+
+    dods = signed(column(body[:split], time_width))
+    stamps = np.empty(len(dods) + 1, dtype=np.int64)
+    stamps[0] = first
+    np.cumsum(np.cumsum(dods), out=stamps[1:])
+    stamps[1:] += first
+    start, end = 0, len(stamps)
+    if lo is not None and hi is not None:
+        start = int(np.searchsorted(stamps, lo, "left"))
+        end = int(np.searchsorted(stamps, hi, "left"))
+        if start >= end:
+            return [], []
+    if mode == MODE_SCALED:
+        ints = np.cumsum(signed(column(body[split:], value_width, end)))[start:]
+        # |ints| < 2**53 and 10**decimals are exact doubles: IEEE division rounds
+        # the exact quotient, as Python's int / int does.
+        values = (ints / float(10**decimals)) if decimals else ints.astype(np.float64)
+    else:
+        values = np.bitwise_xor.accumulate(column(body[split:], 8, end))[start:].view(np.float64)
+    return stamps[start:end].tolist(), values.tolist()
 
 
 # Timestamps are decoded this many at a time, so that a window's end stops the work.

@@ -282,3 +282,13 @@ def test_a_compacted_hour_marked_stale_by_a_backfill_is_read_from_its_block(db):
     assert_exact(samples)
     refresh_rollups(until=NOW)
     assert_exact(samples)
+
+
+def test_buckets_made_by_the_fast_path_are_ordinary_frozen_buckets():
+    from stream_state.history.metrics import Bucket, _new_bucket
+
+    made = _new_bucket(T0, T0 + HOUR, 3, 6.0, 1.0, 3.0, 2.0)
+    assert made == Bucket(T0, T0 + HOUR, 3, 6.0, 1.0, 3.0, 2.0) and type(made) is Bucket
+    assert hash(made) == hash(Bucket(T0, T0 + HOUR, 3, 6.0, 1.0, 3.0, 2.0)) and made.avg == 2.0
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
+        made.count = 4  # type: ignore[misc]

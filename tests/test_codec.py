@@ -15,6 +15,15 @@ T0 = 1_780_000_000_000
 HOUR = 3600
 
 
+@pytest.fixture(autouse=True, params=["pure", "numpy"])
+def decoder(request, monkeypatch):
+    """Every test on both decoders: plain Python, and numpy when it is installed."""
+    if request.param == "numpy":
+        pytest.importorskip("numpy")
+    monkeypatch.setattr(codec, "USE_NUMPY", request.param == "numpy")
+    return request.param
+
+
 def bits(values: list[float]) -> list[bytes]:
     return [struct.pack("<d", v) for v in values]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import peewee as pw
@@ -361,19 +362,58 @@ def _buckets(
         return result
     step_td = dt.timedelta(milliseconds=step_ms)
     # Every bucket start is a multiple of the step: one datetime, then
-    # timedelta arithmetic (from_millis per bucket costs several times more).
+    # timedelta arithmetic (from_millis per bucket costs several times more);
+    # a bucket that follows the previous one starts at its (immutable) end.
     base_ms = min(bucket for _, bucket in merged)
     base = from_millis(base_ms)
+    found_list: list[Bucket] = []
+    previous_series, previous_bucket, previous_end = None, 0, base
     for (series_id, bucket), (count, total, low, high, _, last) in sorted(merged.items()):
-        opens = base + step_td * ((bucket - base_ms) // step_ms)
-        found_list = result.get(series_id)
-        if found_list is None:
+        if series_id != previous_series:
             found_list = result[series_id] = []
-        # Positional: a week of hours is 168 of these per series, on every chart refresh.
+            previous_series = series_id
+            opens = base + step_td * ((bucket - base_ms) // step_ms)
+        elif bucket == previous_bucket + step_ms:
+            opens = previous_end
+        else:
+            opens = base + step_td * ((bucket - base_ms) // step_ms)
+        previous_bucket, previous_end = bucket, opens + step_td
         found_list.append(
-            Bucket(opens, opens + step_td, int(count), float(total), float(low), float(high), float(last))
+            _new_bucket(opens, previous_end, int(count), float(total), float(low), float(high), float(last))
         )
     return result
+
+
+def _bucket_maker() -> Callable[[dt.datetime, dt.datetime, int, float, float, float, float], Bucket]:
+    """``Bucket(...)`` at about half the cost: a week of hours is 168 of them on every chart refresh.
+
+    A frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``; this sets the slots through their descriptors,
+    which is what that ends in. The result is an ordinary ``Bucket`` (equal,
+    hashable, frozen).
+    """
+    new = object.__new__
+    start, end, count, total, low, high, last = (
+        getattr(Bucket, field.name).__set__ for field in dataclasses.fields(Bucket)
+    )
+
+    def make(
+        opens: dt.datetime, closes: dt.datetime, n: int, s: float, mn: float, mx: float, lv: float
+    ) -> Bucket:
+        bucket = new(Bucket)
+        start(bucket, opens)
+        end(bucket, closes)
+        count(bucket, n)
+        total(bucket, s)
+        low(bucket, mn)
+        high(bucket, mx)
+        last(bucket, lv)
+        return bucket
+
+    return make
+
+
+_new_bucket = _bucket_maker()
 
 
 def _fold_block(

@@ -23,15 +23,20 @@ sample a second of a rounded, noisy series (604,800 samples) written by
 ``record_many``, rolled up and compacted by ``Maintenance``'s jobs: bytes per
 sample on disk (``dbstat``: the sample, block and rollup tables, before and
 after), and ``metric_buckets`` over 7 days in 1-hour buckets, aligned and
-with ends on minutes and with ends anywhere (a chart's "last 7 days"),
-against the same answer from raw samples before compaction (the goal:
-<= 1 ms), and the same with ``source="raw"`` (no rollups: whole hours from
-the blocks' stored summaries, the blocks an end cuts decoded). Not a test: CI does not run it.
+with ends on minutes, with ends anywhere, and a live chart's "last 7 days"
+(ending in two hours of raw head written after compaction), each moving
+from run to run so that its edges fall anywhere in their hours; against
+the same answer from raw samples before compaction (the live window: a
+brute force in Python), with and without numpy (the goal: <= 1 ms), and
+with ``source="raw"`` (no rollups: whole hours from the blocks' stored
+summaries, the blocks an end cuts decoded). Not a test: CI does not run it.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import math
 import random
 import statistics
 import struct
@@ -49,6 +54,7 @@ from manager import values as manager_values
 from stream_state import codec
 
 T0 = 1_780_000_000_000
+T0_MS = 1_793_491_200_000  # the store's first hour, 2026-11-01 UTC
 HOUR = 3600
 GOAL_BYTES = 2.5
 
@@ -172,6 +178,7 @@ def store(days: int) -> None:
     from stream_state import history as h
     from stream_state.compaction import compact_samples
     from stream_state.rollups import refresh_rollups
+    from stream_state.timeutil import to_millis
 
     rng = random.Random(7)
     t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -180,13 +187,22 @@ def store(days: int) -> None:
         cam = Stream.register("cam-1", "rtsp://h/1")
         seconds = days * 86400
         level = 80.0
-        for start in range(0, seconds, 3600):
-            batch = []
-            for t in range(start, start + 3600):
-                level = min(120.0, max(40.0, level + rng.choice((-0.1, 0.0, 0.1))))
-                at = t0 + dt.timedelta(seconds=t, milliseconds=rng.randint(-5, 5))
-                batch.append(("latency_ms", round(level + rng.random() * 2, 1), cam, None, at))
-            MetricSample.record_many(batch)
+        written: dict[int, float] = {}  # ts ms -> value, for the brute-force check of the live window
+
+        def write(first_s: int, last_s: int) -> None:
+            nonlocal level
+            for start in range(first_s, last_s, 3600):
+                batch = []
+                for t in range(start, start + 3600):
+                    level = min(120.0, max(40.0, level + rng.choice((-0.1, 0.0, 0.1))))
+                    jitter = rng.randint(-5, 5)
+                    at = t0 + dt.timedelta(seconds=t, milliseconds=jitter)
+                    value = round(level + rng.random() * 2, 1)
+                    batch.append(("latency_ms", value, cam, None, at))
+                    written[T0_MS + t * 1000 + jitter] = value
+                MetricSample.record_many(batch)
+
+        write(0, seconds)
         end = t0 + dt.timedelta(seconds=seconds)
         refresh_rollups(until=end)
         db.execute_sql("VACUUM")
@@ -249,6 +265,37 @@ def store(days: int) -> None:
                     assert all(
                         abs(x.sum - y.sum) < 1e-6 * max(1.0, abs(x.sum)) for x, y in zip(a, b, strict=True)
                     )
+        # A live chart's "last 7 days": two more hours written (the raw head, rolled up to
+        # two minutes before its end), the window ending in them and moving across an hour, so
+        # that its start cuts a compacted block anywhere in its hour.
+        write(seconds, seconds + 7200)
+        refresh_rollups(until=end + dt.timedelta(hours=2, minutes=-2))
+        windows["last 7 days"] = lambda run: (
+            end
+            + 60 * minute
+            + (run * dt.timedelta(seconds=37.123)) % (57 * minute)
+            - dt.timedelta(days=days),
+            end + 60 * minute + (run * dt.timedelta(seconds=37.123)) % (57 * minute),
+        )
+        stamps = sorted(written)
+        for run in checked:
+            lo, hi = (to_millis(x) for x in windows["last 7 days"](run))
+            got = [
+                (to_millis(x.start), x.count, x.min, x.max, x.last)
+                for x in query(windows["last 7 days"])(run)
+            ]
+            brute = []
+            for bucket in range(lo // 3_600_000 * 3_600_000, hi, 3_600_000):
+                inside = stamps[
+                    bisect.bisect_left(stamps, max(lo, bucket)) : bisect.bisect_left(
+                        stamps, min(hi, bucket + 3_600_000)
+                    )
+                ]
+                if inside:
+                    values = [written[ts] for ts in inside]
+                    brute.append((bucket, len(values), min(values), max(values), values[-1]))
+            assert got == brute, run
+        t_before["last 7 days"] = (math.nan, math.nan)
         t_after = {k: timed(query(w)) for k, w in windows.items()}
         codec.USE_NUMPY = False  # the cut blocks decoded in plain Python
         t_pure = {k: timed(query(w)) for k, w in windows.items()}
@@ -277,7 +324,7 @@ def store(days: int) -> None:
     )
 
     def shown(t: tuple[float, float], width: int) -> str:
-        return f"{t[0]:.2f} ({t[1]:.2f})".rjust(width)
+        return ("-" if math.isnan(t[0]) else f"{t[0]:.2f} ({t[1]:.2f})").rjust(width)
 
     for k in windows:
         print(

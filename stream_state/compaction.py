@@ -8,6 +8,12 @@ into one ``metric_block`` row (1-2 bytes a sample for rounded values, see
 invariant of ``models/blocks.py`` (an hour has a block or raw rows, never
 both) keeps their answers exact.
 
+Samples written before migration 007 are not moved by the migration (it would
+hold the upgrade's lock while millions of samples are encoded): the first
+``compact_samples`` after the upgrade moves them, and ``Maintenance`` runs
+its ``compact`` job at its first ``run_due`` (a job that never ran is due).
+Until then readers answer exactly from raw rows.
+
 Each transaction handles one series and at most ``hours_per_transaction``
 hours, under the rollup watermark's lock (FOR UPDATE on PostgreSQL), which a
 late writer takes FOR SHARE: a sample written into an hour while it is being

@@ -292,3 +292,18 @@ def test_buckets_made_by_the_fast_path_are_ordinary_frozen_buckets():
     assert hash(made) == hash(Bucket(T0, T0 + HOUR, 3, 6.0, 1.0, 3.0, 2.0)) and made.avg == 2.0
     with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         made.count = 4  # type: ignore[misc]
+
+
+def test_samples_older_than_the_block_table_move_at_the_first_maintenance_run(db):
+    # Migration 007 creates metric_block but moves nothing (README, "Upgrading a database
+    # that already has samples"): the compact job, never run before, is due at once.
+    cam = Stream.register("cam-1", "rtsp://h/1")
+    samples = write(cam, 6)
+    while rollback_one(db) != "007_metrics_capacity":
+        pass
+    migrate_to_head(db)
+    assert block_hours() == set() and len(raw_hours()) == 6
+    assert_exact(samples)
+    report = Maintenance(db, UpkeepPolicy(sample_days=None, event_days=None)).run_due(NOW)
+    assert report.ran["compact"]["blocks"] == 6 and raw_hours() == set()
+    assert_exact(samples)

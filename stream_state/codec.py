@@ -43,7 +43,7 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ValidationError
+from .errors import CorruptBlock, ValidationError
 
 VERSION = 1
 MODE_SCALED = 0
@@ -149,12 +149,18 @@ def encode(timestamps: Sequence[int], values: Sequence[float], resolution: int |
     return head + zlib.compress(time_bytes + value_bytes, _ZLIB_LEVEL)
 
 
-def decode(block: bytes | memoryview) -> tuple[list[int], list[float]]:
-    """(timestamps, values) of a block written by ``encode``, exactly."""
-    return _decode(block, None, None)
+def decode(block: bytes | memoryview, *, series_id: int | None = None) -> tuple[list[int], list[float]]:
+    """(timestamps, values) of a block written by ``encode``, exactly.
+
+    A block that cannot be decoded raises ``CorruptBlock`` naming
+    ``series_id`` (when given), never the codec's own struct or zlib error.
+    """
+    return _decode_checked(block, None, None, series_id)
 
 
-def decode_between(block: bytes | memoryview, lo: int, hi: int) -> tuple[list[int], list[float]]:
+def decode_between(
+    block: bytes | memoryview, lo: int, hi: int, *, series_id: int | None = None
+) -> tuple[list[int], list[float]]:
     """(timestamps, values) of the samples of a block with ``lo <= timestamp < hi``, exactly.
 
     The whole block is decompressed, but timestamps and values are built
@@ -162,13 +168,25 @@ def decode_between(block: bytes | memoryview, lo: int, hi: int) -> tuple[list[in
     values turned into floats only in the range: an edge of a query window
     that cuts a block early in its hour pays for that part, not the hour.
     """
-    return _decode(block, lo, hi)
+    return _decode_checked(block, lo, hi, series_id)
+
+
+def _decode_checked(
+    block: bytes | memoryview, lo: int | None, hi: int | None, series_id: int | None
+) -> tuple[list[int], list[float]]:
+    try:
+        return _decode(block, lo, hi)
+    except CorruptBlock as exc:
+        raise CorruptBlock(exc.reason, series_id) from None
+    except (zlib.error, struct.error, ValueError, IndexError, OverflowError, TypeError) as exc:
+        # A garbled payload fails somewhere in the decoding: say what it is, not where.
+        raise CorruptBlock(f"{type(exc).__name__}: {exc}", series_id) from exc
 
 
 def _decode(block: bytes | memoryview, lo: int | None, hi: int | None) -> tuple[list[int], list[float]]:
     version, mode, decimals, _count, first, time_width, value_width, split = _HEADER.unpack_from(block)
     if version != VERSION:
-        raise ValidationError("block", version, f"unknown block version (this code reads {VERSION})")
+        raise CorruptBlock(f"block version {version}, this code reads {VERSION}")
     body = memoryview(zlib.decompress(memoryview(block)[_HEADER.size :]))
     np = _numpy() if USE_NUMPY else None
     if np is not None and mode in (MODE_SCALED, MODE_XOR):
@@ -192,7 +210,7 @@ def _decode(block: bytes | memoryview, lo: int | None, hi: int | None) -> tuple[
         bits = array("Q", itertools.accumulate(xors, operator.xor))
         values = array("d", bits[start:].tobytes()).tolist()
     else:
-        raise ValidationError("block", mode, "unknown value encoding")
+        raise CorruptBlock(f"unknown value encoding {mode}")
     return timestamps, values
 
 

@@ -107,6 +107,19 @@ class StreamRemoved(NotFound):
         self.key = name
 
 
+class CorruptBlock(StreamStateError):
+    """A compacted metric block cannot be decoded: garbled on disk, or written by a newer stream_state."""
+
+    def __init__(self, reason: str, series_id: int | None = None):
+        self.reason = reason
+        self.series_id = series_id
+        which = "a metric block" if series_id is None else f"a metric block of series {series_id}"
+        super().__init__(
+            f"{which} cannot be decoded ({reason}): the database is damaged there, or was written "
+            "by a newer stream_state; the query that needs that hour fails, the others still answer"
+        )
+
+
 class TickFailed(StreamStateError):
     """A tick (``stream_state.Tick()``) was not written: the database refused some of its calls.
 

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from stream_state import codec
-from stream_state.errors import ValidationError
+from stream_state.errors import CorruptBlock, StreamStateError, ValidationError
 
 T0 = 1_780_000_000_000
 HOUR = 3600
@@ -117,5 +117,27 @@ def test_bad_blocks_and_bad_input_are_refused():
         codec.encode([], [])
     block = bytearray(codec.encode([T0], [1.0]))
     block[0] = 99
-    with pytest.raises(ValidationError, match="version"):
+    with pytest.raises(CorruptBlock, match="version 99"):
         codec.decode(bytes(block))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:5],  # cut inside the header
+        lambda b: b[:-7],  # cut inside the compressed body
+        lambda b: b[:20] + bytes(len(b) - 20),  # body zeroed
+        lambda b: b[:1] + b"\x07" + b[2:],  # an unknown value encoding
+        lambda b: b"\x01garbled",
+    ],
+)
+def test_a_garbled_block_is_a_corrupt_block_error_naming_the_series(damage):
+    """Never the codec's own struct or zlib error: the caller gets the package's error and the series."""
+    good = codec.encode([T0 + i * 1000 for i in range(500)], [float(i % 7) for i in range(500)])
+    for decode in (
+        lambda b: codec.decode(b, series_id=42),
+        lambda b: codec.decode_between(b, T0, T0 + 9, series_id=42),
+    ):
+        with pytest.raises(CorruptBlock, match="series 42") as info:
+            decode(damage(good))
+        assert info.value.series_id == 42 and isinstance(info.value, StreamStateError)

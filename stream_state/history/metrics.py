@@ -425,7 +425,7 @@ def _fold_block(
     is a slice found by bisection and aggregated by the builtins, not
     sample by sample in Python.
     """
-    stamps, values = codec.decode_between(payload, lo, hi)
+    stamps, values = codec.decode_between(payload, lo, hi, series_id=series_id)
     i, end = 0, len(stamps)
     while i < end:
         bucket = stamps[i] // step * step

@@ -109,7 +109,7 @@ class MetricBlock(BaseModel):
         ).fetchall()
         found: dict[int, tuple[list[int], list[float]]] = {}
         for series_id, payload in rows:
-            stamps, values = codec.decode_between(bytes(payload), lo, hi)
+            stamps, values = codec.decode_between(bytes(payload), lo, hi, series_id=series_id)
             into = found.setdefault(series_id, ([], []))
             into[0].extend(stamps)
             into[1].extend(values)
@@ -137,7 +137,7 @@ class MetricBlock(BaseModel):
             return 0
         rows: list[tuple[int, int, float]] = []
         for series_id, _hour, payload in found:
-            stamps, values = codec.decode(bytes(payload))
+            stamps, values = codec.decode(bytes(payload), series_id=series_id)
             rows.extend(zip([series_id] * len(stamps), stamps, values, strict=True))
         with pw.__exception_wrapper__:  # type: ignore[attr-defined]
             # Through the dialect: watched and translated like execute_sql, batched on psycopg2.
@@ -180,7 +180,7 @@ class MetricBlock(BaseModel):
         ).fetchone()
         trimmed = 0
         if cut is not None:
-            stamps, values = codec.decode(bytes(cut[0]))
+            stamps, values = codec.decode(bytes(cut[0]), series_id=series_id)
             keep = [i for i, ts in enumerate(stamps) if ts >= cutoff]
             trimmed = len(stamps) - len(keep)
             if keep:

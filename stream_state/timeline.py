@@ -53,7 +53,16 @@ from .errors import StorageFull, StreamStateError, ValidationError
 from .history import resolve_stream
 from .history.eventlog import MAX_PAGE, events
 from .history.health import health_transitions
-from .history.segments import DEFAULT_TOLERANCE, Gap, coverage, recordings, segment_states
+from .history.segments import (
+    DEFAULT_TOLERANCE,
+    Gap,
+    SegmentStates,
+    coverage,
+    coverage_of_states,
+    read_states,
+    recordings,
+    segment_states,
+)
 from .history.storage import UsageRow, storage_usage
 from .models import Event, Recording, Stream
 from .states import EventType, HealthState, SegmentState, Severity
@@ -273,26 +282,30 @@ def merge_spans(segments: Sequence[Segment], pixel_ms: float) -> list[Span]:
     return spans
 
 
-def merge_states(rows: Iterable[tuple[int, int, str]], pixel_ms: float) -> list[Span]:
+def merge_states(rows: Iterable[tuple[int, int, str | None]], pixel_ms: float) -> list[Span]:
     """``merge_spans`` for (start, end, segment state) rows read from the index: no sizes, no paths.
 
-    A tight loop over plain tuples: a week of 1,000 streams is ten million rows.
+    A state of None is "complete" (``history.read_states``' rows). A tight
+    loop over plain tuples: a week of 1,000 streams is ten million rows.
     """
     spans: list[Span] = []
     cur_start = cur_end = count = 0
-    cur_state: str | None = None
+    cur_state: Any = _NO_STATE
     for start, end, state in rows:
         if state == cur_state and start - cur_end < pixel_ms:
             if end > cur_end:
                 cur_end = end
             count += 1
             continue
-        if cur_state is not None:
+        if count:
             spans.append(Span(cur_start, cur_end, _SHOWN.get(cur_state, cur_state), count, 0, "", ""))
         cur_start, cur_end, cur_state, count = start, end, state, 1
-    if cur_state is not None:
+    if count:
         spans.append(Span(cur_start, cur_end, _SHOWN.get(cur_state, cur_state), count, 0, "", ""))
     return spans
+
+
+_NO_STATE = object()  # before the first row: equal to no state, None included
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -564,8 +577,13 @@ def _tuples(query: Any) -> Iterable[tuple[Any, ...]]:
     return cast(Iterable[tuple[Any, ...]], query)
 
 
-_SHOWN = {SegmentState.RECORDING.value: "open"}  # display names of segment states
+# Display names of segment states; None is how read_states reads "complete".
+_SHOWN: dict[str | None, str] = {SegmentState.RECORDING.value: "open", None: SegmentState.COMPLETE.value}
 _COMPLETE = SegmentState.COMPLETE.value
+
+
+def _shown(state: str | None) -> str:
+    return _SHOWN.get(state) or cast(str, state)
 
 
 def _display_state(state: str, archived: bool, open_: bool) -> str:
@@ -597,22 +615,29 @@ def _lane(
         return Lane(stream.id, stream.name, since_ms, since_ms, (), (), (), (), 0)
     segments: list[Segment] | None = None
     rows: Any = []
+    states: SegmentStates | None = None
     if detail:
         segments = whole = _segments(stream, start, end, now_ms)
-        starts = [seg.start for seg in whole]
+        first = whole[0].start if whole else None
         spans = merge_spans(whole, pixel_ms)
     else:
-        states = segment_states(stream, from_millis(start), from_millis(end), now=from_millis(now_ms))
-        starts = [row[0] for row in states]
-        spans = merge_states(states, pixel_ms)
+        # One read of the index for the spans and the holes: coverage_of_states
+        # decides the holes from the same rows, by coverage's rules.
+        states = read_states(stream, from_millis(start), from_millis(end), now=from_millis(now_ms))
+        ordered = states.merged()
+        first = ordered[0][0] if ordered else None
+        spans = merge_states(ordered, pixel_ms)
         # Enough for explain_hole's first look; no number (-1), no path.
-        rows = _LazySegments(states)
+        rows = _LazySegments(ordered)
     created = to_millis(stream.created_at) if stream.created_at else start
-    start = max(start, min(created, starts[0]) if starts else created)
+    start = max(start, min(created, first) if first is not None else created)
     if end <= start:
         return Lane(stream.id, stream.name, end, end, (), (), (), (), 0)
     since, until = from_millis(start), from_millis(end)
-    cover = coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms), reasons=True)
+    if states is None:
+        cover = coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms), reasons=True)
+    else:
+        cover = coverage_of_states(stream, states, since, until, tolerance=tolerance, reasons=True)
     events = _events(stream.id, start, end)
     health = _health(stream, start, end, events)
     statuses = [
@@ -623,7 +648,7 @@ def _lane(
         explain_hole, health=health, system=system, statuses=statuses, clock_events=clock_events, zone=zone
     )
     holes = []
-    for gap, nearby in _near_gaps(starts, segments or rows, cover.gaps):
+    for gap, nearby in _near_gaps(segments if segments is not None else rows, cover.gaps):
         gap_start, gap_end = to_millis(gap.start), to_millis(gap.end)
         told = [reason.message for reason in gap.reasons]
         if segments is not None:
@@ -721,30 +746,45 @@ def _segments(stream: Stream, start: int, end: int, now_ms: int) -> list[Segment
 class _LazySegments:
     """(start, end, state) rows seen as Segments (number -1, no path) only where sliced: near a hole."""
 
-    def __init__(self, rows: list[tuple[int, int, str]]):
+    def __init__(self, rows: list[tuple[int, int, str | None]]):
         self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, part: slice) -> list[Segment]:
-        return [Segment(-1, a, b, _SHOWN.get(state, state), 0, "") for a, b, state in self.rows[part]]
+        return [Segment(-1, a, b, _shown(state), 0, "") for a, b, state in self.rows[part]]
+
+    def start(self, i: int) -> int:
+        return self.rows[i][0]
 
 
-def _near_gaps(starts: list[int], segments: Any, gaps: Sequence[Gap]) -> list[tuple[Gap, list[Segment]]]:
-    """Each gap with the segments around it (in start order).
+def _row_start(row: tuple[Any, ...]) -> Any:
+    return row[0]
 
-    ``starts`` are the window's segment starts in order; a bisection finds
-    the few segments before the gap (the one that ended where it begins is
-    among them), those starting inside it and the first one after it, so a
-    week of segments is not scanned once per hole.
+
+def _segment_start(segment: Segment) -> int:
+    return segment.start
+
+
+def _near_gaps(segments: Any, gaps: Sequence[Gap]) -> list[tuple[Gap, list[Segment]]]:
+    """Each gap with the segments around it (``segments``: a list of Segment or _LazySegments, by start).
+
+    A bisection finds the few segments before the gap (the one that ended
+    where it begins is among them), those starting inside it and the first
+    one after it, so a week of segments is not scanned once per hole.
     """
+    if isinstance(segments, _LazySegments):
+        items: Sequence[Any] = segments.rows
+        key: Any = _row_start
+    else:
+        items, key = segments, _segment_start
     found = []
     for gap in gaps:
         gap_start, gap_end = to_millis(gap.start), to_millis(gap.end)
-        lo = max(0, bisect.bisect_left(starts, gap_start - DOWN_SLACK_MS) - NEAR_BEFORE)
-        hi = min(bisect.bisect_left(starts, gap_end) + 1, len(starts))
-        hi = max(hi, bisect.bisect_right(starts, gap_end + DOWN_SLACK_MS))
+        lo = max(0, bisect.bisect_left(items, gap_start - DOWN_SLACK_MS, key=key) - NEAR_BEFORE)
+        hi = min(bisect.bisect_left(items, gap_end, key=key) + 1, len(items))
+        hi = max(hi, bisect.bisect_right(items, gap_end + DOWN_SLACK_MS, key=key))
         found.append((gap, segments[lo:hi]))
     return found
 

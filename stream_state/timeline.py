@@ -48,11 +48,13 @@ from pathlib import Path
 from typing import Any, cast
 from xml.etree import ElementTree
 
+import peewee as pw
+
+from .backends import current_database
 from .cli_output import format_duration, format_size
 from .errors import StorageFull, StreamStateError, ValidationError
 from .history import resolve_stream
 from .history.eventlog import MAX_PAGE, events
-from .history.health import health_transitions
 from .history.segments import (
     DEFAULT_TOLERANCE,
     Gap,
@@ -414,21 +416,27 @@ def _dedupe(items: list[str]) -> list[str]:
 
 def merge_ticks(events: Iterable[Tick], pixel_ms: float) -> list[Tick]:
     """One tick per ``pixel_ms``: the most severe event (the first of equals), with the count."""
-    merged: dict[int, list[Any]] = {}  # key -> [rank, tick, count]
+    return _merge_tick_rows(((t.at, t.type, t.severity, t.message, t.count) for t in events), pixel_ms)
+
+
+def _merge_tick_rows(rows: Iterable[tuple[int, str, str, str, int]], pixel_ms: float) -> list[Tick]:
+    """``merge_ticks`` of (at, type, severity, message, count) rows: a Tick made only for each one shown."""
+    merged: dict[int, list[Any]] = {}  # key -> [rank, row, count]
     rank_of = _SEVERITY_RANK.get
-    for tick in events:
-        key = int(tick.at // pixel_ms) if pixel_ms > 0 else tick.at
-        rank = rank_of(tick.severity, 0)
+    for row in rows:
+        at = row[0]
+        key = int(at // pixel_ms) if pixel_ms > 0 else at
+        rank = rank_of(row[2], 0)
         found = merged.get(key)
         if found is None:
-            merged[key] = [rank, tick, tick.count]
+            merged[key] = [rank, row, row[4]]
             continue
-        found[2] += tick.count
+        found[2] += row[4]
         if rank > found[0]:
-            found[0], found[1] = rank, tick
+            found[0], found[1] = rank, row
     return [
-        tick if count == tick.count else dataclasses.replace(tick, count=count)
-        for _rank, tick, count in sorted(merged.values(), key=lambda item: item[1].at)
+        Tick(row[0], row[1], row[2], row[3], count)
+        for _rank, row, count in sorted(merged.values(), key=lambda item: item[1][0])
     ]
 
 
@@ -666,9 +674,9 @@ def _lane(
         holes.append(hole)
     shown = _SEVERITY_RANK[tick_severity]
     health_changed = EventType.HEALTH_CHANGED.value
-    ticks = merge_ticks(
+    ticks = _merge_tick_rows(
         (
-            Tick(at, kind, severity, message or kind, 1)
+            (at, kind, severity, message or kind, 1)
             for at, kind, severity, message, _, _ in events
             if kind != health_changed  # the health band shows those
             and _SEVERITY_RANK.get(severity, 1) >= shown
@@ -688,6 +696,38 @@ def _lane(
     )
 
 
+class _Prepared:
+    """A query peewee builds once, run again with other values where its marker values were.
+
+    Building a query costs peewee about a millisecond, more than running
+    these ones: a week of 1,000 lanes ran thousands of them. ``build`` takes
+    one value per marker and returns the query; the markers are values no
+    caller passes (large, distinct), so each of the query's parameters that
+    equals one is that argument's place. The SQL is kept per database class
+    (SQLite and PostgreSQL write it differently).
+    """
+
+    MARKERS = (987_654_321_987, 1_111_111_111_111, 1_222_222_222_222, 3_333_333_333)
+
+    def __init__(self, build: Any, arity: int):
+        self.build = build
+        self.markers = self.MARKERS[:arity]
+        self.made: dict[tuple[type, str], tuple[str, list[Any], list[int]]] = {}
+
+    def rows(self, *values: Any) -> list[tuple[Any, ...]]:
+        db = current_database()
+        key = (type(db), db.param)
+        if key not in self.made:
+            sql, params = self.build(*self.markers).sql()
+            slots = [self.markers.index(p) if p in self.markers else -1 for p in params]
+            if set(range(len(self.markers))) - set(slots):  # an argument went elsewhere: no template
+                return _raw(self.build(*values))
+            self.made[key] = (sql, list(params), slots)
+        sql, params, slots = self.made[key]
+        bound = [values[slot] if slot >= 0 else param for param, slot in zip(params, slots, strict=True)]
+        return list(db.execute_sql(sql, bound).fetchall())
+
+
 def _raw(query: Any) -> list[tuple[Any, ...]]:
     """A peewee query's rows as the driver returns them (stored values, no conversion)."""
     sql, params = query.sql()
@@ -700,28 +740,78 @@ def _events(stream_id: int, start: int, end: int) -> list[tuple[int, str, str, s
     The newest ``MAX_TICKS_PER_LANE`` at most, read on the (stream, ts) index
     like ``history.events``, but as plain values: event models cost a
     hundred times more per row, and a week has thousands of events a lane.
+    Only status and health changes have their data read (the JSON parsed).
     """
-    query = (
+    rows = _LANE_EVENTS.rows(stream_id, start, end, MAX_TICKS_PER_LANE)
+    rows.reverse()
+    return cast(list[tuple[int, str, str, str | None, Any, Any]], rows)
+
+
+_CHANGES = [EventType.STATUS_CHANGED.value, EventType.HEALTH_CHANGED.value]
+
+
+def _lane_events_query(stream_id: int, start: int, end: int, limit: int) -> Any:
+    def of_changes(value: Any) -> Any:
+        return pw.Case(None, [(Event.type.in_(_CHANGES), value)], None)
+
+    return (
         Event.select(
             Event.ts,
             Event.type,
             Event.severity,
             Event.message,
-            Event.data["new"].as_text(),
-            Event.data["reason"].as_text(),
+            of_changes(Event.data["new"].as_text()),
+            of_changes(Event.data["reason"].as_text()),
         )
         .where((Event.stream == stream_id) & (Event.ts >= start) & (Event.ts < end))
         .order_by(Event.ts.desc(), Event.id.desc())
-        .limit(MAX_TICKS_PER_LANE)
+        .limit(limit)
     )
-    rows = [(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in _raw(query)]
-    rows.reverse()
-    return rows
 
 
-def _segments(stream: Stream, start: int, end: int, now_ms: int) -> list[Segment]:
-    """The segments of ``history.recordings`` with their index, state, size and path."""
-    query = recordings(stream, from_millis(start), from_millis(end)).select(
+_LANE_EVENTS = _Prepared(_lane_events_query, 4)
+
+
+def _health_before_query(stream_id: int, before: int) -> Any:
+    """The last health change of a stream before a time: its data's new state and reason."""
+    return (
+        Event.select(Event.data["new"].as_text(), Event.data["reason"].as_text())
+        .where(
+            (Event.stream == stream_id) & (Event.type == EventType.HEALTH_CHANGED.value) & (Event.ts < before)
+        )
+        .order_by(Event.ts.desc(), Event.id.desc())
+        .limit(1)
+    )
+
+
+_HEALTH_BEFORE = _Prepared(_health_before_query, 2)
+
+
+def _health_changes_query(stream_id: int, start: int, end: int) -> Any:
+    """(ts, new, reason) of a stream's health changes in [start, end), oldest first.
+
+    The rows ``history.health_transitions`` reads, as plain values (it makes
+    a datetime and an enum of each: most of the time of a busy lane).
+    """
+    return (
+        Event.select(Event.ts, Event.data["new"].as_text(), Event.data["reason"].as_text())
+        .where(
+            (Event.stream == stream_id)
+            # || '' keeps SQLite off the (type, ts) index: every stream's
+            # health changes of the window, where the stream's own are few.
+            & (Event.type.concat("") == EventType.HEALTH_CHANGED.value)
+            & (Event.ts >= start)
+            & (Event.ts < end)
+        )
+        .order_by(Event.ts, Event.id)
+    )
+
+
+_HEALTH_CHANGES = _Prepared(_health_changes_query, 3)
+
+
+def _segments_query(stream_id: int, start: int, end: int) -> Any:
+    return recordings(Stream(id=stream_id), from_millis(start), from_millis(end)).select(
         Recording.segment_index,
         Recording.started_at,
         Recording.ended_at,
@@ -731,11 +821,19 @@ def _segments(stream: Stream, start: int, end: int, now_ms: int) -> list[Segment
         Recording.size_bytes,
         Recording.path,
     )
+
+
+_SEGMENTS = _Prepared(_segments_query, 3)
+
+
+def _segments(stream: Stream, start: int, end: int, now_ms: int) -> list[Segment]:
+    """The segments of ``history.recordings`` with their index, state, size and path."""
     found = []
     # The query's own SQL on the cursor: times come back as the stored epoch
     # ms, with none of peewee's per-row conversion (20 us a row, most of the
     # time of a week of segments).
-    for index, started, ended, checkpoint, state, archived, size, path in _raw(query):
+    rows = _SEGMENTS.rows(stream.id, start, end)
+    for index, started, ended, checkpoint, state, archived, size, path in rows:
         # An open segment reaches now or its last checkpoint, as coverage counts it.
         seg_end = ended if ended is not None else max(now_ms, checkpoint or 0)
         display = _display_state(state, bool(archived), open_=ended is None)
@@ -844,26 +942,19 @@ def _health(
 
     The changes come from the lane's events (``_events``, read once: the
     same rows ``history.health_transitions`` reads, in the same order),
-    unless those were cut at ``MAX_TICKS_PER_LANE``; then from
-    ``health_transitions`` itself, so the band is never cut.
+    unless those were cut at ``MAX_TICKS_PER_LANE``; then from a query of
+    the health changes alone, so the band is never cut.
     """
-    before = events(
-        stream=stream.id, type=EventType.HEALTH_CHANGED.value, until=from_millis(start), limit=1
-    ).events
     state, reason = HealthState.UNKNOWN.value, None
-    if before:
-        data = before[0].data or {}
-        state, reason = str(data.get("new") or state), data.get("reason")
+    for new, why in _HEALTH_BEFORE.rows(stream.id, start):
+        state, reason = str(new or state), why
     kind = EventType.HEALTH_CHANGED.value
     if len(lane_events) < MAX_TICKS_PER_LANE:
         changes: Iterable[tuple[int, Any, Any]] = [
             (at, new, why) for at, type_, _, _, new, why in lane_events if type_ == kind
         ]
     else:
-        changes = [
-            (to_millis(change.at), change.new, change.reason)
-            for change in health_transitions(stream.id, from_millis(start), from_millis(end))
-        ]
+        changes = _HEALTH_CHANGES.rows(stream.id, start, end)
     pieces: list[HealthPiece] = []
     at = start
     for change_ms, new, why in changes:

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--width", type=int, default=tl.DEFAULT_WIDTH)
     parser.add_argument("--out", type=Path, help="keep the pictures in this directory")
+    parser.add_argument(
+        "--formats", default="png,svg,html", help="which pictures to draw (default: png,svg,html)"
+    )
     args = parser.parse_args(argv)
 
     segment_ms = round(args.segment_seconds * 1000)
@@ -106,16 +109,18 @@ def main(argv: list[str] | None = None) -> None:
 
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="stream-state-timeline-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for fmt in ("png", "svg", "html"):
+    for fmt in args.formats.split(","):
         target = out_dir / f"timeline.{fmt}"
         started, cpu = time.perf_counter(), time.process_time()
         tl.render(timeline=collected, out=target)
-        drawn = time.perf_counter() - started
+        drawn, drawn_cpu = time.perf_counter() - started, time.process_time() - cpu
         size = target.stat().st_size / 2**20
         print(
             f"draw      {fmt:4}                                {drawn:6.2f} s = {drawn / read:.2f}x collect "
-            f"(CPU {time.process_time() - cpu:.1f} s, {size:.1f} MiB)"
+            f"(CPU {drawn_cpu:.1f} s, {size:.1f} MiB)"
         )
+        if fmt == "png":
+            print(f"read + PNG: {read + drawn:.1f} s, CPU {read_cpu + drawn_cpu:.1f} s")
         if args.out is None:
             target.unlink()
     if args.out is None:

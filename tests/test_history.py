@@ -326,6 +326,29 @@ def test_coverage_and_gaps_match_brute_force(db, segments):
         ) == list(found.gaps)
 
 
+def test_coverage_of_states_is_coverage_from_the_rows_read_once(db, segments):
+    # The timeline reads a stream's segments once (read_states) for its spans
+    # and its holes: the coverage it computes from them is coverage's own,
+    # whatever the window, the tolerance and the states in it.
+    one, _, rows = segments
+    rng = random.Random(17)
+    now = from_millis(max(r["started_at"] for r in rows) + 60_000)
+    assert any(r["ended_at"] is None for r in rows)  # open ones among them
+    for since, until in random_windows(rng, rows, 40):
+        tolerance = dt.timedelta(milliseconds=rng.choice([0, 1, 1000, 60_000]))
+        window = from_millis(since), from_millis(until)
+        states = h.read_states(one, *window, now=now)
+        assert states.rows() == h.segment_states(one, *window, now=now)
+        assert {state for _start, _end, state in states.closed} <= {None} | set(SegmentState) - {"complete"}
+        expected = h.coverage(one, *window, tolerance, now=now, reasons=True)
+        assert h.coverage_of_states(one, states, *window, tolerance, reasons=True) == expected
+        # Rows read for a wider window give the narrower window's coverage.
+        wider = h.read_states(one, from_millis(since - 3_600_000), from_millis(until + 3_600_000), now=now)
+        assert h.coverage_of_states(one, wider, *window, tolerance) == h.coverage(
+            one, *window, tolerance, now=now
+        )
+
+
 def test_gaps_of_a_simple_day(db):
     stream = StreamFactory()
     for i, (start, end) in enumerate([(0, 10), (10, 20), (20.5, 30), (90, 100)]):

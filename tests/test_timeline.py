@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import re
 import shutil
 import struct
@@ -352,6 +353,30 @@ def test_png_pixels_show_the_spans_and_each_hole_in_its_reasons_colour(db):
         inside = pixels(lane, sum(window) / 2)
         assert rgba(tl.HOLE_COLOURS[reason]) in inside and rgba("white") in inside, (lane, inside)
     assert pixels(0, 50) == {rgba(tl.SPAN_COLOURS["complete"])}
+
+
+def test_each_column_of_the_raster_shows_the_last_item_painted_over_it():
+    # _owners answers for every column at once what painting the items in
+    # turn would leave: in time order (binary search) and out of it (a loop).
+    numpy = pytest.importorskip("numpy")
+    rng = random.Random(3)
+    for case in range(200):
+        count, columns = rng.randrange(0, 30), rng.randrange(1, 40)
+        c0 = sorted(rng.randrange(0, columns + 1) for _ in range(count))
+        widths = [rng.randrange(0, 6) for _ in range(count)]
+        c1 = [min(columns, a + w) for a, w in zip(c0, widths, strict=True)]
+        if case % 2:
+            c1 = list(numpy.maximum.accumulate(c1)) if c1 else c1  # both bounds in order
+        if case % 5 == 0:
+            order = list(range(count))
+            rng.shuffle(order)
+            c0, c1 = [c0[k] for k in order], [c1[k] for k in order]
+        painted = [-1] * columns
+        for k, (a, b) in enumerate(zip(c0, c1, strict=True)):
+            painted[a:b] = [k] * len(painted[a:b])
+        starts, ends = numpy.asarray(c0, dtype=numpy.int64), numpy.asarray(c1, dtype=numpy.int64)
+        found = tl._owners(starts, ends, columns)
+        assert found.tolist() == painted, (c0, c1)
 
 
 def test_render_without_out_returns_the_figure(db):

@@ -1,7 +1,8 @@
 """Read-side questions about the past: what was recorded, where the holes are, what used the disk,
 what happened, and how the metrics looked. One module per noun:
 
-- ``segments``: ``recordings``, ``segment_rows``, ``latest_segments``, ``coverage``, ``gaps``
+- ``segments``: ``recordings``, ``segment_rows``, ``latest_segments``, ``coverage``, ``gaps``,
+  ``segment_states``, ``read_states`` with ``coverage_of_states`` (both from one read, for pictures)
 - ``storage``: ``storage_usage``, ``segment_counts``
 - ``eventlog``: ``events``
 - ``health``: ``current_health``, ``health_transitions``
@@ -70,11 +71,15 @@ from .segments import (
     Gap,
     GapReason,
     SegmentRow,
+    SegmentStates,
     coverage,
+    coverage_of_states,
     gaps,
     latest_segments,
+    read_states,
     recordings,
     segment_rows,
+    segment_states,
 )
 from .storage import UsageRow, segment_counts, storage_usage
 from .streams import StreamOverview, stream_overview
@@ -111,12 +116,14 @@ __all__ = [
     "RollupReport",
     "SamplePoint",
     "SegmentRow",
+    "SegmentStates",
     "SeriesBuckets",
     "SeriesInfo",
     "StreamHealth",
     "StreamOverview",
     "UsageRow",
     "coverage",
+    "coverage_of_states",
     "current_health",
     "events",
     "gaps",
@@ -129,12 +136,14 @@ __all__ = [
     "metric_samples",
     "metric_values",
     "note_late_samples",
+    "read_states",
     "rebuild_usage",
     "recordings",
     "refresh_rollups",
     "resolve_stream",
     "segment_counts",
     "segment_rows",
+    "segment_states",
     "storage_usage",
     "stream_overview",
 ]

@@ -83,6 +83,7 @@ import stream_state
 from stream_state import Event, MetricSample, Recording, Stream, open_database
 from stream_state.database import sqlite_pragmas
 from stream_state.models import database_proxy
+from stream_state.models.session import forget_process_session
 
 T0 = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 SECOND = dt.timedelta(seconds=1)
@@ -616,6 +617,8 @@ def aio_mode(backend: Backend, plan: Plan, batch: bool) -> Row:
     sync_db = open_database(url, **{k: v for k, v in params.items()})
     cams = make_cams(plan.streams)
     open_segments(cams, "api")
+    # The setup's session ends cleanly, so that the async database's session takes its streams.
+    forget_process_session(sync_db)
     close(sync_db)
     tally = Tally()
 

@@ -1,4 +1,4 @@
-"""The asyncio face of stream_state, on peewee's own ``playhouse.pwasyncio``.
+"""The asyncio face of stream_state: database threads on SQLite, ``playhouse.pwasyncio`` on PostgreSQL.
 
 A stream manager that runs on an event loop must never block it on a
 database call: every stream it drives would stall. This module gives it the
@@ -16,14 +16,25 @@ same package, awaitable::
 
 Nothing here re-implements a rule. Each coroutine runs the very same
 synchronous domain method (``Stream.begin_segment``, ``MetricSample.record_many``,
-``Restorer.restore``...) on pwasyncio's greenlet bridge: the method's code
-runs on the loop's thread, and wherever it would wait for the database it
-hands the query to aiosqlite or asyncpg and yields to the loop. So the
-validation, the transactions, the events written and the errors raised are
-exactly those of the synchronous API.
+``Restorer.restore``...), so the validation, the transactions, the events
+written and the errors raised are exactly those of the synchronous API.
+Where the method runs depends on the backend:
 
-``async with aio.open_database_async(url) as db:`` closes the pool at the
-end of the block.
+* **SQLite**: the whole call (the method, all its statements, its commit)
+  is handed in one hop to a database thread that owns a plain sqlite3
+  connection (``stream_state.dbthreads``), and the loop awaits one future.
+  Writes go to one writer thread, in the order they come (SQLite has one
+  writer at a time anyway); calls that only read go to up to
+  ``pool_size - 1`` reader threads, which WAL lets read while the writer
+  writes. The loop's thread does no database work at all.
+* **PostgreSQL**: the method runs on pwasyncio's greenlet bridge: its code
+  runs on the loop's thread, and wherever it would wait for the database it
+  hands the statement to asyncpg and yields to the loop. Each call takes a
+  pooled connection and gives it back when it returns, so a hundred stream
+  tasks share a pool of ``pool_size`` connections.
+
+``async with aio.open_database_async(url) as db:`` closes the threads or
+the pool at the end of the block.
 
 Things to know:
 
@@ -33,32 +44,34 @@ Things to know:
   queries), ``await aio.fetch(query)`` for the rows of a query, or
   ``await aio.fetch(history.recordings, "cam-1", since, until)`` for a
   function that builds one.
-* Each call takes a pooled connection and gives it back when it returns, so
-  a hundred stream tasks share a pool of ``pool_size`` connections (plain
-  ``await db.run(fn)`` would tie a connection to the task until it ends).
-  Inside ``async with aio.atomic():`` the calls of that task share one
-  connection and one transaction.
-* On SQLite the calls that may write queue on one ``asyncio.Lock`` before
-  they take a connection: SQLite has one writer at a time anyway, and a
-  queue in the loop is fairer than writers sleeping in SQLite's busy
-  handler, and keeps aiosqlite's threads from fighting the loop for the GIL.
-  Writers in other processes still wait on the busy timeout, and every
-  write transaction still begins ``IMMEDIATE``.
-* The loop never waits for the database, but the Python part of a call
-  (validation, building SQL, reading rows) runs on the loop's thread, as
-  any coroutine's code does: well under a millisecond for a segment or
-  health call, more for a big metric batch or a history query over many
-  rows. Maintenance that pauses between batches (``pause_seconds``) sleeps
-  on the loop's thread: pass ``pause_seconds=0`` from here.
+* Inside ``async with aio.atomic():`` the calls of that task share one
+  connection and one transaction, across whatever else the task awaits in
+  between. On SQLite the block holds the writer thread: other tasks'
+  writes wait until it ends (bounded by ``acquire_timeout``), their reads go
+  on and see what was committed before it. Keep such blocks short.
+* On SQLite, writers in other processes still wait on the busy timeout,
+  and every write transaction still begins ``IMMEDIATE``. A call whose task
+  is cancelled (``asyncio.wait_for`` timing out) returns at once; on its
+  thread it stops before its next statement (a statement waiting for
+  another process's lock is interrupted) and its transaction rolls back.
+* The loop never waits for the database. On PostgreSQL the Python part of
+  a call (validation, building SQL, reading rows) runs on the loop's
+  thread, as any coroutine's code does: well under a millisecond for a
+  segment or health call, more for a big metric batch or a history query
+  over many rows. On SQLite it runs on the database thread (and shares the
+  GIL with the loop). Maintenance that pauses between batches
+  (``pause_seconds``) sleeps on the loop's thread on PostgreSQL: pass
+  ``pause_seconds=0`` from here.
 * Rows returned by queries load foreign keys lazily; in async code that
-  raises pwasyncio's ``MissingGreenletBridge``. Join what you need in the
-  query, or read ``recording.stream_id``. Objects returned by the coroutines
-  here carry what they refer to (a new segment has its ``stream`` set).
+  raises ``MissingGreenletBridge`` (the loop's thread has no connection).
+  Join what you need in the query, or read ``recording.stream_id``. Objects
+  returned by the coroutines here carry what they refer to (a new segment
+  has its ``stream`` set).
 * The models are bound to one database per process: while the async
   database is open, call the models through this module, not from threads.
 
 Needs the ``async`` extra: ``pip install 'stream_state[async]'`` (greenlet,
-aiosqlite, asyncpg). ``import stream_state`` works without it.
+and asyncpg for PostgreSQL). ``import stream_state`` works without it.
 """
 
 from __future__ import annotations
@@ -73,11 +86,11 @@ import shlex
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import peewee as pw
 
+from . import dbthreads
 from .errors import DatabaseUnavailable, OwnershipLost, StreamStateError, ValidationError
 from .pgwatch import GRACE
 
@@ -85,7 +98,7 @@ ASYNC_EXTRA_HINT = "pip install 'stream_state[async]'"
 
 
 class AsyncSupportMissing(StreamStateError, ImportError):
-    """A package the asyncio face needs (greenlet, aiosqlite or asyncpg) is not installed."""
+    """A package the asyncio face needs (greenlet, or asyncpg for PostgreSQL) is not installed."""
 
 
 try:
@@ -98,12 +111,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from .backends import (  # noqa: E402  (after the dependency check, on purpose)
     PostgresDialect,
-    SqliteDialect,
     StreamStatePostgresDatabase,
     StreamStateSqliteDatabase,
     _TranslatesDriverErrors,
+    url_backend,
 )
-from .database import connect_database, ensure_schema  # noqa: E402
+from .database import connect_database, ensure_schema, resolve_url  # noqa: E402
 from .models import Event, MetricSample, Recording, Stream, database_proxy  # noqa: E402
 from .models.metric import Sample  # noqa: E402
 from .models.session import Session, current_session  # noqa: E402
@@ -173,117 +186,6 @@ class _BridgeCursor(pwasyncio.DummyCursor):
         self.rowcount = changed if isinstance(changed, int) else -1
 
 
-class _SqliteConnection(pwasyncio.AsyncSqliteConnection):
-    """One trip to aiosqlite's thread per statement.
-
-    aiosqlite makes execute, fetchall and close three trips (each a thread
-    hand-off and a loop wake-up, ~0.1-0.2 ms); a segment cycle runs a dozen
-    statements.
-    """
-
-    # Set when a statement's caller was cancelled: the statement itself runs
-    # on in aiosqlite's thread (a BEGIN IMMEDIATE waiting for the lock takes
-    # the lock later), so the connection must be settled before reuse.
-    cancelled = False
-
-    async def _execute(self, sql: str, params: Any = None) -> pwasyncio.CursorAdapter:
-        try:
-            return await self.conn._execute(_sqlite_execute, self.conn._conn, sql, params or ())
-        except asyncio.CancelledError:
-            self.cancelled = True
-            raise
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
-        await self._acquire_lock()
-        try:
-            # sqlite3 steps one prepared statement through the rows, on aiosqlite's thread.
-            return int(await self.conn._execute(_sqlite_executemany, self.conn._conn, sql, rows))
-        except asyncio.CancelledError:
-            self.cancelled = True
-            raise
-        finally:
-            self._lock.release()
-
-    async def settle(self) -> None:
-        """After a cancellation: wait for the statements still queued, then roll back what is open."""
-        # aiosqlite runs one queue in order: this returns after everything before it.
-        if await self.conn._execute(_sqlite_in_transaction, self.conn._conn):
-            await self.conn._execute(_sqlite_rollback, self.conn._conn)
-            log.warning("rolled back the transaction a cancelled call left open")
-        self.cancelled = False
-
-    def executescript(self, sql: str) -> None:
-        """sqlite3's ``executescript``, which maintenance calls on ``db.connection()`` (VACUUM, pragmas)."""
-        pwasyncio.await_(self._executescript(sql))
-
-    async def _executescript(self, sql: str) -> None:
-        await self._acquire_lock()
-        try:
-            await self.conn._execute(_sqlite_executescript, self.conn._conn, sql)
-        finally:
-            self._lock.release()
-
-
-def _sqlite_execute(conn: Any, sql: str, params: Any) -> pwasyncio.CursorAdapter:
-    cursor = conn.execute(sql, params)
-    try:
-        rows = cursor.fetchall()
-        return pwasyncio.CursorAdapter(
-            rows, lastrowid=cursor.lastrowid, rowcount=cursor.rowcount, description=cursor.description
-        )
-    finally:
-        cursor.close()
-
-
-def _sqlite_in_transaction(conn: Any) -> bool:
-    return bool(conn.in_transaction)
-
-
-def _sqlite_rollback(conn: Any) -> None:
-    conn.execute("ROLLBACK").close()
-
-
-def _sqlite_executemany(conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> int:
-    cursor = conn.executemany(sql, rows)
-    cursor.close()
-    return int(cursor.rowcount)
-
-
-def _sqlite_executescript(conn: Any, sql: str) -> None:
-    conn.executescript(sql).close()
-
-
-class _SqlitePool(pwasyncio.AsyncSqlitePool):
-    """Last in, first out: the connection used last has the freshest page cache.
-
-    SQLite drops a connection's cache when another connection wrote since
-    its last transaction; handing out connections round-robin made every
-    call start cold.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._queue: asyncio.Queue[_SqliteConnection] = asyncio.LifoQueue(maxsize=self._pool_size)
-
-    async def acquire(self, timeout: float | None = None) -> _SqliteConnection:
-        if self._closed:
-            raise pw.InterfaceError("Pool is closed.")
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return await self._queue.get()  # the caller bounds the wait
-
-    async def _create_connection(self) -> _SqliteConnection:
-        conn = await pwasyncio.aiosqlite.connect(self._database, isolation_level=None, **self._connect_params)
-        try:
-            if self._on_connect is not None:
-                await self._on_connect(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        return _SqliteConnection(conn)
-
-
 class _PostgresConnection(pwasyncio.AsyncPostgresqlConnection):
     """One round trip per statement, through asyncpg's statement cache.
 
@@ -349,24 +251,308 @@ def _asyncpg_status_execute() -> bool:
 _ASYNCPG_STATUS_EXECUTE = pwasyncio.asyncpg is not None and _asyncpg_status_execute()
 
 
-class AsyncStateDatabase(_TranslatesDriverErrors):
-    """What both async databases add to pwasyncio's: the package's errors, pooled calls, a writer queue.
+class AsyncStateDatabase:
+    """An async database of this module: what its coroutines need of one.
 
-    Use it through the module's coroutines; ``await db.call(fn, *args)`` is
-    the primitive they share.
+    ``await db.call(fn, *args)`` runs a synchronous function of the package
+    without blocking the loop; ``db.aatomic()`` is ``aio.atomic()``;
+    ``await db.close_pool()`` ends its connections. SQLite runs calls on
+    database threads (``AsyncSqliteStateDatabase``), PostgreSQL on
+    pwasyncio's greenlet bridge (``AsyncPostgresStateDatabase``).
     """
 
     display_url: str = ""
     # Only SQLite serialises writers in the loop (it has one writer anyway).
     serialise_writes: bool = False
     # The process's session is renewed by a task on the loop (``keep_alive``
-    # below), never by a thread: a thread cannot use the greenlet bridge.
+    # below), never by a thread: on PostgreSQL a thread cannot use the
+    # greenlet bridge, and on SQLite a thread would write past the writer queue.
     session_keep_alive = "task"
+
+    if TYPE_CHECKING:  # each database class has its own (the PostgreSQL one's come from pwasyncio too)
+
+        async def call(self, fn: Callable[..., T], *args: Any, _write: bool = True, **kwargs: Any) -> T: ...
+
+        def aatomic(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+        async def close_pool(self) -> None: ...
+
+
+@dataclass
+class _Threads:
+    """The threads of an ``AsyncSqliteStateDatabase``: one writer, and readers (if the pool allows)."""
+
+    writer: dbthreads.Workers
+    readers: dbthreads.Workers | None
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.readers is not None:
+            self.readers.close()
+
+    def wait_closed(self) -> None:
+        self.writer.wait_closed()
+        if self.readers is not None:
+            self.readers.wait_closed()
+
+
+# Statements a cancelled call may still run: they end its transaction.
+_TRANSACTION_END = ("ROLLBACK", "RELEASE", "COMMIT", "rollback", "release", "commit")
+
+
+class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
+    """SQLite for asyncio: each call runs whole on a database thread with a plain sqlite3 connection.
+
+    The synchronous database of the package (same pragmas, IMMEDIATE write
+    transactions, errors, file checks), whose connections live on threads
+    of its own: one writer thread (SQLite has one writer at a time), and up
+    to ``pool_size - 1`` reader threads for calls that only read (WAL lets
+    them read while the writer writes). A call is one hand-off to a thread
+    and one future back, however many statements it runs. The loop's
+    thread has no connection: a lazy foreign key read there raises
+    ``MissingGreenletBridge`` instead of blocking the loop.
+    """
+
+    serialise_writes = True
+
+    def __init__(
+        self, database: str, *, pool_size: int = 10, acquire_timeout: float | None = None, **kwargs: Any
+    ):
+        super().__init__(database, **kwargs)
+        self.display_url = str(database)
+        self._pool_size = pool_size
+        self._acquire_timeout = acquire_timeout
+        self._pool: _Threads | None = None
+        # Calls cancelled while they ran on a thread, until they end there.
+        self._settling: set[dbthreads.Job] = set()
+        # Held by a task inside ``aio.atomic()`` across its awaits: other
+        # tasks' writes wait for it; plain calls go straight to the writer
+        # thread, which runs them in the order they came.
+        self._writer = asyncio.Lock()
+        self._writer_task: asyncio.Task[Any] | None = None
+
+    # --- the threads and their connections ---
+
+    def _threads(self) -> _Threads:
+        pool = self._pool
+        if pool is None or pool.writer.closed:
+            name = f"stream_state-sqlite-{id(self):x}"
+            readers = self._pool_size - 1
+            pool = self._pool = _Threads(
+                dbthreads.Workers(f"{name}-writer", 1, self._close_thread_connection),
+                dbthreads.Workers(f"{name}-reader", readers, self._close_thread_connection)
+                if readers > 0
+                else None,
+            )
+        return pool
+
+    def _connect(self) -> Any:
+        worker = dbthreads.current_worker()
+        if worker is None:
+            raise MissingGreenletBridge(
+                f"SQLite database {self.database} serves asyncio: its connections live on its own "
+                "threads. Call through stream_state.aio (aio.read, aio.fetch), and join what a query's "
+                "rows refer to instead of loading a foreign key lazily (or read its *_id)."
+            )
+        conn = super()._connect()
+        # Lets a cancelled call abort a statement that waits for another process's lock.
+        worker.interrupt = conn.interrupt
+        return conn
+
+    def _close_thread_connection(self) -> None:
+        """At a thread's end: close its connection (rolling back anything left open)."""
+        # peewee's connection state, one per thread.
+        state = self._state  # type: ignore[attr-defined]
+        if state.closed:
+            return
+        conn = state.conn
+        state.reset()
+        conn.close()
+
+    # --- statements: a cancelled call stops before its next one ---
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        job = dbthreads.current_job()
+        if job is not None and job.cancelled and not sql.lstrip().startswith(_TRANSACTION_END):
+            job.check()
+        try:
+            return super().execute_sql(sql, params)
+        except pw.PeeweeException as exc:
+            if job is not None and job.cancelled and not sql.lstrip().startswith(_TRANSACTION_END):
+                raise dbthreads.CallCancelled("interrupted: the awaiting task was cancelled") from exc
+            raise
+
+    def begin(self, *args: Any, **kwargs: Any) -> None:
+        job = dbthreads.current_job()
+        if job is not None:
+            job.check()
+        try:
+            super().begin(*args, **kwargs)
+        except pw.PeeweeException as exc:
+            if job is not None and job.cancelled:
+                raise dbthreads.CallCancelled("interrupted: the awaiting task was cancelled") from exc
+            raise
+
+    def executemany(self, cursor: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        job = dbthreads.current_job()
+        if job is not None:
+            job.check()
+        try:
+            super().executemany(cursor, sql, rows)
+        except pw.PeeweeException as exc:
+            if job is not None and job.cancelled:
+                raise dbthreads.CallCancelled("interrupted: the awaiting task was cancelled") from exc
+            raise
+
+    # --- calls ---
+
+    async def call(self, fn: Callable[..., T], *args: Any, _write: bool = True, **kwargs: Any) -> T:
+        """Run the synchronous ``fn(*args, **kwargs)`` whole on a database thread; its result.
+
+        Writes (and every call of a task inside ``atomic()``) go to the
+        writer thread, in the order they come; a write waits only while
+        another task's ``atomic()`` block holds the writer. Reads go to a
+        reader thread.
+        """
+        pool = self._threads()
+        task = asyncio.current_task()
+        if task is not None and task is self._writer_task:
+            workers = pool.writer
+        elif _write or pool.readers is None:
+            workers = pool.writer
+            if self._writer.locked():
+                await self._wait_for_writer()
+                pool = self._threads()  # the pool may have been closed meanwhile
+                workers = pool.writer
+        else:
+            workers = pool.readers
+        return await self._run_job(workers, fn, args, kwargs)
+
+    async def _run_job(
+        self,
+        workers: dbthreads.Workers,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        cancellable: bool = True,
+    ) -> Any:
+        job = dbthreads.Job(fn, args, kwargs, asyncio.get_running_loop(), cancellable=cancellable)
+        workers.submit(job)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            if job.cancel():  # it runs on, to its next statement: settled when it ends
+                self._settling.add(job)
+                job.on_settled = self._settling.discard
+            raise
+
+    async def _wait_for_writer(self) -> None:
+        """Wait while another task's ``atomic()`` block holds the writer (bounded by acquire_timeout)."""
+        timeout = self._acquire_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.acquire()
+        except TimeoutError as exc:
+            raise DatabaseUnavailable(
+                f"SQLite database {self.display_url}: another task's aio.atomic() block held the writer "
+                f"for more than {timeout} s; keep atomic blocks short or raise acquire_timeout"
+            ) from exc
+        # Handed on at once: the call is queued on the writer thread before
+        # any other task runs, so it comes before the next block's BEGIN.
+        self._writer.release()
+
+    @contextlib.asynccontextmanager
+    async def aatomic(self) -> AsyncIterator[None]:
+        """One transaction around several calls of this task (nested blocks are savepoints).
+
+        The task holds the writer for the whole block, across whatever else
+        it awaits: its calls (reads too, which must see its writes) run on
+        the writer thread inside the transaction, other tasks' writes wait,
+        other tasks' reads go on in reader threads and see what was
+        committed before. The block's end (commit, or rollback if it
+        raised) runs even if the task is cancelled meanwhile.
+        """
+        task = asyncio.current_task()
+        if task is not None and task is self._writer_task:  # nested: a savepoint on the same thread
+            async with self._block():
+                yield
+            return
+        timeout = self._acquire_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.acquire()
+        except TimeoutError as exc:
+            raise DatabaseUnavailable(
+                f"SQLite database {self.display_url}: another task's aio.atomic() block held the writer "
+                f"for more than {timeout} s; keep atomic blocks short or raise acquire_timeout"
+            ) from exc
+        self._writer_task = task
+        try:
+            async with self._block():
+                yield
+        finally:
+            self._writer_task = None
+            self._writer.release()
+
+    @contextlib.asynccontextmanager
+    async def _block(self) -> AsyncIterator[None]:
+        writer = self._threads().writer
+        block = self.atomic()
+        entered: list[bool] = []
+
+        def enter() -> None:
+            block.__enter__()
+            entered.append(True)
+
+        def end(exc_type: Any, exc: Any, tb: Any) -> None:
+            if entered:  # a BEGIN that never ran (refused, or cancelled before it) has nothing to end
+                block.__exit__(exc_type, exc, tb)
+
+        try:
+            await self._run_job(writer, enter, (), {})
+        except BaseException as exc:
+            # Cancelled while the BEGIN ran: it may have begun, and nobody
+            # would end it. Ended right behind it (the writer runs in order).
+            job = dbthreads.Job(
+                end, (type(exc), exc, None), {}, asyncio.get_running_loop(), cancellable=False
+            )
+            job.future.add_done_callback(_retrieve)
+            writer.submit(job)
+            raise
+        try:
+            yield
+        except BaseException as exc:
+            await self._run_job(writer, end, (type(exc), exc, exc.__traceback__), {}, cancellable=False)
+            raise
+        else:
+            await self._run_job(writer, end, (None, None, None), {}, cancellable=False)
+
+    async def close_pool(self) -> None:
+        """End the threads once their queued calls ran; each closes its connection."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.close()
+        await asyncio.get_running_loop().run_in_executor(None, pool.wait_closed)
+        self._settling.clear()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a job nobody awaits as seen (asyncio would log it otherwise)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class _BridgedDatabase(AsyncStateDatabase, _TranslatesDriverErrors):
+    """What the PostgreSQL async database adds to pwasyncio's: the package's errors, pooled calls.
+
+    Calls run on pwasyncio's greenlet bridge: the method's code runs on the
+    loop's thread, and each statement is awaited on asyncpg.
+    """
 
     def _setup_state(self) -> None:
         self._settling: set[asyncio.Future[None]] = set()
-        self._writer = asyncio.Lock()
-        self._writer_task: asyncio.Task[Any] | None = None
 
     def cursor(self, named_cursor: Any = None) -> _BridgeCursor:
         return _BridgeCursor(pwasyncio.await_(self.aconnect()))  # type: ignore[attr-defined]
@@ -400,20 +586,18 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
         task ends, which would let a few long-lived stream tasks hold every
         connection of the pool.
         """
-        async with self._writing(_write):
-            try:
-                return await self.run(fn, *args, **kwargs)  # type: ignore[attr-defined]
-            finally:
-                await self._release_if_idle()
+        try:
+            return await self.run(fn, *args, **kwargs)  # type: ignore[attr-defined]
+        finally:
+            await self._release_if_idle()
 
     async def _release_conn(self, conn: Any) -> None:
         """Give ``conn`` back to the pool; after a cancellation, only once it is clean.
 
         A call cancelled mid-statement (``asyncio.wait_for`` timing out) may
         leave the driver finishing a ``BEGIN`` that peewee never saw succeed:
-        pooled as it is, the connection would hold SQLite's write lock and
-        fail its next call with "cannot start a transaction within a
-        transaction". The settling runs as a task of its own: the cancelled
+        pooled as it is, the connection would fail its next call with
+        "there is already a transaction in progress". The settling runs as a task of its own: the cancelled
         call returns at once (the statement may wait out the busy timeout
         first, and a cancellation must not), a second cancellation cannot
         stop it halfway, and the connection rejoins the pool when it is clean.
@@ -428,7 +612,7 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
     async def close_pool(self) -> None:
         while self._settling:  # connections still being cleaned after a cancellation
             await asyncio.gather(*list(self._settling), return_exceptions=True)
-        await super().close_pool()  # type: ignore[misc]
+        await super().close_pool()
 
     async def _settle_and_release(self, conn: Any) -> None:
         try:
@@ -449,78 +633,26 @@ class AsyncStateDatabase(_TranslatesDriverErrors):
                 self._state.reset()  # type: ignore[attr-defined]
 
     @contextlib.asynccontextmanager
-    async def _writing(self, write: bool) -> AsyncIterator[None]:
-        if not (write and self.serialise_writes):
-            yield
-            return
-        task = asyncio.current_task()
-        if self._writer_task is task:  # already ours: a call inside atomic()
-            yield
-            return
-        async with self._writer:
-            self._writer_task = task
-            try:
-                yield
-            finally:
-                self._writer_task = None
-
-    @contextlib.asynccontextmanager
     async def aatomic(self) -> AsyncIterator[None]:
         """One transaction around several calls of this task (nested blocks are savepoints).
 
         Not ``atomic()``: the synchronous code run on the bridge uses that
         one as a plain ``with`` block.
         """
-        async with self._writing(True):
-            block = self.atomic()  # type: ignore[attr-defined]
-            await self.run(block.__enter__)  # type: ignore[attr-defined]
-            try:
-                yield
-            except BaseException as exc:
-                await self.run(block.__exit__, type(exc), exc, exc.__traceback__)  # type: ignore[attr-defined]
-                raise
-            else:
-                await self.run(block.__exit__, None, None, None)  # type: ignore[attr-defined]
-            finally:
-                await self._release_if_idle()
-
-
-class AsyncSqliteStateDatabase(AsyncStateDatabase, SqliteDialect, pwasyncio.AsyncSqliteDatabase):
-    """aiosqlite with the package's pragmas, IMMEDIATE write transactions and errors.
-
-    Opens the existing file read-write without creating it (``open_database_async``
-    has created and migrated it), like the synchronous database.
-    """
-
-    serialise_writes = True
-    _identity: tuple[int, int] | None = None
-
-    def __init__(self, database: str, **kwargs: Any):
-        super().__init__(database, **kwargs)
-        self.display_url = str(database)
-        self._setup_state()
-
-    async def _create_pool_async(self) -> Any:
-        if pwasyncio.aiosqlite is None:
-            raise AsyncSupportMissing(f"SQLite from asyncio needs aiosqlite; install {ASYNC_EXTRA_HINT}")
-        self.verify_file()
-        target = f"file:{quote(os.path.abspath(self.database))}?mode=rw"
-        pool = _SqlitePool(
-            target,
-            pool_size=self._pool_size,
-            on_connect=self._add_conn_hooks,
-            timeout=self._timeout,
-            uri=True,
-            **self.connect_params,
-        )
+        block = self.atomic()  # type: ignore[attr-defined]
+        await self.run(block.__enter__)  # type: ignore[attr-defined]
         try:
-            return await pool.initialize()
-        except BaseException:
-            await pool.close()
+            yield
+        except BaseException as exc:
+            await self.run(block.__exit__, type(exc), exc, exc.__traceback__)  # type: ignore[attr-defined]
             raise
+        else:
+            await self.run(block.__exit__, None, None, None)  # type: ignore[attr-defined]
+        finally:
+            await self._release_if_idle()
 
 
-class AsyncPostgresStateDatabase(AsyncStateDatabase, PostgresDialect, pwasyncio.AsyncPostgresqlDatabase):
+class AsyncPostgresStateDatabase(_BridgedDatabase, PostgresDialect, pwasyncio.AsyncPostgresqlDatabase):
     """asyncpg with the package's errors and peewee's plain SQL transactions.
 
     pwasyncio runs PostgreSQL transactions as asyncpg transaction objects,
@@ -720,6 +852,9 @@ async def _open(
 ) -> AsyncStateDatabase:
     if pool_size < 1:
         raise ValidationError("pool_size", pool_size, "must be at least 1")
+    if url_backend(resolve_url(url)) == "postgres" and pwasyncio.asyncpg is None:
+        # Before any connection: SQLite needs no async driver (its calls run on threads).
+        raise AsyncSupportMissing(f"PostgreSQL from asyncio needs asyncpg; install {ASYNC_EXTRA_HINT}")
     target = await asyncio.to_thread(
         _migrate_and_describe,
         url,
@@ -731,20 +866,23 @@ async def _open(
     )
     db: AsyncStateDatabase
     if target.kind == "sqlite":
-        if pwasyncio.aiosqlite is None:
-            raise AsyncSupportMissing(f"SQLite from asyncio needs aiosqlite; install {ASYNC_EXTRA_HINT}")
-        db = AsyncSqliteStateDatabase(
+        sqlite_db = AsyncSqliteStateDatabase(
             target.database,
             pool_size=pool_size,
-            # A pooled call may queue behind a writer for as long as SQLite would.
+            # How long a write may wait for another task's atomic() block: as long as SQLite would.
             acquire_timeout=acquire_timeout or max(busy_timeout, 10.0),
             **target.params,
         )
-        db._identity = target.identity
+        sqlite_db._identity = target.identity
+        db = sqlite_db
+        # Fail here, not at the first call, if the file cannot be opened.
+        try:
+            await sqlite_db.call(sqlite_db.connect, reuse_if_open=True)
+        except BaseException:
+            await sqlite_db.close_pool()
+            raise
     else:
-        if pwasyncio.asyncpg is None:
-            raise AsyncSupportMissing(f"PostgreSQL from asyncio needs asyncpg; install {ASYNC_EXTRA_HINT}")
-        db = AsyncPostgresStateDatabase(
+        pg_db = AsyncPostgresStateDatabase(
             target.database,
             display_url=target.display_url,
             pool_size=pool_size,
@@ -753,13 +891,14 @@ async def _open(
             pool_min_size=pool_size,
             **target.params,
         )
-    # Fail here, not at the first call, if the pool cannot be made.
-    try:
-        await db.aconnect()
-        await db.aclose()
-    except BaseException:
-        await db.close_pool()
-        raise
+        db = pg_db
+        # Fail here, not at the first call, if the pool cannot be made.
+        try:
+            await pg_db.aconnect()
+            await pg_db.aclose()
+        except BaseException:
+            await pg_db.close_pool()
+            raise
     database_proxy.initialize(db)
     log.info("opened %s for asyncio (pool of %d)", target.display_url, pool_size)
     return db
@@ -813,9 +952,12 @@ def open_database_async(
     The URL and options are those of ``open_database`` (the schema is
     migrated, with a backup of an existing SQLite file first, by a
     synchronous connection in a worker thread, so the loop keeps running).
-    ``pool_size`` connections serve every task; a call waits at most
-    ``acquire_timeout`` seconds for one (default: the busy timeout on
-    SQLite, 30 s on PostgreSQL) before ``DatabaseUnavailable``.
+    On PostgreSQL ``pool_size`` connections serve every task, and a call
+    waits at most ``acquire_timeout`` seconds (default 30) for one before
+    ``DatabaseUnavailable``. On SQLite one writer thread and up to
+    ``pool_size - 1`` reader threads each keep a connection, and a write
+    waits at most ``acquire_timeout`` seconds (default: the busy timeout)
+    while another task's ``atomic()`` block holds the writer.
 
     ``db = await open_database_async(url)`` ... ``await close_database_async()``,
     or ``async with open_database_async(url) as db:``.

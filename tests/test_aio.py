@@ -129,13 +129,19 @@ def test_stream_state_imports_without_the_async_extra_and_aio_says_what_to_insta
     assert "pip install 'stream_state[async]'" in result.stdout
 
 
-def test_a_missing_driver_is_named_when_the_database_is_opened(tmp_path):
+def test_sqlite_needs_no_async_driver_and_a_missing_one_is_named_before_connecting(tmp_path):
+    """SQLite's calls run on database threads (plain sqlite3); PostgreSQL's need asyncpg, said at once."""
     probe = (
         "import asyncio, sys\n"
         "sys.modules['aiosqlite'] = None\n"
+        "sys.modules['asyncpg'] = None\n"
         "from stream_state import aio\n"
+        "async def main():\n"
+        f"    async with aio.open_database_async({str(tmp_path / 'x.db')!r}):\n"
+        "        print((await aio.register('cam-1', 'rtsp://10.0.0.1/s')).name)\n"
+        "asyncio.run(main())\n"
         "try:\n"
-        f"    asyncio.run(aio.open_database_async({str(tmp_path / 'x.db')!r}))\n"
+        "    asyncio.run(aio.open_database_async('postgresql://127.0.0.1:1/nowhere'))\n"
         "except aio.AsyncSupportMissing as exc:\n"
         "    print(exc)\n"
     )
@@ -143,7 +149,9 @@ def test_a_missing_driver_is_named_when_the_database_is_opened(tmp_path):
         [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "aiosqlite" in result.stdout and "stream_state[async]" in result.stdout
+    registered, missing = result.stdout.splitlines()
+    assert registered == "cam-1"
+    assert "asyncpg" in missing and "stream_state[async]" in missing
 
 
 # --- opening ----------------------------------------------------------------------------------
@@ -730,14 +738,21 @@ def test_the_names_of_before_still_work_and_warn():
 # --- cancellation (issue 13, item 12) ------------------------------------------------------------
 
 
-def _open_transactions(db: aio.AsyncStateDatabase) -> list[Any]:
-    """Pooled connections that sit inside a transaction (none may)."""
+def _open_transactions(db: aio.AsyncStateDatabase, sqlite_connections: list[Any]) -> list[Any]:
+    """Connections that sit inside a transaction between calls (none may)."""
+    if backend_is_sqlite(db):
+        return [c for c in sqlite_connections if _sqlite_in_transaction(c)]
     pool = db._pool
     if pool is None:
         return []
-    if backend_is_sqlite(db):
-        return [c for c in list(pool._queue._queue) if c.conn._conn.in_transaction]
     return [h for h in pool._holders if h._con is not None and h._con.is_in_transaction()]
+
+
+def _sqlite_in_transaction(conn: Any) -> bool:
+    try:
+        return bool(conn.in_transaction)
+    except Exception:  # closed with its thread
+        return False
 
 
 def backend_is_sqlite(db: aio.AsyncStateDatabase) -> bool:
@@ -750,21 +765,54 @@ async def _segment_cycle(cam: Stream, path: str, i: int) -> None:
     await aio.complete_segment(segment, ended_at=at(10 * i + 9), size_bytes=1000)
 
 
-def test_a_cancelled_call_rolls_back_and_returns_a_clean_connection_at_every_await(backend, monkeypatch):
+def test_a_cancelled_call_rolls_back_and_returns_a_clean_connection_at_every_statement(backend, monkeypatch):
     """A cancellation at any statement of a segment cycle leaves no transaction open, no lock held,
-    and the next call works; the cycle is all there or not there at all (per transaction)."""
-    connection_class = aio._SqliteConnection if backend.name == "sqlite" else aio._PostgresConnection
-    real = connection_class._execute
-    plan = {"cancel_at": -1, "seen": 0}
+    and the next call works; the cycle is all there or not there at all (per transaction).
 
-    async def execute(self, sql, params=None):
-        plan["seen"] += 1
-        if plan["seen"] == plan["cancel_at"]:
-            # Cancelled while the driver has the statement: what asyncio.wait_for does on a timeout.
-            asyncio.current_task().cancel()
-        return await real(self, sql, params)
+    PostgreSQL: the task is cancelled while asyncpg has the statement. SQLite
+    (a call runs whole on a database thread): the cancellation arrives while
+    the thread runs the statement, as it does when ``asyncio.wait_for`` times
+    out; the statement is interrupted, or the call stops before its next one.
+    """
+    plan: dict[str, Any] = {"cancel_at": -1, "seen": 0, "task": None}
+    sqlite_connections: list[Any] = []
 
-    monkeypatch.setattr(connection_class, "_execute", execute)
+    def cancel_now() -> None:
+        loop = plan["loop"]
+        loop.call_soon_threadsafe(plan["task"].cancel)
+
+    if backend.name == "sqlite":
+        from stream_state import dbthreads
+
+        real_connect = aio.AsyncSqliteStateDatabase._connect
+
+        def traced(statement: str) -> None:  # runs on the database thread as each statement starts
+            plan["seen"] += 1
+            if plan["seen"] == plan["cancel_at"]:
+                job = dbthreads.current_job()
+                assert job is not None
+                # What the loop does when the awaiting task is cancelled, at this very statement.
+                job.cancel()
+                cancel_now()
+
+        def connect(self: Any) -> Any:
+            conn = real_connect(self)
+            conn.set_trace_callback(traced)
+            sqlite_connections.append(conn)
+            return conn
+
+        monkeypatch.setattr(aio.AsyncSqliteStateDatabase, "_connect", connect)
+    else:
+        real = aio._PostgresConnection._execute
+
+        async def execute(self, sql, params=None):
+            plan["seen"] += 1
+            if plan["seen"] == plan["cancel_at"]:
+                # Cancelled while the driver has the statement: what asyncio.wait_for does on a timeout.
+                asyncio.current_task().cancel()
+            return await real(self, sql, params)
+
+        monkeypatch.setattr(aio._PostgresConnection, "_execute", execute)
 
     async def body(db: aio.AsyncStateDatabase) -> None:
         cam = await aio.register("cam-1", URI)
@@ -774,15 +822,19 @@ def test_a_cancelled_call_rolls_back_and_returns_a_clean_connection_at_every_awa
         await _segment_cycle(cam, "/rec/probe.mp4", 0)
         statements = plan["seen"]
         assert statements >= 6  # begin, checkpoint and complete each run a transaction
+        plan["loop"] = asyncio.get_running_loop()
         for k in range(1, statements + 1):
             plan["seen"], plan["cancel_at"] = 0, k
             task = asyncio.ensure_future(_segment_cycle(cam, f"/rec/{k}.mp4", k))
+            plan["task"] = task
             with pytest.raises(asyncio.CancelledError):
                 await task
             plan["cancel_at"] = -1
             while db._settling:
                 await asyncio.sleep(0.01)
-            assert _open_transactions(db) == [], f"cancelled at statement {k} of {statements}"
+            assert _open_transactions(db, sqlite_connections) == [], (
+                f"cancelled at statement {k} of {statements}"
+            )
             if backend.name == "sqlite":
                 other = __import__("sqlite3").connect(db.database, timeout=0, isolation_level=None)
                 other.execute("BEGIN IMMEDIATE")  # nobody holds the write lock

@@ -66,6 +66,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "codec",
             "pgwatch",
             "backups",
+            "dbthreads",
         ],
     ),
 ]

@@ -1,0 +1,268 @@
+"""Database threads: run a whole synchronous call on a thread that owns a connection, for asyncio.
+
+``stream_state.aio`` uses them on SQLite. Each call (a domain method with
+all its statements and its commit) is one *job*: the event loop hands it to
+a thread in one hop and awaits one future, instead of crossing to a driver
+thread and back for every statement. A thread keeps its own connection (a
+peewee database keeps one per thread), so a job runs plain synchronous
+peewee code.
+
+``Workers(n)`` is a group of at most ``n`` threads started on demand. Jobs
+go to the thread that went idle last (its connection has the freshest page
+cache); when all are busy they wait in a first-in, first-out backlog. A
+group of one runs its jobs strictly in the order they were submitted, which
+is what a single SQLite writer needs.
+
+Cancellation: ``job.cancel()`` (the awaiting task was cancelled) drops a job
+that has not started; a running one is told through ``current_job()`` (the
+database checks it before each statement and raises ``CallCancelled``, so
+its transaction rolls back) and through the ``interrupt`` callable of the
+thread (``sqlite3.Connection.interrupt`` aborts a statement that waits on
+another process's lock). A job past its last statement just finishes.
+
+This is the base layer: it imports no model and no service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE = 0, 1, 2
+
+
+class CallCancelled(BaseException):
+    """Raised inside a job whose caller was cancelled: the call stops before its next statement.
+
+    A ``BaseException``, like ``asyncio.CancelledError``: code that handles
+    ``Exception`` must not carry on with a call nobody waits for.
+    """
+
+
+class Job:
+    """One synchronous call, run on a worker thread, its outcome set on an asyncio future."""
+
+    __slots__ = ("args", "cancellable", "cancelled", "context", "fn", "future", "kwargs", "loop",
+                 "on_settled", "state", "worker")  # fmt: skip
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        cancellable: bool = True,
+    ):
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        # The caller's context variables (the acting session) go with the call.
+        self.context = contextvars.copy_context()
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.state = QUEUED
+        self.cancelled = False
+        self.cancellable = cancellable
+        self.worker: Worker | None = None
+        # Called on the loop when a job cancelled while running has finished.
+        self.on_settled: Callable[[Job], None] | None = None
+
+    def cancel(self) -> bool:
+        """The caller gave up: drop the job, or stop it at its next statement. True if it still runs.
+
+        A job made with ``cancellable=False`` runs to its end regardless.
+        """
+        with _STATE:
+            if self.state == DONE:
+                return False
+            if not self.cancellable:
+                return True
+            self.cancelled = True
+            worker = self.worker
+            if self.state == RUNNING and worker is not None and worker.interrupt is not None:
+                # Under the lock: this job still holds the thread, the next one cannot have started.
+                worker.interrupt()
+            return self.state == RUNNING
+
+    def check(self) -> None:
+        """Raise ``CallCancelled`` if the caller gave up (called by the database before a statement)."""
+        if self.cancelled:
+            raise CallCancelled("the awaiting task was cancelled")
+
+
+# Guards every job's state changes (start, end, cancel); each is held for a moment.
+_STATE = threading.Lock()
+_local = threading.local()
+
+
+def current_job() -> Job | None:
+    """The job the calling thread runs, if it is a worker thread."""
+    return getattr(_local, "job", None)
+
+
+def current_worker() -> Worker | None:
+    """The worker thread the caller runs on, or None (the loop's thread, any other thread)."""
+    return getattr(_local, "worker", None)
+
+
+class Worker(threading.Thread):
+    """One thread of a ``Workers`` group."""
+
+    def __init__(self, group: Workers, number: int):
+        super().__init__(name=f"{group.name}-{number}", daemon=True)
+        self.group = group
+        self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # Set by the database when this thread opens its connection: aborts the running statement.
+        self.interrupt: Callable[[], None] | None = None
+
+    def run(self) -> None:
+        _local.worker = self
+        group = self.group
+        job = self.inbox.get()
+        try:
+            while job is not None:
+                self._run(job)
+                job = group._next(self)
+        finally:
+            _local.worker = None
+            try:
+                group.on_exit()  # closes this thread's connection
+            except Exception:
+                log.warning("closing a database thread's connection failed", exc_info=True)
+            group._exited(self)
+
+    def _run(self, job: Job) -> None:
+        with _STATE:
+            if job.cancelled:
+                job.state = DONE
+                return
+            job.state = RUNNING
+            job.worker = self
+        _local.job = job
+        outcome: tuple[bool, Any]
+        try:
+            outcome = (True, job.context.run(job.fn, *job.args, **job.kwargs))
+        except BaseException as exc:  # handed to the caller, whatever it is
+            outcome = (False, exc)
+        finally:
+            _local.job = None
+            with _STATE:
+                job.state = DONE
+        _deliver(job, outcome)
+
+
+def _deliver(job: Job, outcome: tuple[bool, Any]) -> None:
+    try:
+        job.loop.call_soon_threadsafe(_settle, job, outcome)
+    except RuntimeError:  # the loop was closed meanwhile: nobody waits for this any more
+        log.debug("a database call finished after its event loop closed")
+
+
+def _settle(job: Job, outcome: tuple[bool, Any]) -> None:
+    future = job.future
+    if not future.done():
+        ok, value = outcome
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    if job.on_settled is not None:
+        job.on_settled(job)
+
+
+class Workers:
+    """At most ``size`` threads, started on demand, that run submitted jobs."""
+
+    def __init__(self, name: str, size: int, on_exit: Callable[[], None]):
+        self.name = name
+        self.size = size
+        self.on_exit = on_exit
+        self._lock = threading.Lock()
+        self._idle: list[Worker] = []  # last idle on top
+        self._backlog: collections.deque[Job] = collections.deque()
+        self._threads: list[Worker] = []
+        self._started = 0
+        self._closing = False
+        self._all_exited = threading.Event()
+        self._all_exited.set()
+        self.pid = os.getpid()
+        _ALL.add(self)
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._closing:
+                raise RuntimeError(f"{self.name} is closed")
+            if self._idle:
+                self._idle.pop().inbox.put(job)
+            elif len(self._threads) < self.size:
+                self._started += 1
+                worker = Worker(self, self._started)
+                self._threads.append(worker)
+                self._all_exited.clear()
+                worker.inbox.put(job)
+                worker.start()
+            else:
+                self._backlog.append(job)
+
+    def _next(self, worker: Worker) -> Job | None:
+        with self._lock:
+            if self._backlog:
+                return self._backlog.popleft()
+            if self._closing:
+                return None
+            self._idle.append(worker)
+        return worker.inbox.get()
+
+    def _exited(self, worker: Worker) -> None:
+        with self._lock:
+            if worker in self._threads:
+                self._threads.remove(worker)
+            if not self._threads:
+                self._all_exited.set()
+
+    def close(self) -> None:
+        """Stop taking jobs; each thread ends (closing its connection) once the backlog is done."""
+        with self._lock:
+            self._closing = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.inbox.put(None)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until every thread has ended (call it from a thread, not the loop)."""
+        return self._all_exited.wait(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+
+_ALL: weakref.WeakSet[Workers] = weakref.WeakSet()
+
+
+def _forget_threads_after_fork() -> None:
+    # A forked child has none of its parent's threads: its groups start their own.
+    global _STATE
+    _STATE = threading.Lock()
+    for group in list(_ALL):
+        group._lock = threading.Lock()
+        group._idle, group._threads = [], []
+        group._backlog.clear()
+        group._all_exited = threading.Event()
+        group._all_exited.set()
+        group.pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads_after_fork)

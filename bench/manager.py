@@ -32,12 +32,14 @@ Modes (``--modes``, comma-separated):
 * ``threads``: the same calls from ``--threads`` threads, each owning a slice
   of the streams (its own connection; one ``record_many`` per thread per tick);
 * ``aio``: the same calls through ``stream_state.aio`` from ``--threads``
-  tasks on one event loop;
+  tasks on one event loop (each drives a slice of the streams; one
+  ``record_many`` a tick, as in ``loop``);
 * ``batch``: one loop, each tick's checkpoints, health touches, events,
   samples and segment rolls gathered in one ``stream_state.Tick()`` (one
   transaction, one ``executemany`` or ``unnest`` per statement); a rolled
   segment's new row is committed with the tick, and its file opened after it;
-* ``aio-batch``: ``batch`` through ``aio.tick()``.
+* ``aio-batch``: ``batch`` through ``aio.tick()`` (one tick a second for
+  every stream, as in ``batch``).
 
 The baseline (**raw**): the very statements the package issued in the
 ``loop`` and ``batch`` modes, with the same parameters, in the same
@@ -255,33 +257,41 @@ def run_threads(cams: list[Cam], seconds: range, side: str, threads: int, batch:
 
 
 async def run_aio(cams: list[Cam], seconds: range, side: str, tasks: int, batch: bool) -> None:
+    """``loop`` or ``batch`` through ``stream_state.aio``: the same calls and the same transactions.
+
+    Single calls: each tick, ``tasks`` tasks drive their slices of the
+    streams at once, then one ``record_many`` takes the tick's samples, as
+    in ``loop``. The tick: one ``aio.tick()`` a second for every stream, as
+    in ``batch`` (gathering needs no await, so tasks would add nothing).
+    """
     from stream_state import aio
 
-    async def work(mine: list[Cam]) -> None:
-        for t in seconds:
-            at = T0 + t * SECOND
-            if batch:
-                tick = stream_state.Tick()
-                rolled = fill_tick(tick, mine, t, at, side)
-                await aio.commit_tick(tick)
-                settle_rolls(rolled)
-                continue
-            samples: list[tuple[Any, ...]] = []
-            for cam in mine:
-                cam.size += BYTES_PER_SECOND
-                await aio.checkpoint(cam.segment, cam.size, at=at)
-                if (t + cam.index) % SEGMENT_SECONDS == 0:
-                    await aio.complete_segment(cam.segment, ended_at=at, size_bytes=cam.size)
-                    cam.segment = await aio.begin_segment(cam.stream, cam.path(side), started_at=at)
-                    cam.size = 0
-                await aio.record_health(cam.stream, "healthy", at=at)
-                if (t + cam.index) % MOTION_SECONDS == 0:
-                    await aio.record_event("motion", cam.stream, message="motion in zone 1",
-                                           data={"zone": 1, "score": 0.82}, at=at)  # fmt: skip
-                samples.extend(cam.samples(t, at))
-            await aio.record_many(samples)
+    slices = [cams[i::tasks] for i in range(tasks)]
 
-    await asyncio.gather(*(work(cams[i::tasks]) for i in range(tasks)))
+    async def work(mine: list[Cam], t: int, at: dt.datetime, samples: list[tuple[Any, ...]]) -> None:
+        for cam in mine:
+            cam.size += BYTES_PER_SECOND
+            await aio.checkpoint(cam.segment, cam.size, at=at)
+            if (t + cam.index) % SEGMENT_SECONDS == 0:
+                await aio.complete_segment(cam.segment, ended_at=at, size_bytes=cam.size)
+                cam.segment = await aio.begin_segment(cam.stream, cam.path(side), started_at=at)
+                cam.size = 0
+            await aio.record_health(cam.stream, "healthy", at=at)
+            if (t + cam.index) % MOTION_SECONDS == 0:
+                await aio.record_event("motion", cam.stream, message="motion in zone 1",
+                                       data={"zone": 1, "score": 0.82}, at=at)  # fmt: skip
+            samples.extend(cam.samples(t, at))
+
+    for t in seconds:
+        at = T0 + t * SECOND
+        if batch:
+            async with aio.tick() as tick:
+                rolled = fill_tick(tick, cams, t, at, side)
+            settle_rolls(rolled)
+            continue
+        samples: list[tuple[Any, ...]] = []
+        await asyncio.gather(*(work(mine, t, at, samples) for mine in slices))
+        await aio.record_many(samples)
 
 
 # --- tracing the package's statements for the raw replay ---------------------------------
@@ -630,7 +640,7 @@ def aio_mode(backend: Backend, plan: Plan, batch: bool) -> Row:
 
     asyncio.run(main())
     database_proxy.initialize(None)
-    return Row(backend.name, f"aio x{plan.threads}" + (" batch" if batch else ""), plan.streams, tally)
+    return Row(backend.name, "aio batch" if batch else f"aio x{plan.threads}", plan.streams, tally)
 
 
 def profile(backend: str, mode: str, fn: Callable[[], None], top: int) -> None:
@@ -670,6 +680,18 @@ def report(rows: list[Row]) -> None:
             f"{row.backend:<17} {row.mode:<17} {row.streams:>7} {per_hour:15.3f} {3600 / per_hour:12,.0f} "
             f"{server:7.0f}% {row.api.wall / row.api.sim_seconds:10.3f} {raw} {ratio} {vs_raw_loop} {vs_loop}"
         )
+    for row in rows:
+        if not row.mode.startswith("aio"):
+            continue
+        sync_mode = "batch" if row.mode == "aio batch" else "loop"
+        sync = next(
+            (r for r in rows if (r.backend, r.streams, r.mode) == (row.backend, row.streams, sync_mode)), None
+        )
+        if sync is not None:
+            times = row.per_stream_hour(row.api) / sync.per_stream_hour(sync.api)
+            print(
+                f"{row.backend}: {row.mode} costs {times:.2f}x the CPU of {sync_mode} (goal <= {GOAL_AIO}x)"
+            )
     print(
         f"\ngoals: SQLite sync >= {GOAL_RATIO} of raw "
         "(batch against its own statements and against the raw loop); "

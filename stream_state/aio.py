@@ -84,7 +84,16 @@ import logging
 import os
 import shlex
 import warnings
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -119,7 +128,7 @@ from .backends import (  # noqa: E402  (after the dependency check, on purpose)
 from .database import connect_database, ensure_schema, resolve_url  # noqa: E402
 from .models import Event, MetricSample, Recording, Stream, database_proxy  # noqa: E402
 from .models.metric import Sample  # noqa: E402
-from .models.session import Session, current_session  # noqa: E402
+from .models.session import Session, acting_session, current_session, registered_session  # noqa: E402
 from .probe import Probe  # noqa: E402
 from .probe import probe as default_probe  # noqa: E402
 from .pwtypes import exception_wrapper  # noqa: E402
@@ -271,7 +280,9 @@ class AsyncStateDatabase:
 
     if TYPE_CHECKING:  # each database class has its own (the PostgreSQL one's come from pwasyncio too)
 
-        async def call(self, fn: Callable[..., T], *args: Any, _write: bool = True, **kwargs: Any) -> T: ...
+        def call(
+            self, fn: Callable[..., T], *args: Any, _write: bool = True, **kwargs: Any
+        ) -> Awaitable[T]: ...
 
         def aatomic(self) -> contextlib.AbstractAsyncContextManager[None]: ...
 
@@ -406,46 +417,51 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
 
     # --- calls ---
 
-    async def call(self, fn: Callable[..., T], *args: Any, _write: bool = True, **kwargs: Any) -> T:
-        """Run the synchronous ``fn(*args, **kwargs)`` whole on a database thread; its result.
+    def call(self, fn: Callable[..., T], *args: Any, _write: bool = True, **kwargs: Any) -> Awaitable[T]:
+        """Run the synchronous ``fn(*args, **kwargs)`` whole on a database thread; await its result.
 
         Writes (and every call of a task inside ``atomic()``) go to the
         writer thread, in the order they come; a write waits only while
         another task's ``atomic()`` block holds the writer. Reads go to a
-        reader thread.
+        reader thread. Not a coroutine: the usual case hands back the
+        call's future itself (every call pays for each layer it passes).
         """
-        pool = self._threads()
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        if pool is None or pool.writer.closed:
+            pool = self._threads()
+        task = asyncio.current_task(loop)
         if task is not None and task is self._writer_task:
             workers = pool.writer
         elif _write or pool.readers is None:
-            workers = pool.writer
             if self._writer.locked():
-                await self._wait_for_writer()
-                pool = self._threads()  # the pool may have been closed meanwhile
-                workers = pool.writer
+                return self._call_after_writer(fn, args, kwargs)
+            workers = pool.writer
         else:
             workers = pool.readers
-        return await self._run_job(workers, fn, args, kwargs)
+        return self._submit(loop, workers, fn, args, kwargs)
 
-    async def _run_job(
+    async def _call_after_writer(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        await self._wait_for_writer()
+        # No await from here on: the call is queued before any other task runs.
+        writer = self._threads().writer
+        return await self._submit(asyncio.get_running_loop(), writer, fn, args, kwargs)
+
+    def _submit(
         self,
+        loop: asyncio.AbstractEventLoop,
         workers: dbthreads.Workers,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
         cancellable: bool = True,
-    ) -> Any:
-        job = dbthreads.Job(fn, args, kwargs, asyncio.get_running_loop(), cancellable=cancellable)
-        workers.submit(job)
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            if job.cancel():  # it runs on, to its next statement: settled when it ends
-                self._settling.add(job)
-                job.on_settled = self._settling.discard
-            raise
+    ) -> asyncio.Future[Any]:
+        job = dbthreads.Job(fn, args, kwargs, loop, cancellable=cancellable, settling=self._settling)
+        workers.submit(job, loop)
+        return job.future
 
     async def _wait_for_writer(self) -> None:
         """Wait while another task's ``atomic()`` block holds the writer (bounded by acquire_timeout)."""
@@ -509,24 +525,22 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
             if entered:  # a BEGIN that never ran (refused, or cancelled before it) has nothing to end
                 block.__exit__(exc_type, exc, tb)
 
+        loop = asyncio.get_running_loop()
         try:
-            await self._run_job(writer, enter, (), {})
+            await self._submit(loop, writer, enter, (), {})
         except BaseException as exc:
             # Cancelled while the BEGIN ran: it may have begun, and nobody
             # would end it. Ended right behind it (the writer runs in order).
-            job = dbthreads.Job(
-                end, (type(exc), exc, None), {}, asyncio.get_running_loop(), cancellable=False
-            )
-            job.future.add_done_callback(_retrieve)
-            writer.submit(job)
+            undo = self._submit(loop, writer, end, (type(exc), exc, None), {}, cancellable=False)
+            undo.add_done_callback(_retrieve)
             raise
         try:
             yield
         except BaseException as exc:
-            await self._run_job(writer, end, (type(exc), exc, exc.__traceback__), {}, cancellable=False)
+            await self._submit(loop, writer, end, (type(exc), exc, exc.__traceback__), {}, cancellable=False)
             raise
         else:
-            await self._run_job(writer, end, (None, None, None), {}, cancellable=False)
+            await self._submit(loop, writer, end, (None, None, None), {}, cancellable=False)
 
     async def close_pool(self) -> None:
         """End the threads once their queued calls ran; each closes its connection."""
@@ -1026,15 +1040,32 @@ _KEEPERS: dict[int, asyncio.Task[None]] = {}
 
 def _keep_process_session_alive() -> None:
     """Once this process's session exists (opened by its first write), a task renews it."""
+    db = database_proxy.obj
+    kept = _KEPT[0]
+    if (
+        kept is not None
+        and kept[0] is db
+        and not kept[2].done()
+        and not kept[1].is_dead
+        and acting_session() is None
+        and registered_session(db) is kept[1]
+    ):
+        return  # after every call: the usual case costs a few attribute reads
     try:
-        session = current_session(database_proxy.obj, open=False)
+        session = current_session(db, open=False)
     except OwnershipLost:
         return  # the manager's own session died: its next write says so
     if session is None or session.is_dead:
         return
     task = _KEEPERS.get(session.id)
     if task is None or task.done():
-        keep_alive(session)
+        task = keep_alive(session)
+    if registered_session(db) is session:
+        _KEPT[0] = (db, session, task)
+
+
+# The process session last found kept alive: (database, session, its keeper task).
+_KEPT: list[tuple[Any, Session, asyncio.Task[None]] | None] = [None]
 
 
 def keep_alive(session: Session | None = None, interval: float | None = None) -> asyncio.Task[None]:

@@ -52,8 +52,8 @@ class CallCancelled(BaseException):
 class Job:
     """One synchronous call, run on a worker thread, its outcome set on an asyncio future."""
 
-    __slots__ = ("args", "cancellable", "cancelled", "context", "fn", "future", "kwargs", "loop",
-                 "on_settled", "state", "worker")  # fmt: skip
+    __slots__ = ("args", "cancellable", "cancelled", "context", "fn", "future", "kwargs", "mailbox",
+                 "on_settled", "settling", "state", "worker")  # fmt: skip
 
     def __init__(
         self,
@@ -63,18 +63,21 @@ class Job:
         loop: asyncio.AbstractEventLoop,
         *,
         cancellable: bool = True,
+        settling: set[Job] | None = None,
     ):
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         # The caller's context variables (the acting session) go with the call.
         self.context = contextvars.copy_context()
-        self.loop = loop
-        self.future: asyncio.Future[Any] = loop.create_future()
+        self.mailbox = _mailbox(loop)
+        self.future: asyncio.Future[Any] = JobFuture(self, loop)
         self.state = QUEUED
         self.cancelled = False
         self.cancellable = cancellable
         self.worker: Worker | None = None
+        # Where a job cancelled while it runs stays until it has ended (the caller's set).
+        self.settling = settling
         # Called on the loop when a job cancelled while running has finished.
         self.on_settled: Callable[[Job], None] | None = None
 
@@ -99,6 +102,22 @@ class Job:
         """Raise ``CallCancelled`` if the caller gave up (called by the database before a statement)."""
         if self.cancelled:
             raise CallCancelled("the awaiting task was cancelled")
+
+
+class JobFuture(asyncio.Future[Any]):
+    """A job's future: cancelling it (as ``Task.cancel`` does to what the task awaits) cancels the job."""
+
+    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop=loop)
+        self._job = job
+
+    def cancel(self, msg: Any = None) -> bool:
+        job = self._job
+        if not self.done() and job.cancel() and job.settling is not None:
+            # It runs on, to its next statement: settled when it ends.
+            job.settling.add(job)
+            job.on_settled = job.settling.discard
+        return super().cancel(msg=msg)
 
 
 # Guards every job's state changes (start, end, cancel); each is held for a moment.
@@ -159,14 +178,70 @@ class Worker(threading.Thread):
             _local.job = None
             with _STATE:
                 job.state = DONE
-        _deliver(job, outcome)
+        # While more jobs wait for this thread, the loop is not woken for each
+        # outcome: it gets them all at once when the thread runs dry (or
+        # every few), one wake-up of each thread instead of one per call.
+        job.mailbox.post(job, outcome, wake=not self.group._backlog)
 
 
-def _deliver(job: Job, outcome: tuple[bool, Any]) -> None:
-    try:
-        job.loop.call_soon_threadsafe(_settle, job, outcome)
-    except RuntimeError:  # the loop was closed meanwhile: nobody waits for this any more
-        log.debug("a database call finished after its event loop closed")
+# Outcomes a busy thread lets wait before it wakes the loop anyway.
+WAKE_AFTER = 8
+
+
+class _Mailbox:
+    """Outcomes on their way back to one event loop: one wake-up for all that arrive before it runs.
+
+    Waking a loop costs a write to its self-pipe and a turn of its
+    selector; while the loop has not yet run the drain, later outcomes
+    just join the queue.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = weakref.ref(loop)
+        self.outcomes: collections.deque[tuple[Job, tuple[bool, Any]]] = collections.deque()
+        self.scheduled = False
+
+    def post(self, job: Job, outcome: tuple[bool, Any], wake: bool = True) -> None:
+        """From a worker thread: hand the outcome over and wake the loop unless a wake-up is pending."""
+        self.outcomes.append((job, outcome))
+        if self.scheduled or not (wake or len(self.outcomes) >= WAKE_AFTER):
+            return
+        # Appended before the flag is read, and the drain clears the flag
+        # before it takes: an outcome is always taken by a drain.
+        self.scheduled = True
+        loop = self.loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:  # the loop was closed meanwhile: nobody waits for this any more
+            self.scheduled = False
+            self.outcomes.clear()
+            log.debug("a database call finished after its event loop closed")
+
+    def drain(self) -> None:
+        self.scheduled = False
+        outcomes = self.outcomes
+        while outcomes:
+            _settle(*outcomes.popleft())
+
+
+_MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    last = _LAST_MAILBOX[0]
+    if last is not None and last.loop() is loop:
+        return last
+    mailbox = _MAILBOXES.get(loop)
+    if mailbox is None:
+        mailbox = _MAILBOXES[loop] = _Mailbox(loop)
+    _LAST_MAILBOX[0] = mailbox
+    return mailbox
+
+
+# The mailbox asked for last: a process usually has one loop.
+_LAST_MAILBOX: list[_Mailbox | None] = [None]
 
 
 def _settle(job: Job, outcome: tuple[bool, Any]) -> None:
@@ -194,26 +269,47 @@ class Workers:
         self._threads: list[Worker] = []
         self._started = 0
         self._closing = False
+        self._dispatch_pending = False
         self._all_exited = threading.Event()
         self._all_exited.set()
         self.pid = os.getpid()
         _ALL.add(self)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Queue ``job``; with ``loop`` (the caller's, running), threads are woken when it turns.
+
+        The tasks a loop resumes in one turn often submit a call each:
+        handing them over at the end of the turn wakes a thread once, and
+        not while the loop still holds the GIL to resume the other tasks.
+        """
         with self._lock:
             if self._closing:
                 raise RuntimeError(f"{self.name} is closed")
-            if self._idle:
-                self._idle.pop().inbox.put(job)
-            elif len(self._threads) < self.size:
-                self._started += 1
-                worker = Worker(self, self._started)
-                self._threads.append(worker)
-                self._all_exited.clear()
-                worker.inbox.put(job)
-                worker.start()
-            else:
-                self._backlog.append(job)
+            self._backlog.append(job)
+            if self._dispatch_pending:
+                return
+            if loop is None:
+                self._dispatch_locked()
+                return
+            self._dispatch_pending = True
+        loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            self._dispatch_pending = False
+            self._dispatch_locked()
+
+    def _dispatch_locked(self) -> None:
+        backlog = self._backlog
+        while backlog and self._idle:
+            self._idle.pop().inbox.put(backlog.popleft())
+        while backlog and len(self._threads) < self.size:
+            self._started += 1
+            worker = Worker(self, self._started)
+            self._threads.append(worker)
+            self._all_exited.clear()
+            worker.inbox.put(backlog.popleft())
+            worker.start()
 
     def _next(self, worker: Worker) -> Job | None:
         with self._lock:
@@ -234,6 +330,7 @@ class Workers:
     def close(self) -> None:
         """Stop taking jobs; each thread ends (closing its connection) once the backlog is done."""
         with self._lock:
+            self._dispatch_locked()  # what was submitted still runs
             self._closing = True
             idle, self._idle = self._idle, []
         for worker in idle:
@@ -259,6 +356,7 @@ def _forget_threads_after_fork() -> None:
         group._lock = threading.Lock()
         group._idle, group._threads = [], []
         group._backlog.clear()
+        group._dispatch_pending = False
         group._all_exited = threading.Event()
         group._all_exited.set()
         group.pid = os.getpid()

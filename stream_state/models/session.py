@@ -862,6 +862,16 @@ def _unregister(db: Any, session: Session) -> None:
             del _BY_DATABASE[db]
 
 
+def acting_session() -> Session | None:
+    """The session made current by ``Session.acting()`` in this thread or task, if any."""
+    return _ACTING.get()
+
+
+def registered_session(db: Any) -> Session | None:
+    """The process session registered for ``db`` (the database itself, not a proxy), as it stands."""
+    return _BY_DATABASE.get(db)
+
+
 def current_session(db: Any = None, *, open: bool = True) -> Session | None:
     """The session the models' writes go through: the acting one, else this process's.
 

@@ -16,26 +16,28 @@ growth and background noise fall on all alike):
 
 * ``sync``: the synchronous API in a plain loop (the baseline);
 * ``async 1 task``: the same calls awaited one after another through
-  ``stream_state.aio``: what the greenlet bridge and the async driver cost;
+  ``stream_state.aio``: what the hand-off to the database costs;
 * ``async N tasks``: ``--tasks`` tasks in one loop, each driving its own
   streams at once, as a manager does (on SQLite they queue on the one
-  writer; on PostgreSQL they run on parallel connections).
+  writer thread; on PostgreSQL they run on parallel connections).
 
-Where the async time goes: every statement is a trip to the driver and back
-through the loop. With aiosqlite that is a hand-off to the connection's
-thread and a wake-up of the loop (0.1-0.2 ms on a small VM), and a segment
-cycle runs five statements; with asyncpg it is the network round trip that
-psycopg2 pays too, so PostgreSQL loses little and gains from parallel
-connections.
+Where the async time goes. SQLite: each call runs whole on a database
+thread (one hand-off there and one wake-up of the loop back, however many
+statements the call runs); with many tasks the writer thread runs their
+calls back to back and the loop collects the outcomes in one wake-up.
+PostgreSQL: every statement is a trip to asyncpg and back through the
+loop, the network round trip that psycopg2 pays too, so PostgreSQL loses
+little and gains from parallel connections.
 
 The table gives operations per second, the ratio to ``sync``, and the worst
 lag of a 5 ms ticker task running in the same loop. For ``sync`` the lag is
 how long the loop stays blocked when the manager calls the synchronous API
-from it (here: a whole round). For the async modes it is the Python work of
-the calls that happen to run in one loop iteration: validation and SQL
+from it (here: a whole round). For the async modes it is the Python work
+that happens to run in one loop iteration: on PostgreSQL validation and SQL
 building stay on the loop's thread (a 200-sample batch takes a few ms to
 validate, so 50 tasks starting one each at the same instant hold the loop
-for 50 times that); the waiting for the database never does.
+for 50 times that); on SQLite they run on the database thread, which shares
+the GIL with the loop; the waiting for the database never blocks the loop.
 Not a test: CI does not run it.
 """
 

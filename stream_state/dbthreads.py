@@ -142,6 +142,8 @@ class Worker(threading.Thread):
         super().__init__(name=f"{group.name}-{number}", daemon=True)
         self.group = group
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # Mailboxes this thread left outcomes in without waking their loop.
+        self.unwoken: set[_Mailbox] = set()
         # Set by the database when this thread opens its connection: aborts the running statement.
         self.interrupt: Callable[[], None] | None = None
 
@@ -155,6 +157,7 @@ class Worker(threading.Thread):
                 job = group._next(self)
         finally:
             _local.worker = None
+            self.wake_loops()
             try:
                 group.on_exit()  # closes this thread's connection
             except Exception:
@@ -181,7 +184,13 @@ class Worker(threading.Thread):
         # While more jobs wait for this thread, the loop is not woken for each
         # outcome: it gets them all at once when the thread runs dry (or
         # every few), one wake-up of each thread instead of one per call.
-        job.mailbox.post(job, outcome, wake=not self.group._backlog)
+        if not job.mailbox.post(job, outcome, wake=not self.group._backlog):
+            self.unwoken.add(job.mailbox)
+
+    def wake_loops(self) -> None:
+        """Before the thread goes idle: wake the loops it left outcomes for (the jobs after were dropped)."""
+        while self.unwoken:
+            self.unwoken.pop().wake()
 
 
 # Outcomes a busy thread lets wait before it wakes the loop anyway.
@@ -201,10 +210,21 @@ class _Mailbox:
         self.outcomes: collections.deque[tuple[Job, tuple[bool, Any]]] = collections.deque()
         self.scheduled = False
 
-    def post(self, job: Job, outcome: tuple[bool, Any], wake: bool = True) -> None:
-        """From a worker thread: hand the outcome over and wake the loop unless a wake-up is pending."""
+    def post(self, job: Job, outcome: tuple[bool, Any], wake: bool = True) -> bool:
+        """From a worker thread: hand the outcome over; wake the loop if ``wake`` (or enough wait).
+
+        False when the loop was not woken: the thread must call ``wake()``
+        before it goes idle.
+        """
         self.outcomes.append((job, outcome))
-        if self.scheduled or not (wake or len(self.outcomes) >= WAKE_AFTER):
+        if not (wake or len(self.outcomes) >= WAKE_AFTER):
+            return False
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        """Make the loop drain the outcomes, unless it is already going to (or has)."""
+        if self.scheduled or not self.outcomes:
             return
         # Appended before the flag is read, and the drain clears the flag
         # before it takes: an outcome is always taken by a drain.
@@ -318,6 +338,7 @@ class Workers:
             if self._closing:
                 return None
             self._idle.append(worker)
+        worker.wake_loops()
         return worker.inbox.get()
 
     def _exited(self, worker: Worker) -> None:

@@ -424,6 +424,121 @@ def test_atomic_makes_several_calls_one_transaction(backend):
     run_async(backend, body)
 
 
+def test_atomic_holds_across_other_awaits_its_reads_see_its_writes_and_others_see_only_commits(backend):
+    """A task's atomic() block stays one transaction while the task awaits something else.
+
+    On SQLite the block holds the writer (its calls run on the writer thread,
+    inside the transaction): other tasks' reads go on and see only what was
+    committed, their writes wait until the block ends and land after it.
+    """
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        other = await aio.register("cam-2", URI.replace("10.0.0.1", "10.0.0.2"))
+        # The process's session and its claims, committed first: on PostgreSQL a
+        # session opened inside the block would stay invisible to the other task.
+        await aio.record_health(cam, "healthy", at=T0)
+        await aio.record_health(other, "healthy", at=T0)
+        inside, outside_done = asyncio.Event(), asyncio.Event()
+        order: list[str] = []
+
+        async def holder() -> None:
+            async with aio.atomic():
+                await aio.begin_segment(cam, "/rec/a.mp4", started_at=T0)
+                assert await aio.count(Recording.select()) == 1, "the block reads its own write"
+                inside.set()
+                await outside_done.wait()  # another task runs meanwhile
+                await aio.record_event("note", cam, message="in the block", at=T0)
+                order.append("block ends")
+            order.append("block committed")
+
+        async def outsider() -> None:
+            await inside.wait()
+            assert await aio.count(Recording.select()) == 0, "uncommitted rows stay invisible"
+            write = asyncio.ensure_future(aio.record_event("note", other, message="outside", at=T0))
+            await asyncio.sleep(0.05)
+            if backend.name == "sqlite":
+                assert not write.done(), "a write waits while another task's block holds the writer"
+            outside_done.set()
+            await write
+            order.append("outside written")
+
+        await asyncio.gather(holder(), outsider())
+        if backend.name == "sqlite":
+            assert order == ["block ends", "block committed", "outside written"]
+            notes = await aio.fetch(Event.select().where(Event.type == "note").order_by(Event.id))
+            assert [e.message for e in notes] == ["in the block", "outside"]
+        assert await aio.count(Recording.select()) == 1
+
+    run_async(backend, body)
+
+
+def test_a_write_waits_for_an_atomic_block_at_most_acquire_timeout(backend):
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's one writer: PostgreSQL's writers do not wait for each other's blocks")
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        inside, release = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with aio.atomic():
+                await aio.record_health(cam, "degraded", at=T0)
+                inside.set()
+                await release.wait()
+
+        task = asyncio.ensure_future(holder())
+        await inside.wait()
+        with pytest.raises(DatabaseUnavailable, match=r"atomic\(\) block held the writer"):
+            await aio.record_event("note", cam, at=T0)
+        release.set()
+        await task
+        assert await aio.count(Event.select().where(Event.type == "note")) == 0
+        assert (await aio.by_name("cam-1")).health == "degraded"
+
+    run_async(backend, body, acquire_timeout=0.2)
+
+
+def test_a_call_cancelled_while_it_waits_for_the_writer_thread_never_runs(backend):
+    if backend.name != "sqlite":
+        pytest.skip("the SQLite writer thread's queue")
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        busy = asyncio.ensure_future(aio.run(time.sleep, 0.3))  # holds the writer thread
+        queued = asyncio.ensure_future(aio.begin_segment(cam, "/rec/never.mp4", started_at=T0))
+        await asyncio.sleep(0)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await busy
+        assert await aio.count(Recording.select()) == 0
+        segment = await aio.begin_segment(cam, "/rec/next.mp4", started_at=T0)
+        assert segment.segment_index == 0
+
+    run_async(backend, body)
+
+
+def test_an_acting_session_follows_the_task_into_its_calls(backend):
+    """Session.acting() in a task: the calls it awaits write through that session (a context variable)."""
+    from stream_state.models.session import Session
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        mine = await aio.run(lambda: Session.open(label="acting", register=False))
+
+        async def manager() -> None:
+            with mine.acting():
+                await aio.begin_segment(cam, "/rec/a.mp4", started_at=T0)
+
+        await asyncio.gather(manager(), aio.record_event("note", None, at=T0))
+        owner = await aio.read(lambda: Stream.get_by_id(cam.id).owner_session_id)
+        assert owner == mine.id
+        await aio.run(mine.close)
+
+    run_async(backend, body)
+
+
 # --- many tasks -------------------------------------------------------------------------------
 
 STREAMS = 50

@@ -134,6 +134,31 @@ def test_rows_written_by_the_hot_path_read_back_like_orm_rows(db):
     assert Recording.select().where(Recording.metadata["codec"] == "h265").count() == 2
 
 
+def test_begin_segment_returns_its_row_clean_with_its_stream_attached(db):
+    stream = StreamFactory()
+    segment = stream.begin_segment("/rec/clean.mp4", started_at=T0)
+    with count_queries() as reads:
+        assert segment.stream is stream  # no query: the row was built around the stream
+    assert reads.count == 0
+    # Nothing is dirty: a save() has nothing to write (the row is what the database holds).
+    assert segment._dirty == set()
+    assert segment.started_at is T0  # the caller's time, exact to the millisecond, is kept
+    assert segment.state == SegmentState.RECORDING and segment.size_bytes == 0 and not segment.archived
+
+
+def test_hot_path_statements_are_spelled_once_per_database_and_carry_the_gate(db):
+    from stream_state.models import database_proxy
+    from stream_state.models.statements import prepared
+
+    hot = prepared(database_proxy)
+    assert prepared(db) is hot and hot.db is db
+    # invariant 15: the per-second statements are gated in themselves on
+    # (owner session, epoch) and the session's lease.
+    for sql in (hot.gated_checkpoint, hot.gated_touch_health, hot.segment.claim_index):
+        assert '"owner_session_id" = ' in sql and '"owner_epoch" = ' in sql and '"expires_at" > ' in sql
+    assert '"owner_session_id" = ' in hot.owner_guard and '"expires_at" > ' in hot.owner_guard
+
+
 # --- checkpoint ---------------------------------------------------------------------
 
 

@@ -226,6 +226,9 @@ def test_repeated_health_only_refreshes_last_seen(db):
     [
         ({"state": "sick"}, "state"),
         ({"state": "unknown"}, "state"),
+        ({"state": HealthState.UNKNOWN}, "state"),
+        ({"state": "HEALTHY"}, "state"),
+        ({"state": ["healthy"]}, "state"),
         ({"state": "healthy", "data": {"x": float("nan")}}, "data['x']"),
         ({"state": "healthy", "at": dt.datetime(2026, 1, 1)}, "at"),
         ({"state": "healthy", "reason": 5}, "reason"),

@@ -9,8 +9,8 @@ import pytest
 
 from stream_state import ValidationError
 from stream_state.redact import redact_data, redact_text, redact_uri
-from stream_state.timeutil import from_millis, to_millis
-from stream_state.validate import require_json_object, require_number, require_uri
+from stream_state.timeutil import exact_utc, from_millis, to_millis
+from stream_state.validate import require_json_object, require_number, require_text, require_uri
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,45 @@ def test_numbers_must_be_finite_reals(value):
 def test_naive_datetimes_are_refused_by_name():
     with pytest.raises(ValidationError, match=r"started_at=.*naive"):
         to_millis(dt.datetime(2026, 1, 1), "started_at")
+
+
+@pytest.mark.parametrize(
+    ("value", "exact"),
+    [
+        (dt.datetime(2026, 11, 26, 3, 4, 5, 678_000, tzinfo=dt.UTC), True),
+        (dt.datetime(2026, 11, 26, 3, 4, 5, tzinfo=dt.timezone.utc), True),  # noqa: UP017 - the same object
+        (dt.datetime(2026, 11, 26, 3, 4, 5, 678_901, tzinfo=dt.UTC), False),
+        (dt.datetime(2026, 11, 26, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))), False),
+        (dt.datetime(2026, 11, 26, 3, 4, 5), False),
+        (None, False),
+        ("2026-11-26T03:04:05Z", False),
+    ],
+)
+def test_exact_utc_is_true_only_when_the_value_is_its_own_stored_form(value, exact):
+    # The hot path keeps the caller's datetime instead of building
+    # from_millis(to_millis(value)) when exact_utc says they are the same.
+    assert exact_utc(value) is exact
+    if exact:
+        back = from_millis(to_millis(value))
+        assert back == value and back.tzinfo is value.tzinfo
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "empty"),
+        ("a\x01b", "control"),
+        ("a\x7fb", "control"),
+        ("a\u202eb", "format"),
+        ("x" * 11, "longer than 10"),
+        (b"bytes", "expected a string"),
+    ],
+)
+def test_require_text_refuses_what_its_printable_ascii_shortcut_lets_by(value, reason):
+    assert require_text("name", "cam-1 /rec/a.mp4 ~!", max_length=20) == "cam-1 /rec/a.mp4 ~!"
+    with pytest.raises(ValidationError, match=reason) as info:
+        require_text("name", value, max_length=10)
+    assert info.value.field == "name"
 
 
 def test_time_round_trips_at_millisecond_precision_in_any_zone():

@@ -71,9 +71,9 @@ from .models import Event, MetricSample, Recording, Stream
 from .models.base import check_database_file, current_database, dialect
 from .models.metric import (
     Sample,
+    _Batch,
     _executemany,
     _prepare,
-    _SeriesSpec,
     _wrap_database_error,
     series_id_cache,
 )
@@ -166,9 +166,7 @@ class _Segment:
 @dataclass
 class _Samples:
     index: int
-    items: list[Any]  # as given, to gather them again without a refused call
-    stream_ids: set[int | None]
-    count: int
+    batch: _Batch  # validated, as MetricSample.record_many validates them
 
 
 class Tick:
@@ -183,8 +181,6 @@ class Tick:
         self._events: list[_Event] = []
         self._segments: list[_Segment] = []
         self._samples: list[_Samples] = []
-        # Every sample of the tick, one spec per series, samples in call order.
-        self._specs: dict[str, _SeriesSpec] = {}
         self._calls = 0
         self._committed = False
 
@@ -289,7 +285,8 @@ class Tick:
         items = samples if isinstance(samples, list) else list(samples)
         if not items:
             return 0
-        self._add_samples(_prepare(items, single=False), items)
+        batch = _prepare(items, single=False)  # before _next(): a refused call takes no place
+        self._samples.append(_Samples(self._next(), batch))
         return len(items)
 
     def record(
@@ -301,19 +298,8 @@ class Tick:
         at: dt.datetime | None = None,
     ) -> None:
         """``MetricSample.record(...)``: one sample, written at commit."""
-        item = (name, value, stream, labels, at)
-        self._add_samples(_prepare([item], single=True), [item])
-
-    def _add_samples(self, specs: list[_SeriesSpec], items: list[Any]) -> None:
-        merged = self._specs
-        for spec in specs:
-            into = merged.get(spec.key)
-            if into is None:
-                merged[spec.key] = spec  # made by _prepare for this call alone
-            else:
-                into.samples.extend(spec.samples)
-        stream_ids = {spec.stream_id for spec in specs}
-        self._samples.append(_Samples(self._next(), items, stream_ids, len(items)))
+        batch = _prepare([(name, value, stream, labels, at)], single=True)
+        self._samples.append(_Samples(self._next(), batch))
 
     # --- writing -------------------------------------------------------------------------
 
@@ -364,7 +350,7 @@ class Tick:
         ids |= {call.stream.id for call in self._health}
         ids |= {e.row.stream_id for e in self._events if e.row.stream_id is not None}
         for samples in self._samples:
-            ids |= {sid for sid in samples.stream_ids if sid is not None}
+            ids |= {sid for sid in samples.batch.stream_ids if sid is not None}
         if not ids:
             return contextlib.nullcontext()
         return writer(db).gate(sorted(ids), skip_missing=True)
@@ -401,10 +387,13 @@ class Tick:
             report.events = len(rows)
         if self._samples and not failures:
             try:
-                MetricSample._write_specs(db, list(self._specs.values()), learned)
+                # Every call's samples together, in call order (the last
+                # sample for a series and millisecond wins), by the path
+                # MetricSample.record_many takes.
+                MetricSample._write_batches(db, [s.batch for s in self._samples], learned)
             except NotFound as exc:
                 failures.extend(self._refused_samples(exc))
-            report.samples = sum(s.count for s in self._samples)
+            report.samples = sum(len(s.batch) for s in self._samples)
 
     def _write_rolls(
         self, db: pw.Database, report: TickReport, failures: list[TickFailure], claims: contextlib.ExitStack
@@ -512,9 +501,9 @@ class Tick:
         """The record_many calls that carry samples of the unknown stream(s)."""
         missing = exc.key if isinstance(exc.key, list) else [exc.key]
         return [
-            TickFailure(s.index, f"samples ({s.count})", exc)
+            TickFailure(s.index, f"samples ({len(s.batch)})", exc)
             for s in self._samples
-            if not s.stream_ids.isdisjoint(missing)
+            if not s.batch.stream_ids.isdisjoint(missing)
         ]
 
     def _diagnose_integrity(self, db: pw.Database, exc: pw.PeeweeException) -> None:
@@ -546,10 +535,7 @@ class Tick:
             key=lambda call: call.index,
         )
         for call in kept:
-            if isinstance(call, _Samples):
-                # Validated already: gathered again under their new position.
-                rest._add_samples(_prepare(call.items, single=False), call.items)
-                continue
+            # Validated already (samples keep the times they were given, "now" included).
             copy = type(call)(**{**call.__dict__, "index": rest._next()})
             if isinstance(copy, _Segment):
                 copy.batched, copy.begun = False, None
@@ -559,6 +545,8 @@ class Tick:
                 rest._health.append(copy)
             elif isinstance(copy, _Segment):
                 rest._segments.append(copy)
+            elif isinstance(copy, _Samples):
+                rest._samples.append(copy)
             else:
                 rest._events.append(copy)
         return rest

@@ -21,9 +21,10 @@ import datetime as dt
 import itertools
 import json
 import logging
+import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import peewee as pw
@@ -157,20 +158,46 @@ def _unpack(item: Any) -> tuple[Any, Any, Any, Any, Any]:
     )
 
 
-@dataclasses.dataclass(slots=True)
-class _SeriesSpec:
-    """One distinct series of a batch and its samples, flat: [ts, value, ts, value, ...]."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Series:
+    """One distinct series of a batch, validated."""
 
     key: str
     name: str
     stream_id: int | None
     labels: dict[str, str]
-    samples: list[int | float] = dataclasses.field(default_factory=list)
 
-    def rows(self, series_id: int) -> Iterator[tuple[int, int | float, int | float]]:
-        """(series_id, ts, value) for each sample, in the order given, built in C."""
-        flat = iter(self.samples)
-        return zip(itertools.repeat(series_id), flat, flat)
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Batch:
+    """The validated samples of one call, column by column (no object per sample).
+
+    ``series`` holds each distinct series once, in the order first seen;
+    ``where`` the index in ``series`` of each sample (``None``: sample i is of
+    series i, the usual tick); ``stamps`` one time for every sample (the usual
+    tick) or one per sample, in epoch ms; ``values`` the floats.
+    """
+
+    series: Sequence[_Series]
+    keys: Sequence[str]
+    where: Sequence[int] | None
+    stamps: int | Sequence[int]
+    values: Sequence[float]
+    stream_ids: frozenset[int | None]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _batch_of(series: Sequence[_Series], where: Sequence[int] | None, stamps: Any, values: Any) -> _Batch:
+    return _Batch(
+        series,
+        [s.key for s in series],
+        where,
+        stamps,
+        values,
+        frozenset(s.stream_id for s in series),
+    )
 
 
 # Series identities validated before, by content: a manager names the same
@@ -213,85 +240,293 @@ def _identity(name: Any, stream: Any, labels: Any) -> tuple[str, int | None, dic
     return found
 
 
-def _prepare(items: Sequence[Any], single: bool) -> list[_SeriesSpec]:
-    """Validate every sample before anything touches the database; group them by series.
+def _prepare(items: Sequence[Any], single: bool) -> _Batch:
+    """Validate every sample before anything touches the database; return them as a ``_Batch``.
 
-    This loop is the whole Python cost of ingest, so the common case takes a
-    short path: a float value is checked inline, and series identities and
-    timestamps are remembered for the batch, because callers reuse one labels
-    dict per series and one ``at`` per tick. The identity memo is keyed by
-    object ids; every object it has seen stays referenced until the batch is
-    done, so no id can be reused for another object meanwhile.
+    The common call (plain 5-tuples, float or int values, one ``at`` per
+    tick, the same series objects as a call before) takes ``_fast_batch``:
+    names, streams and labels checked once per distinct series (and, for a
+    layout seen before, only for changes since), values and times checked
+    for the whole column at once. Anything it is not sure of, including
+    every invalid sample, goes through ``_checked_batch``, one sample at a
+    time, which raises the error naming the first bad sample and field.
+    """
+    if not single:
+        batch = _fast_batch(items)
+        if batch is not None:
+            return batch
+    return _checked_batch(items, single)
+
+
+_TUPLE_ONLY = frozenset({tuple})
+_FIVE_ONLY = frozenset({5})
+_STR_ONLY = frozenset({str})
+_FLOAT_ONLY = frozenset({float})
+_NONE = type(None)
+_TIMES = frozenset({dt.datetime, _NONE})
+_STREAM_VALUES = frozenset({int, _NONE})
+_STREAM_OBJECTS = frozenset({Stream, _NONE})
+_LABEL_TYPES = frozenset({dict, _NONE})
+
+
+def _fast_batch(items: Sequence[Any]) -> _Batch | None:
+    """The batch, or None when any sample needs a closer look (``_checked_batch``).
+
+    Values: finite iff their sum is (a NaN or an infinity makes the sum so;
+    finite values whose sum overflows take the slow path, which accepts
+    them). Times: one ``at`` object for every sample, or a few distinct
+    ones, each converted once.
+    """
+    if set(map(type, items)) != _TUPLE_ONLY or set(map(len, items)) != _FIVE_ONLY:
+        return None
+    names, values, streams, labelss, ats = zip(*items, strict=True)
+    value_types = set(map(type, values))
+    if value_types != _FLOAT_ONLY:
+        # ints (and float subclasses) are stored as floats, as require_number does; bool is refused.
+        if bool in value_types or not all(issubclass(kind, (int, float)) for kind in value_types):
+            return None
+        try:
+            values = tuple(map(float, values))
+        except (OverflowError, TypeError, ValueError):
+            return None
+    if not math.isfinite(sum(values)):
+        return None
+    if not set(map(type, ats)) <= _TIMES:
+        return None
+    stamps: int | list[int]
+    first = ats[0]
+    now: int | None = None
+    if ats.count(first) == len(ats):
+        if first is None:
+            stamps = now_millis()
+        else:
+            try:
+                stamps = to_millis(first, "at")
+            except ValidationError:
+                return None
+    else:
+        distinct: dict[Any, int] = dict.fromkeys(ats, 0)
+        for at in distinct:
+            if at is None:
+                if now is None:
+                    now = now_millis()  # one clock reading per batch: the samples of one call are one tick
+                distinct[at] = now
+            else:
+                try:
+                    distinct[at] = to_millis(at, "at")
+                except ValidationError:
+                    return None
+        stamps = list(map(distinct.__getitem__, ats))
+    layout = _layout(names, streams, labelss)
+    if layout is None:
+        return None
+    return _Batch(layout.series, layout.keys, layout.where, stamps, values, layout.stream_ids)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layout:
+    """The series of each position of a call, as validated for these very objects.
+
+    Kept for the next call with the same names, stream objects (or ids) and
+    labels dicts, in the same order: a manager's tick. It holds the label
+    dicts and Stream objects it was built from, so their ids (part of the
+    lookup key) cannot be reused by other objects while it exists, and a
+    copy of each dict and each stream's id as validated: a dict changed in
+    place, or a Stream whose id changed, makes the layout invalid.
+    """
+
+    series: tuple[_Series, ...]
+    keys: tuple[str, ...]
+    where: tuple[int, ...] | None
+    stream_ids: frozenset[int | None]
+    labels_seen: tuple[tuple[dict[str, str], dict[str, str]], ...]
+    streams_seen: tuple[tuple[Stream, int], ...]
+
+    def still_valid(self) -> bool:
+        for given, copy in self.labels_seen:
+            if given != copy:
+                return False
+        return all(stream.id == stream_id for stream, stream_id in self.streams_seen)
+
+
+_LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
+# A manager with a Tick per stream has one layout per stream: room for thousands.
+_LAYOUTS_MAX = 20_000
+_LAYOUTS_LOCK = threading.Lock()
+
+
+def _layout(names: tuple[Any, ...], streams: tuple[Any, ...], labelss: tuple[Any, ...]) -> _Layout | None:
+    """The series of each sample (validated once per distinct series), or None to take the slow path."""
+    if set(map(type, names)) != _STR_ONLY or not set(map(type, labelss)) <= _LABEL_TYPES:
+        return None
+    stream_types = set(map(type, streams))
+    lookup: tuple[Any, ...]
+    if stream_types <= _STREAM_VALUES:
+        # Stream ids by value (an int built afresh each tick is the same stream); exact types only,
+        # so True (== 1) never passes for stream 1.
+        lookup = (names, True, streams, tuple(map(id, labelss)))
+    elif stream_types <= _STREAM_OBJECTS:
+        lookup = (names, False, tuple(map(id, streams)), tuple(map(id, labelss)))
+    else:
+        return None
+    layout = _LAYOUTS.get(lookup)
+    if layout is not None and layout.still_valid():
+        return layout
+    try:
+        layout, reusable = _new_layout(names, streams, labelss)
+    except ValidationError:
+        return None
+    if reusable:
+        with _LAYOUTS_LOCK:
+            while len(_LAYOUTS) >= _LAYOUTS_MAX:
+                del _LAYOUTS[next(iter(_LAYOUTS))]  # the oldest
+            _LAYOUTS[lookup] = layout
+    return layout
+
+
+def _new_layout(
+    names: tuple[str, ...], streams: tuple[Any, ...], labelss: tuple[Any, ...]
+) -> tuple[_Layout, bool]:
+    """Validate each distinct (name, stream, labels) once; (layout, whether it may be remembered)."""
+    series: list[_Series] = []
+    index_by_key: dict[str, int] = {}
+    index_by_objects: dict[tuple[str, int, int], int] = {}
+    where: list[int] = []
+    labels_seen: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
+    streams_seen: dict[int, tuple[Stream, int]] = {}
+    reusable = True
+    for name, stream, labels in zip(names, streams, labelss, strict=True):
+        objects = (name, id(stream), id(labels))
+        index = index_by_objects.get(objects)
+        if index is None:
+            valid_name, stream_id, canonical, key = _identity(name, stream, labels)
+            index = index_by_key.get(key)
+            if index is None:
+                index = index_by_key[key] = len(series)
+                series.append(_Series(key, valid_name, stream_id, canonical))
+            index_by_objects[objects] = index
+            if labels is not None and id(labels) not in labels_seen:
+                # Only text labels are remembered: 1 == True would let a bool borrow an int's validation.
+                reusable = reusable and all(type(k) is str and type(v) is str for k, v in labels.items())
+                labels_seen[id(labels)] = (labels, dict(labels))
+            if type(stream) is Stream and stream_id is not None:
+                streams_seen.setdefault(id(stream), (stream, stream_id))
+        where.append(index)
+    distinct = len(series) == len(where)  # then where is 0, 1, 2, ...
+    layout = _Layout(
+        tuple(series),
+        tuple(s.key for s in series),
+        None if distinct else tuple(where),
+        frozenset(s.stream_id for s in series),
+        tuple(labels_seen.values()),
+        tuple(streams_seen.values()),
+    )
+    return layout, reusable
+
+
+def _checked_batch(items: Sequence[Any], single: bool) -> _Batch:
+    """Validate the samples one by one (any form); the error names the first bad sample and field.
 
     Errors name plain arguments (``value``); for ``record_many`` they are
     renamed after the fact (``samples[17].value``), which costs nothing per
     sample.
     """
-    specs: list[_SeriesSpec] = []
-    spec_by_key: dict[str, _SeriesSpec] = {}
-    adder_by_identity: dict[tuple[int, int, int], Callable[[int | float], None]] = {}
-    pinned: list[tuple[Any, Any, Any]] = []
+    series: list[_Series] = []
+    index_by_key: dict[str, int] = {}
+    # Keyed by object ids: every object seen stays referenced by ``items``
+    # until the batch is done, so no id can be reused for another meanwhile.
+    index_by_identity: dict[tuple[int, int, int], int] = {}
     millis_by_time: dict[dt.datetime, int] = {}
+    where: list[int] = []
+    stamps: list[int] = []
+    values: list[float] = []
     now: int | None = None
-    datetime_type = dt.datetime
     item: Any = None
-    # The previous sample's series and time: consecutive samples often share
-    # one (a series' history) or the other (a tick across every series).
-    last_name: Any = _UNSEEN
-    last_stream: Any = _UNSEEN
-    last_labels: Any = _UNSEEN
-    last_at: Any = _UNSEEN
-    add: Callable[[int | float], None] | None = None
-    ts = 0
     try:
         for item in items:
             if type(item) is tuple and len(item) == 5:
                 name, value, stream, labels, at = item
             else:
                 name, value, stream, labels, at = _unpack(item)
-
-            if labels is not last_labels or name is not last_name or stream is not last_stream:
-                add = adder_by_identity.get((id(name), id(stream), id(labels)))
-                last_name, last_stream, last_labels = name, stream, labels
-            if add is None:
+            identity = (id(name), id(stream), id(labels))
+            index = index_by_identity.get(identity)
+            if index is None:
                 valid_name, stream_id, canonical, key = _identity(name, stream, labels)
-                spec = spec_by_key.get(key)
-                if spec is None:
-                    spec = spec_by_key[key] = _SeriesSpec(key, valid_name, stream_id, canonical)
-                    specs.append(spec)
-                add = adder_by_identity[(id(name), id(stream), id(labels))] = spec.samples.append
-                pinned.append((name, stream, labels))
-
+                index = index_by_key.get(key)
+                if index is None:
+                    index = index_by_key[key] = len(series)
+                    series.append(_Series(key, valid_name, stream_id, canonical))
+                index_by_identity[identity] = index
             # x - x is 0.0 for every finite float and NaN for NaN and infinities.
             if type(value) is not float or value - value != 0.0:
                 value = require_number("value", value)
-
-            if at is last_at:
-                pass
-            elif at is None:
+            if at is None:
                 if now is None:
                     # One clock reading per batch: the samples of one call are one tick.
                     now = now_millis()
                 ts = now
-                last_at = at
-            elif type(at) is datetime_type:
+            elif type(at) is dt.datetime:
                 cached = millis_by_time.get(at)
                 if cached is None:
                     cached = millis_by_time[at] = to_millis(at, "at")
                 ts = cached
-                last_at = at
             else:
                 ts = to_millis(at, "at")
-
-            add(ts)
-            add(value)
+            where.append(index)
+            stamps.append(ts)
+            values.append(value)
     except ValidationError as exc:
         if single:
             raise
         index = next(i for i, candidate in enumerate(items) if candidate is item)
         field = f"samples[{index}]" if exc.field == "sample" else f"samples[{index}].{exc.field}"
         raise ValidationError(field, exc.value, exc.reason) from None
-    return specs
+    distinct = len(series) == len(where)
+    one_time = len(set(stamps)) == 1
+    return _batch_of(series, None if distinct else where, stamps[0] if one_time else stamps, values)
+
+
+def _merge(batches: Sequence[_Batch]) -> _Batch:
+    """One batch of the samples of several (a tick's calls), in call order, each series once."""
+    series: list[_Series] = []
+    index_by_key: dict[str, int] = {}
+    where: list[int] = []
+    stamps: list[int] = []
+    values: list[float] = []
+    for batch in batches:
+        local: list[int] = []
+        for spec in batch.series:
+            index = index_by_key.get(spec.key)
+            if index is None:
+                index = index_by_key[spec.key] = len(series)
+                series.append(spec)
+            local.append(index)
+        where.extend(local if batch.where is None else map(local.__getitem__, batch.where))
+        if isinstance(batch.stamps, int):
+            stamps.extend(itertools.repeat(batch.stamps, len(batch)))
+        else:
+            stamps.extend(batch.stamps)
+        values.extend(batch.values)
+    distinct = len(series) == len(where)
+    one_time = len(set(stamps)) == 1
+    return _batch_of(series, None if distinct else where, stamps[0] if one_time else stamps, values)
+
+
+def _ranges(ids: Sequence[int], stamps: int | Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """(series id, first ts, last ts) of each series of a batch; consumed only for late samples."""
+    if isinstance(stamps, int):
+        for series_id in dict.fromkeys(ids):
+            yield series_id, stamps, stamps
+        return
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for series_id, ts in zip(ids, stamps, strict=True):
+        if ts < first.get(series_id, ts + 1):
+            first[series_id] = ts
+        if ts > last.get(series_id, ts - 1):
+            last[series_id] = ts
+    for series_id, ts in first.items():
+        yield series_id, ts, last[series_id]
 
 
 # --- database helpers -----------------------------------------------------------
@@ -393,7 +628,13 @@ _UNNEST_FROM = 50
 
 
 def _insert_unnest(
-    db: pw.Database, table: str, columns: tuple[str, str, str], series: list[tuple[int, list[int | float]]]
+    db: pw.Database,
+    table: str,
+    columns: tuple[str, str, str],
+    ids: Sequence[int],
+    stamps: Sequence[int],
+    values: Sequence[float],
+    may_repeat: bool,
 ) -> None:
     """PostgreSQL: every sample in one ``INSERT ... SELECT FROM unnest(...)``, one array per column.
 
@@ -402,25 +643,21 @@ def _insert_unnest(
     CPU than ``execute_batch`` for a tick of thousands of samples). ``ON
     CONFLICT DO UPDATE`` cannot touch a row twice in one statement, so a
     batch that carries two samples for one (series, ms) keeps the last, as
-    the statement-per-sample path does.
+    the statement-per-sample path does (``may_repeat``: a series occurs more
+    than once in the batch).
     """
-    ids: list[int] = []
-    stamps: list[int | float] = []
-    values: list[int | float] = []
-    for series_id, flat in series:
-        stamp, value = flat[0::2], flat[1::2]
-        if len(stamp) > 1 and len(set(stamp)) < len(stamp):
-            last = dict(zip(stamp, value, strict=True))
-            stamp, value = list(last), list(last.values())
-        ids.extend(itertools.repeat(series_id, len(stamp)))
-        stamps.extend(stamp)
-        values.extend(value)
+    if may_repeat:
+        last = dict(zip(zip(ids, stamps, strict=True), values, strict=True))
+        if len(last) < len(values):
+            ids = [series_id for series_id, _ in last]
+            stamps = [ts for _, ts in last]
+            values = list(last.values())
     s, t, v = columns
     db.execute_sql(
         f'INSERT INTO "{table}" ("{s}", "{t}", "{v}") '
         "SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::double precision[]) "
         f'ON CONFLICT ("{s}", "{t}") DO UPDATE SET "{v}" = excluded."{v}"',
-        (ids, stamps, values),
+        (list(ids), list(stamps), list(values)),
     )
 
 
@@ -496,34 +733,31 @@ class MetricSeries(BaseModel):
         return query.order_by(cls.id)
 
     @classmethod
-    def _resolve(cls, db: pw.Database, specs: list[_SeriesSpec], learned: dict[str, int]) -> list[int]:
-        """The id of every series in ``specs``, creating the missing ones. Run in a transaction.
+    def _resolve(
+        cls, db: pw.Database, series: Sequence[_Series], keys: Sequence[str], learned: dict[str, int]
+    ) -> list[int]:
+        """The id of every series in ``series`` (whose keys are ``keys``), creating the missing ones.
 
-        Ids come from the database's ``SeriesIds`` cache when it is valid;
-        the ids read or created here go into ``learned``, for the caller to
-        add to the cache once the transaction committed. The statements are
-        written by hand because they run on every batch: for 1,000 series
-        peewee's query builder took 18 ms for the lookup and 130 ms for the
-        insert, these take 4 ms and 24 ms.
+        Run in a transaction. Ids come from the database's ``SeriesIds`` cache
+        when it is valid; the ids read or created here go into ``learned``,
+        for the caller to add to the cache once the transaction committed.
+        The statements are written by hand because they run on every batch:
+        for 1,000 series peewee's query builder took 18 ms for the lookup and
+        130 ms for the insert, these take 4 ms and 24 ms.
         """
         cache = series_id_cache(db)
         known = cache.ids if cache.check(db) else {}
-        ids: dict[str, int] = {}
-        unknown: list[str] = []
-        for spec in specs:
-            found = known.get(spec.key)
-            if found is None:
-                unknown.append(spec.key)
-            else:
-                ids[spec.key] = found
-        if not unknown:
-            return [ids[spec.key] for spec in specs]
+        cached = list(map(known.get, keys))
+        if None not in cached:
+            return cached  # type: ignore[return-value]  # no None in it
+        ids = {key: found for key, found in zip(keys, cached, strict=True) if found is not None}
+        unknown = [key for key in keys if key not in ids]
         looked_up = cls._ids_by_key(db, unknown)
         ids.update(looked_up)
         learned.update(looked_up)
-        missing = [spec for spec in specs if spec.key not in ids]
+        missing = [spec for spec in series if spec.key not in ids]
         if not missing:
-            return [ids[spec.key] for spec in specs]
+            return [ids[key] for key in keys]
         cls._check_streams(missing)
         # Sorted, so two writers creating overlapping series take the key
         # locks in the same order and cannot deadlock on PostgreSQL.
@@ -561,7 +795,7 @@ class MetricSeries(BaseModel):
                 f"metric series {lost[0]!r} was neither created nor found: deleted by a concurrent purge?"
             )
         log.debug("created %d metric series", len(missing))
-        return [ids[spec.key] for spec in specs]
+        return [ids[key] for key in keys]
 
     @classmethod
     def _ids_by_key(cls, db: pw.Database, keys: list[str]) -> dict[str, int]:
@@ -574,7 +808,7 @@ class MetricSeries(BaseModel):
         return found
 
     @staticmethod
-    def _check_streams(specs: list[_SeriesSpec]) -> None:
+    def _check_streams(specs: list[_Series]) -> None:
         """Refuse series of unknown streams with NotFound, before anything is written.
 
         The foreign key would refuse them too, but by then we could not say
@@ -622,10 +856,11 @@ class MetricSample(BaseModel):
         more than a handful of samples use ``record_many``: one call per
         sample costs a transaction (a commit) each.
         """
-        (spec,) = _prepare([(name, value, stream, labels, at)], single=True)
-        (series_id,) = cls._write([spec])
-        ts, number = spec.samples
-        return cls(series=series_id, ts=from_millis(int(ts)), value=number)
+        batch = _prepare([(name, value, stream, labels, at)], single=True)
+        (series_id,) = cls._write([batch])
+        stamps = batch.stamps
+        ts = stamps if isinstance(stamps, int) else stamps[0]
+        return cls(series=series_id, ts=from_millis(ts), value=batch.values[0])
 
     @classmethod
     def record_many(cls, samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
@@ -642,6 +877,8 @@ class MetricSample(BaseModel):
 
         The samples are read into a list first, and label dicts are not
         copied: do not change them from another thread during the call.
+        Fastest as a manager's tick: 5-tuples, one labels dict per series
+        (or per stream) kept from tick to tick, one ``at`` per tick.
         """
         if isinstance(samples, (str, bytes, Mapping, Sample)):
             # One sample (or a string) is iterable too, but never what was meant.
@@ -651,18 +888,20 @@ class MetricSample(BaseModel):
         items = samples if isinstance(samples, list) else list(samples)
         if not items:
             return 0
-        specs = _prepare(items, single=False)
-        cls._write(specs)
+        cls._write([_prepare(items, single=False)])
         return len(items)
 
     @classmethod
-    def _write(cls, specs: list[_SeriesSpec]) -> list[int]:
-        """Resolve the series and write their samples in one transaction; return the series ids."""
+    def _write(cls, batches: list[_Batch]) -> list[int]:
+        """Resolve the series and write the samples in one transaction; return the series ids.
+
+        The ids are those of ``_merge(batches)``'s series (for one batch, its own).
+        """
         db = current_database()
-        count = sum(len(spec.samples) for spec in specs) // 2
+        count = sum(map(len, batches))
         # Samples attributed to streams are manager writes: gated on this
         # process's session owning each of those streams (one statement).
-        stream_ids = [spec.stream_id for spec in specs if spec.stream_id is not None]
+        stream_ids = sorted({sid for b in batches for sid in b.stream_ids if sid is not None})
         session = writer(db) if stream_ids else None
         for attempt in range(2):
             learned: dict[str, int] = {}
@@ -673,7 +912,7 @@ class MetricSample(BaseModel):
                     db.atomic(),
                     session.gate(stream_ids) if session is not None else contextlib.nullcontext(),
                 ):
-                    series_ids = cls._write_specs(db, specs, learned)
+                    series_ids = cls._write_batches(db, batches, learned)
             except pw.IntegrityError as exc:
                 # A series vanished between its lookup and the insert: a
                 # concurrent delete on PostgreSQL, or a cached id that a
@@ -681,51 +920,64 @@ class MetricSample(BaseModel):
                 series_id_cache(db).forget()
                 if attempt == 0 and not db.in_transaction():
                     continue
-                raise NotFound("metric series", [spec.key for spec in specs][:3]) from exc
+                keys = [key for b in batches for key in b.keys]
+                raise NotFound("metric series", keys[:3]) from exc
             except pw.PeeweeException as exc:
                 raise _wrap_database_error(db, exc, f"writing {count} metric samples") from exc
             series_id_cache(db).learn(learned, db)
-            log.debug("wrote %d metric samples to %d series", count, len(specs))
+            log.debug("wrote %d metric samples", count)
             return series_ids
         raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
-    def _write_specs(cls, db: pw.Database, specs: list[_SeriesSpec], learned: dict[str, int]) -> list[int]:
+    def _write_batches(cls, db: pw.Database, batches: list[_Batch], learned: dict[str, int]) -> list[int]:
         """The body of ``_write``, inside the caller's transaction (a tick's, or its own).
 
-        The series ids read or created go into ``learned``, for the caller to
-        hand to ``SeriesIds.learn`` after the commit.
+        Returns the ids of ``_merge(batches)``'s series. The series ids read
+        or created go into ``learned``, for the caller to hand to
+        ``SeriesIds.learn`` after the commit.
         """
-        param = db.param
+        batch = batches[0] if len(batches) == 1 else _merge(batches)
+        series_ids = MetricSeries._resolve(db, batch.series, batch.keys, learned)
+        where = batch.where
+        ids = series_ids if where is None else list(map(series_ids.__getitem__, where))
+        stamps, values = batch.stamps, batch.values
+        # Rows in series id order, each series' samples in the order given
+        # (a stable sort: the last of two samples for one millisecond wins):
+        # SQLite then fills its (series, ts) b-tree in key order instead of
+        # hopping across every series' leaf on each tick, and concurrent
+        # PostgreSQL writers lock rows in one order. A manager's series are
+        # usually in id order already (created in the order it names them).
+        if ids != sorted(ids):
+            order = sorted(range(len(ids)), key=ids.__getitem__)
+            ids = list(map(ids.__getitem__, order))
+            values = list(map(values.__getitem__, order))
+            if not isinstance(stamps, int):
+                stamps = list(map(stamps.__getitem__, order))
         table = cls._meta.table_name
         series, ts, value = (cls.series.column_name, cls.ts.column_name, cls.value.column_name)
-        sql = (
-            f'INSERT INTO "{table}" ("{series}", "{ts}", "{value}") VALUES ({param}, {param}, {param}) '
-            f'ON CONFLICT ("{series}", "{ts}") DO UPDATE SET "{value}" = excluded."{value}"'
-        )
-        count = sum(len(spec.samples) for spec in specs) // 2
-        series_ids = MetricSeries._resolve(db, specs, learned)
-        # Series in id order, each one's samples in the order given
-        # (so the last of two samples for one millisecond wins):
-        # SQLite then fills its (series, ts) b-tree in key order
-        # instead of hopping across every series' leaf on each tick,
-        # and concurrent PostgreSQL writers lock rows in one order.
-        order = sorted(range(len(specs)), key=series_ids.__getitem__)
-        if not dialect(db).is_sqlite and count >= _UNNEST_FROM:
-            _insert_unnest(db, table, (series, ts, value), [(series_ids[i], specs[i].samples) for i in order])
+        if not dialect(db).is_sqlite and len(ids) >= _UNNEST_FROM:
+            every = [stamps] * len(ids) if isinstance(stamps, int) else stamps
+            _insert_unnest(db, table, (series, ts, value), ids, every, values, where is not None)
         else:
-            rows = itertools.chain.from_iterable(specs[i].rows(series_ids[i]) for i in order)
-            _executemany(db, sql, rows, count)
-        # Samples written behind the rollup watermark (late, or
-        # replacing old values) mark their hours for re-aggregation,
-        # in the same transaction, so rollups never go stale silently.
+            param = db.param
+            sql = (
+                f'INSERT INTO "{table}" ("{series}", "{ts}", "{value}") VALUES ({param}, {param}, {param}) '
+                f'ON CONFLICT ("{series}", "{ts}") DO UPDATE SET "{value}" = excluded."{value}"'
+            )
+            times = itertools.repeat(stamps) if isinstance(stamps, int) else stamps
+            # strict=False: ``times`` may be an endless repeat of the one time.
+            _executemany(db, sql, zip(ids, times, values, strict=False), len(ids))
+        # Samples written behind the rollup watermark (late, or replacing old
+        # values) mark their hours for re-aggregation, in the same
+        # transaction, so rollups never go stale silently. The ranges per
+        # series are worked out only when the batch reaches below the
+        # watermark, which a live recorder's never does.
         # Imported here: the rollup models refer to MetricSeries.
         from .rollups import MetricRollupStale
 
-        MetricRollupStale.note_late_samples(
-            (series_ids[i], int(min(specs[i].samples[0::2])), int(max(specs[i].samples[0::2])))
-            for i in range(len(specs))
-        )
+        earliest = stamps if isinstance(stamps, int) else min(stamps)
+        MetricRollupStale.note_late_samples(_ranges(ids, stamps), earliest=earliest)
         return series_ids
 
     @classmethod

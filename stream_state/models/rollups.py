@@ -54,7 +54,7 @@ class MetricRollupStale(BaseModel):
         primary_key = pw.CompositeKey("series", "hour_start")
 
     @classmethod
-    def note_late_samples(cls, ranges: Iterable[tuple[int, int, int]]) -> int:
+    def note_late_samples(cls, ranges: Iterable[tuple[int, int, int]], earliest: int | None = None) -> int:
         """Mark rollups stale for samples written below the watermark; call inside the write's transaction.
 
         ``ranges`` holds (series_id, first ts, last ts) in epoch ms for each
@@ -62,10 +62,12 @@ class MetricRollupStale(BaseModel):
         share lock, so that a concurrent ``refresh_rollups`` either saw these
         samples or is waited for) and writes marks only for samples older than
         it, which a live recorder never produces. Returns the marks written.
+        ``earliest`` (the batch's first ts, when the caller knows it) skips
+        reading ``ranges`` (worked out per series) when nothing is late.
         """
         db = current_database()
         watermark = read_watermark(db, share=True)
-        if watermark is None:
+        if watermark is None or (earliest is not None and earliest >= watermark):
             return 0
         marks: list[tuple[int, int]] = []
         for series_id, first_ts, last_ts in ranges:

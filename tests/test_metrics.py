@@ -429,6 +429,143 @@ def test_an_unknown_stream_in_a_batch_writes_nothing(db):
     assert counts() == before
 
 
+# --- record_many of a manager's tick: the column-wise path --------------------------------
+#
+# A tick (every stream's series once, one ``at``, the same labels dicts and Stream
+# objects as the tick before) is validated per distinct series and per column, and
+# its layout is remembered between calls. Each error must still be the one the
+# sample-by-sample check raises, naming the sample and the field, with nothing written.
+
+TICK_AT = T0 + dt.timedelta(minutes=5)
+TICK_NAMES = ("fps", "kbps", "dropped", "latency_ms", "cpu")
+BAD_AT = 137
+
+
+def tick_samples(cams, labels, at=TICK_AT, offset=0.0):
+    return [
+        (name, float(k) + offset, cam, labels[i], at)
+        for i, cam in enumerate(cams)
+        for k, name in enumerate(TICK_NAMES)
+    ]
+
+
+BAD_IN_A_TICK = [
+    pytest.param(1, math.nan, "value", id="nan"),
+    pytest.param(1, -math.inf, "value", id="minus-inf"),
+    pytest.param(1, True, "value", id="bool-value"),
+    pytest.param(1, "1.5", "value", id="text-value"),
+    pytest.param(1, 10**400, "value", id="int-too-large-for-a-float"),
+    pytest.param(4, dt.datetime(2026, 1, 1), "at", id="naive-at"),
+    pytest.param(4, dt.datetime(1969, 12, 31, tzinfo=dt.UTC), "at", id="at-before-1970"),
+    pytest.param(4, 1_790_000_000_000, "at", id="epoch-ms-at"),
+    pytest.param(0, "", "name", id="empty-name"),
+    pytest.param(0, "fps\x00", "name", id="nul-in-name"),
+    pytest.param(2, True, "stream", id="bool-stream"),
+    pytest.param(2, 0, "stream", id="stream-id-zero"),
+    pytest.param(3, {"pipeline": 1.5}, "labels['pipeline']", id="float-label"),
+    pytest.param(3, {"pipeline": True}, "labels['pipeline']", id="bool-label"),
+]
+
+
+@pytest.mark.parametrize(("position", "bad", "field"), BAD_IN_A_TICK)
+def test_a_bad_value_in_a_remembered_tick_is_named_and_nothing_is_written(db, position, bad, field):
+    cams = StreamFactory.create_batch(40)
+    labels = [{"pipeline": "main"} for _ in cams]
+    MetricSample.record_many(tick_samples(cams, labels))  # the layout is remembered from here
+    before = counts()
+    samples = tick_samples(cams, labels, TICK_AT + SECOND)
+    row = list(samples[BAD_AT])
+    row[position] = bad
+    samples[BAD_AT] = tuple(row)
+    with pytest.raises(ValidationError) as info:
+        MetricSample.record_many(samples)
+    assert info.value.field == f"samples[{BAD_AT}].{field}"
+    assert str(info.value).startswith(f"invalid samples[{BAD_AT}].{field}=")
+    assert counts() == before
+
+
+def test_a_label_changed_in_place_between_ticks_is_validated_again(db):
+    cams = StreamFactory.create_batch(3)
+    labels = [{"pipeline": "main"} for _ in cams]
+    MetricSample.record_many(tick_samples(cams, labels))
+    labels[1]["pipeline"] = True  # a bool must not borrow the validation of the text it replaced
+    with pytest.raises(ValidationError) as info:
+        MetricSample.record_many(tick_samples(cams, labels, TICK_AT + SECOND))
+    assert info.value.field == f"samples[{len(TICK_NAMES)}].labels['pipeline']"
+    labels[1]["pipeline"] = 2  # valid: stored as text, a series of its own
+    MetricSample.record_many(tick_samples(cams, labels, TICK_AT + SECOND))
+    assert {s.labels["pipeline"] for s in MetricSeries.select()} == {"main", "2"}
+    assert MetricSeries.select().count() == 4 * len(TICK_NAMES)
+
+
+def test_equal_but_new_objects_in_a_tick_are_the_same_series(db):
+    cams = StreamFactory.create_batch(3)
+    MetricSample.record_many(tick_samples(cams, [{"pipeline": "main"} for _ in cams]))
+    # Fresh Stream objects, fresh labels dicts, stream ids instead of objects: no new series.
+    again = [Stream.get_by_id(cam.id) for cam in cams]
+    MetricSample.record_many(tick_samples(again, [{"pipeline": "main"} for _ in cams], TICK_AT + SECOND))
+    ids = [cam.id for cam in cams]
+    MetricSample.record_many(tick_samples(ids, [{"pipeline": "main"} for _ in cams], TICK_AT + 2 * SECOND))
+    assert MetricSeries.select().count() == 3 * len(TICK_NAMES)
+    assert MetricSample.select().count() == 3 * 3 * len(TICK_NAMES)
+
+
+def test_a_stream_object_pointed_at_another_stream_writes_to_that_one(db):
+    cams = StreamFactory.create_batch(2)
+    labels = [None, None]
+    MetricSample.record_many(tick_samples(cams, labels))
+    moved = cams[0]
+    moved.id = cams[1].id  # the object now stands for the other stream
+    MetricSample.record_many(tick_samples([moved, cams[1]], labels, TICK_AT + SECOND, offset=10.0))
+    on_first = MetricSample.select().join(MetricSeries).where(MetricSeries.stream == cams[1].id).count()
+    assert on_first == 3 * len(TICK_NAMES)  # its own tick, then two samples per series at TICK_AT + 1 s
+
+
+def test_a_tick_with_int_values_and_several_times_stores_what_one_by_one_calls_store(db):
+    cams = StreamFactory.create_batch(4)
+    labels = [{"pipeline": "main"} for _ in cams]
+    times = [TICK_AT, None, TICK_AT + SECOND, TICK_AT]
+    samples = [
+        (name, k * 1000 + i if k % 2 else float(k) / 3, cam, labels[i], times[(i + k) % len(times)])
+        for i, cam in enumerate(cams)
+        for k, name in enumerate(TICK_NAMES)
+    ]
+    # A series twice in the batch, at the same millisecond: the later sample wins.
+    samples.append(("fps", 99.5, cams[0], labels[0], TICK_AT))
+    MetricSample.record_many(samples)
+    got = {(MetricSeries.get_by_id(sid).key, ts): value for sid, ts, value in stored()}
+    nows = {ts for (key, ts) in got if ts not in {to_millis(TICK_AT), to_millis(TICK_AT + SECOND)}}
+    assert len(nows) == 1  # the samples without a time share one "now"
+    (now,) = nows
+    expected: dict[tuple[str, int], float] = {}
+    for name, value, cam, lab, when in samples:
+        ts = now if when is None else to_millis(when)
+        expected[(series_key(name, cam.id, lab), ts)] = float(value)
+    assert got == expected
+    assert all(type(value) is float for _, _, value in stored())
+
+
+def test_finite_values_whose_sum_overflows_are_accepted(db):
+    MetricSample.record_many([("big", 1e308, None, None, T0), ("big2", 1e308, None, None, T0)])
+    assert [value for _, _, value in stored()] == [1e308, 1e308]
+
+
+def test_a_late_tick_marks_its_hours_stale_and_a_live_one_does_not(db):
+    from stream_state.models.rollups import MetricRollupStale
+    from stream_state.rollups import refresh_rollups
+
+    cams = StreamFactory.create_batch(2)
+    labels = [None, None]
+    MetricSample.record_many(tick_samples(cams, labels, TICK_AT))
+    refresh_rollups(TICK_AT + dt.timedelta(hours=3))
+    MetricSample.record_many(tick_samples(cams, labels, TICK_AT + dt.timedelta(hours=4)))
+    assert MetricRollupStale.select().count() == 0
+    MetricSample.record_many(tick_samples(cams, labels, TICK_AT + SECOND))  # late: below the watermark
+    hour = to_millis(TICK_AT) // 3_600_000 * 3_600_000
+    marks = {(row.series_id, row.hour_start) for row in MetricRollupStale.select()}
+    assert marks == {(s.id, hour) for s in MetricSeries.select()}
+
+
 def test_record_many_query_count_does_not_grow_with_the_samples(db, monkeypatch):
     cams = StreamFactory.create_batch(2)
     for cam in cams:  # a process's first write on a stream claims it: not counted here

@@ -259,7 +259,6 @@ def _prepare(items: Sequence[Any], single: bool) -> _Batch:
 
 
 _TUPLE_ONLY = frozenset({tuple})
-_FIVE_ONLY = frozenset({5})
 _STR_ONLY = frozenset({str})
 _FLOAT_ONLY = frozenset({float})
 _NONE = type(None)
@@ -277,9 +276,15 @@ def _fast_batch(items: Sequence[Any]) -> _Batch | None:
     them). Times: one ``at`` object for every sample, or a few distinct
     ones, each converted once.
     """
-    if set(map(type, items)) != _TUPLE_ONLY or set(map(len, items)) != _FIVE_ONLY:
+    if set(map(type, items)) != _TUPLE_ONLY:
         return None
-    names, values, streams, labelss, ats = zip(*items, strict=True)
+    try:
+        columns = tuple(zip(*items, strict=True))
+    except ValueError:  # tuples of different lengths
+        return None
+    if len(columns) != 5:
+        return None
+    names, values, streams, labelss, ats = columns
     value_types = set(map(type, values))
     if value_types != _FLOAT_ONLY:
         # ints (and float subclasses) are stored as floats, as require_number does; bool is refused.
@@ -325,16 +330,21 @@ def _fast_batch(items: Sequence[Any]) -> _Batch | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Layout:
-    """The series of each position of a call, as validated for these very objects.
+    """The series of each position of a call, as validated for these very arguments.
 
-    Kept for the next call with the same names, stream objects (or ids) and
-    labels dicts, in the same order: a manager's tick. It holds the label
-    dicts and Stream objects it was built from, so their ids (part of the
-    lookup key) cannot be reused by other objects while it exists, and a
-    copy of each dict and each stream's id as validated: a dict changed in
-    place, or a Stream whose id changed, makes the layout invalid.
+    Kept for the next call that passes equal names, streams and labels in
+    the same order: a manager's tick. Equal, compared as tuples: the same
+    objects compare equal at once, and other objects only when they are
+    the same series (names and label dicts are plain text, checked before
+    a layout is kept or used; a Stream equals another of the same id;
+    stream ids compare as exact ints, so True never passes for 1). A label
+    dict changed in place since, or a Stream whose id changed, makes the
+    layout invalid: each is compared with a copy taken when validated.
     """
 
+    names: tuple[str, ...]
+    streams: tuple[Any, ...]
+    labelss: tuple[dict[str, str] | None, ...]
     series: tuple[_Series, ...]
     keys: tuple[str, ...]
     where: tuple[int, ...] | None
@@ -342,17 +352,24 @@ class _Layout:
     labels_seen: tuple[tuple[dict[str, str], dict[str, str]], ...]
     streams_seen: tuple[tuple[Stream, int], ...]
 
-    def still_valid(self) -> bool:
+    def matches(self, streams: tuple[Any, ...], labelss: tuple[Any, ...]) -> bool:
+        if streams != self.streams or labelss != self.labelss:
+            return False
         for given, copy in self.labels_seen:
             if given != copy:
                 return False
         return all(stream.id == stream_id for stream, stream_id in self.streams_seen)
 
 
+# Layouts by (names, the first stream, the first labels), the first two by
+# id when they are objects: the layout holds them, so no other object can
+# take their id while it exists.
 _LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
 # A manager with a Tick per stream has one layout per stream: room for thousands.
 _LAYOUTS_MAX = 20_000
 _LAYOUTS_LOCK = threading.Lock()
+_NO_STREAM_OBJECTS = frozenset({int, _NONE})
+_STREAMS = frozenset({Stream, int, _NONE})
 
 
 def _layout(names: tuple[Any, ...], streams: tuple[Any, ...], labelss: tuple[Any, ...]) -> _Layout | None:
@@ -360,17 +377,12 @@ def _layout(names: tuple[Any, ...], streams: tuple[Any, ...], labelss: tuple[Any
     if set(map(type, names)) != _STR_ONLY or not set(map(type, labelss)) <= _LABEL_TYPES:
         return None
     stream_types = set(map(type, streams))
-    lookup: tuple[Any, ...]
-    if stream_types <= _STREAM_VALUES:
-        # Stream ids by value (an int built afresh each tick is the same stream); exact types only,
-        # so True (== 1) never passes for stream 1.
-        lookup = (names, True, streams, tuple(map(id, labelss)))
-    elif stream_types <= _STREAM_OBJECTS:
-        lookup = (names, False, tuple(map(id, streams)), tuple(map(id, labelss)))
-    else:
-        return None
+    if not stream_types <= _STREAMS:
+        return None  # bools, Stream subclasses, anything else: validated one by one
+    first = streams[0]
+    lookup = (names, first if type(first) is not Stream else id(first), id(labelss[0]))
     layout = _LAYOUTS.get(lookup)
-    if layout is not None and layout.still_valid():
+    if layout is not None and layout.matches(streams, labelss):
         return layout
     try:
         layout, reusable = _new_layout(names, streams, labelss)
@@ -414,6 +426,9 @@ def _new_layout(
         where.append(index)
     distinct = len(series) == len(where)  # then where is 0, 1, 2, ...
     layout = _Layout(
+        names,
+        streams,
+        labelss,
         tuple(series),
         tuple(s.key for s in series),
         None if distinct else tuple(where),

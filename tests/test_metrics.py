@@ -515,10 +515,18 @@ def test_a_stream_object_pointed_at_another_stream_writes_to_that_one(db):
     labels = [None, None]
     MetricSample.record_many(tick_samples(cams, labels))
     moved = cams[0]
+    first_id = moved.id
     moved.id = cams[1].id  # the object now stands for the other stream
     MetricSample.record_many(tick_samples([moved, cams[1]], labels, TICK_AT + SECOND, offset=10.0))
-    on_first = MetricSample.select().join(MetricSeries).where(MetricSeries.stream == cams[1].id).count()
-    assert on_first == 3 * len(TICK_NAMES)  # its own tick, then two samples per series at TICK_AT + 1 s
+    def rows_of(stream_id):
+        query = MetricSample.select(MetricSample.ts, MetricSample.value).join(MetricSeries)
+        return sorted((to_millis(s.ts), s.value) for s in query.where(MetricSeries.stream == stream_id))
+
+    assert len(rows_of(first_id)) == len(TICK_NAMES)  # its first tick only
+    # Both halves of the second tick went to the other stream's series, the later sample winning.
+    later = to_millis(TICK_AT + SECOND)
+    assert [v for ts, v in rows_of(cams[1].id) if ts == later] == [10.0 + k for k in range(len(TICK_NAMES))]
+    assert len(rows_of(cams[1].id)) == 2 * len(TICK_NAMES)
 
 
 def test_a_tick_with_int_values_and_several_times_stores_what_one_by_one_calls_store(db):

@@ -22,10 +22,11 @@ import itertools
 import json
 import logging
 import math
+import operator
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
@@ -170,34 +171,37 @@ class _Series:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Batch:
-    """The validated samples of one call, column by column (no object per sample).
+    """The validated samples of one call (no object per sample), in one of two forms.
 
-    ``series`` holds each distinct series once, in the order first seen;
-    ``where`` the index in ``series`` of each sample (``None``: sample i is of
-    series i, the usual tick); ``stamps`` one time for every sample (the usual
-    tick) or one per sample, in epoch ms; ``values`` the floats.
+    ``series`` holds each distinct series once, in the order first seen.
+    Columns (``flats`` is None), when each series has one sample (a
+    manager's tick): sample i is of series i, ``stamps`` is one time for
+    every sample or one per sample (epoch ms), ``values`` the floats.
+    Grouped (a backfill, or a series sampled twice): ``flats[i]`` holds
+    series i's samples as [ts, value, ts, value, ...], in the order given.
     """
 
     series: Sequence[_Series]
     keys: Sequence[str]
-    where: Sequence[int] | None
-    stamps: int | Sequence[int]
-    values: Sequence[float]
     stream_ids: frozenset[int | None]
+    count: int
+    stamps: int | Sequence[int] = 0
+    values: Sequence[float] = ()
+    flats: Sequence[list[float]] | None = None
 
     def __len__(self) -> int:
-        return len(self.values)
+        return self.count
 
 
-def _batch_of(series: Sequence[_Series], where: Sequence[int] | None, stamps: Any, values: Any) -> _Batch:
-    return _Batch(
-        series,
-        [s.key for s in series],
-        where,
-        stamps,
-        values,
-        frozenset(s.stream_id for s in series),
-    )
+def _columns(series: Sequence[_Series], stamps: int | Sequence[int], values: Sequence[float]) -> _Batch:
+    keys = [s.key for s in series]
+    return _Batch(series, keys, frozenset(s.stream_id for s in series), len(values), stamps, values)
+
+
+def _grouped(series: Sequence[_Series], flats: Sequence[list[float]]) -> _Batch:
+    keys = [s.key for s in series]
+    count = sum(map(len, flats)) // 2
+    return _Batch(series, keys, frozenset(s.stream_id for s in series), count, flats=flats)
 
 
 # Series identities validated before, by content: a manager names the same
@@ -259,12 +263,13 @@ def _prepare(items: Sequence[Any], single: bool) -> _Batch:
 
 
 _TUPLE_ONLY = frozenset({tuple})
+_FIVE_ONLY = frozenset({5})
+_ZIP_MAX = 5_000
+_FIELD_GETTERS = tuple(operator.itemgetter(i) for i in range(5))
 _STR_ONLY = frozenset({str})
 _FLOAT_ONLY = frozenset({float})
 _NONE = type(None)
 _TIMES = frozenset({dt.datetime, _NONE})
-_STREAM_VALUES = frozenset({int, _NONE})
-_STREAM_OBJECTS = frozenset({Stream, _NONE})
 _LABEL_TYPES = frozenset({dict, _NONE})
 
 
@@ -278,12 +283,19 @@ def _fast_batch(items: Sequence[Any]) -> _Batch | None:
     """
     if set(map(type, items)) != _TUPLE_ONLY:
         return None
-    try:
-        columns = tuple(zip(*items, strict=True))
-    except ValueError:  # tuples of different lengths
-        return None
-    if len(columns) != 5:
-        return None
+    columns: tuple[tuple[Any, ...], ...]
+    if len(items) <= _ZIP_MAX:
+        try:
+            columns = tuple(zip(*items, strict=True))
+        except ValueError:  # tuples of different lengths
+            return None
+        if len(columns) != 5:
+            return None
+    else:
+        # zip(*items) slows down per item with hundreds of thousands of iterators.
+        if set(map(len, items)) != _FIVE_ONLY:
+            return None
+        columns = tuple(tuple(map(getter, items)) for getter in _FIELD_GETTERS)
     names, values, streams, labelss, ats = columns
     value_types = set(map(type, values))
     if value_types != _FLOAT_ONLY:
@@ -322,24 +334,22 @@ def _fast_batch(items: Sequence[Any]) -> _Batch | None:
                 except ValidationError:
                     return None
         stamps = list(map(distinct.__getitem__, ats))
-    layout = _layout(names, streams, labelss)
-    if layout is None:
-        return None
-    return _Batch(layout.series, layout.keys, layout.where, stamps, values, layout.stream_ids)
+    return _by_layout(names, streams, labelss, stamps, values)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Layout:
     """The series of each position of a call, as validated for these very arguments.
 
-    Kept for the next call that passes equal names, streams and labels in
-    the same order: a manager's tick. Equal, compared as tuples: the same
-    objects compare equal at once, and other objects only when they are
-    the same series (names and label dicts are plain text, checked before
-    a layout is kept or used; a Stream equals another of the same id;
-    stream ids compare as exact ints, so True never passes for 1). A label
-    dict changed in place since, or a Stream whose id changed, makes the
-    layout invalid: each is compared with a copy taken when validated.
+    Only for calls with one sample per series (a manager's tick): kept for
+    the next call that passes equal names, streams and labels in the same
+    order. Equal, compared as tuples: the same objects compare equal at
+    once, and other objects only when they are the same series (names and
+    label dicts are plain text, checked before a layout is kept or used; a
+    Stream equals another of the same id; stream ids compare as exact ints,
+    so True never passes for 1). A label dict changed in place since, or a
+    Stream whose id changed, makes the layout invalid: each is compared
+    with a copy taken when validated.
     """
 
     names: tuple[str, ...]
@@ -347,7 +357,6 @@ class _Layout:
     labelss: tuple[dict[str, str] | None, ...]
     series: tuple[_Series, ...]
     keys: tuple[str, ...]
-    where: tuple[int, ...] | None
     stream_ids: frozenset[int | None]
     labels_seen: tuple[tuple[dict[str, str], dict[str, str]], ...]
     streams_seen: tuple[tuple[Stream, int], ...]
@@ -367,76 +376,96 @@ class _Layout:
 _LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
 # A manager with a Tick per stream has one layout per stream: room for thousands.
 _LAYOUTS_MAX = 20_000
+# A bigger call is a backfill, not a tick that comes again: not worth holding on to.
+_LAYOUT_MAX_SAMPLES = 100_000
 _LAYOUTS_LOCK = threading.Lock()
-_NO_STREAM_OBJECTS = frozenset({int, _NONE})
 _STREAMS = frozenset({Stream, int, _NONE})
 
 
-def _layout(names: tuple[Any, ...], streams: tuple[Any, ...], labelss: tuple[Any, ...]) -> _Layout | None:
-    """The series of each sample (validated once per distinct series), or None to take the slow path."""
+def _by_layout(
+    names: tuple[Any, ...],
+    streams: tuple[Any, ...],
+    labelss: tuple[Any, ...],
+    stamps: int | Sequence[int],
+    values: Sequence[float],
+) -> _Batch | None:
+    """The batch, its series validated once per distinct series; None to take the slow path."""
     if set(map(type, names)) != _STR_ONLY or not set(map(type, labelss)) <= _LABEL_TYPES:
         return None
-    stream_types = set(map(type, streams))
-    if not stream_types <= _STREAMS:
+    if not set(map(type, streams)) <= _STREAMS:
         return None  # bools, Stream subclasses, anything else: validated one by one
     first = streams[0]
     lookup = (names, first if type(first) is not Stream else id(first), id(labelss[0]))
     layout = _LAYOUTS.get(lookup)
     if layout is not None and layout.matches(streams, labelss):
-        return layout
+        return _Batch(layout.series, layout.keys, layout.stream_ids, len(values), stamps, values)
     try:
-        layout, reusable = _new_layout(names, streams, labelss)
+        return _new_layout(lookup, names, streams, labelss, stamps, values)
     except ValidationError:
         return None
-    if reusable:
-        with _LAYOUTS_LOCK:
-            while len(_LAYOUTS) >= _LAYOUTS_MAX:
-                del _LAYOUTS[next(iter(_LAYOUTS))]  # the oldest
-            _LAYOUTS[lookup] = layout
-    return layout
 
 
 def _new_layout(
-    names: tuple[str, ...], streams: tuple[Any, ...], labelss: tuple[Any, ...]
-) -> tuple[_Layout, bool]:
-    """Validate each distinct (name, stream, labels) once; (layout, whether it may be remembered)."""
+    lookup: tuple[Any, ...],
+    names: tuple[str, ...],
+    streams: tuple[Any, ...],
+    labelss: tuple[Any, ...],
+    stamps: int | Sequence[int],
+    values: Sequence[float],
+) -> _Batch:
+    """Validate each distinct (name, stream, labels) once, grouping the samples as it goes.
+
+    One sample per series: the batch in columns, and its layout kept (when
+    its labels are plain text) for the calls to come. Otherwise grouped.
+    """
     series: list[_Series] = []
     index_by_key: dict[str, int] = {}
-    index_by_objects: dict[tuple[str, int, int], int] = {}
-    where: list[int] = []
+    # Keyed by object ids: every object seen stays referenced by the
+    # columns until the batch is done, so no id can be reused meanwhile.
+    adder_by_objects: dict[tuple[str, int, int], Any] = {}
+    flats: list[list[float]] = []
     labels_seen: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
     streams_seen: dict[int, tuple[Stream, int]] = {}
     reusable = True
-    for name, stream, labels in zip(names, streams, labelss, strict=True):
+    times = itertools.repeat(stamps) if isinstance(stamps, int) else stamps
+    for name, stream, labels, at, number in zip(names, streams, labelss, times, values, strict=False):
         objects = (name, id(stream), id(labels))
-        index = index_by_objects.get(objects)
-        if index is None:
+        add = adder_by_objects.get(objects)
+        if add is None:
             valid_name, stream_id, canonical, key = _identity(name, stream, labels)
             index = index_by_key.get(key)
             if index is None:
                 index = index_by_key[key] = len(series)
                 series.append(_Series(key, valid_name, stream_id, canonical))
-            index_by_objects[objects] = index
+                flats.append([])
+            add = adder_by_objects[objects] = flats[index].append
             if labels is not None and id(labels) not in labels_seen:
                 # Only text labels are remembered: 1 == True would let a bool borrow an int's validation.
                 reusable = reusable and all(type(k) is str and type(v) is str for k, v in labels.items())
                 labels_seen[id(labels)] = (labels, dict(labels))
             if type(stream) is Stream and stream_id is not None:
                 streams_seen.setdefault(id(stream), (stream, stream_id))
-        where.append(index)
-    distinct = len(series) == len(where)  # then where is 0, 1, 2, ...
-    layout = _Layout(
-        names,
-        streams,
-        labelss,
-        tuple(series),
-        tuple(s.key for s in series),
-        None if distinct else tuple(where),
-        frozenset(s.stream_id for s in series),
-        tuple(labels_seen.values()),
-        tuple(streams_seen.values()),
-    )
-    return layout, reusable
+        add(at)
+        add(number)
+    if len(series) < len(values):
+        return _grouped(series, flats)
+    batch = _columns(series, stamps, values)
+    if reusable and len(names) <= _LAYOUT_MAX_SAMPLES:
+        layout = _Layout(
+            names,
+            streams,
+            labelss,
+            tuple(series),
+            tuple(batch.keys),
+            batch.stream_ids,
+            tuple(labels_seen.values()),
+            tuple(streams_seen.values()),
+        )
+        with _LAYOUTS_LOCK:
+            while len(_LAYOUTS) >= _LAYOUTS_MAX:
+                del _LAYOUTS[next(iter(_LAYOUTS))]  # the oldest
+            _LAYOUTS[lookup] = layout
+    return batch
 
 
 def _checked_batch(items: Sequence[Any], single: bool) -> _Batch:
@@ -448,13 +477,11 @@ def _checked_batch(items: Sequence[Any], single: bool) -> _Batch:
     """
     series: list[_Series] = []
     index_by_key: dict[str, int] = {}
+    flats: list[list[float]] = []
     # Keyed by object ids: every object seen stays referenced by ``items``
     # until the batch is done, so no id can be reused for another meanwhile.
-    index_by_identity: dict[tuple[int, int, int], int] = {}
+    adder_by_identity: dict[tuple[int, int, int], Any] = {}
     millis_by_time: dict[dt.datetime, int] = {}
-    where: list[int] = []
-    stamps: list[int] = []
-    values: list[float] = []
     now: int | None = None
     item: Any = None
     try:
@@ -464,14 +491,15 @@ def _checked_batch(items: Sequence[Any], single: bool) -> _Batch:
             else:
                 name, value, stream, labels, at = _unpack(item)
             identity = (id(name), id(stream), id(labels))
-            index = index_by_identity.get(identity)
-            if index is None:
+            add = adder_by_identity.get(identity)
+            if add is None:
                 valid_name, stream_id, canonical, key = _identity(name, stream, labels)
                 index = index_by_key.get(key)
                 if index is None:
                     index = index_by_key[key] = len(series)
                     series.append(_Series(key, valid_name, stream_id, canonical))
-                index_by_identity[identity] = index
+                    flats.append([])
+                add = adder_by_identity[identity] = flats[index].append
             # x - x is 0.0 for every finite float and NaN for NaN and infinities.
             if type(value) is not float or value - value != 0.0:
                 value = require_number("value", value)
@@ -487,27 +515,22 @@ def _checked_batch(items: Sequence[Any], single: bool) -> _Batch:
                 ts = cached
             else:
                 ts = to_millis(at, "at")
-            where.append(index)
-            stamps.append(ts)
-            values.append(value)
+            add(ts)
+            add(value)
     except ValidationError as exc:
         if single:
             raise
         index = next(i for i, candidate in enumerate(items) if candidate is item)
         field = f"samples[{index}]" if exc.field == "sample" else f"samples[{index}].{exc.field}"
         raise ValidationError(field, exc.value, exc.reason) from None
-    distinct = len(series) == len(where)
-    one_time = len(set(stamps)) == 1
-    return _batch_of(series, None if distinct else where, stamps[0] if one_time else stamps, values)
+    return _grouped(series, flats)
 
 
 def _merge(batches: Sequence[_Batch]) -> _Batch:
-    """One batch of the samples of several (a tick's calls), in call order, each series once."""
+    """One batch of the samples of several (a tick's calls), each series once, in call order."""
     series: list[_Series] = []
     index_by_key: dict[str, int] = {}
-    where: list[int] = []
-    stamps: list[int] = []
-    values: list[float] = []
+    flats: list[list[float]] = []
     for batch in batches:
         local: list[int] = []
         for spec in batch.series:
@@ -515,16 +538,19 @@ def _merge(batches: Sequence[_Batch]) -> _Batch:
             if index is None:
                 index = index_by_key[spec.key] = len(series)
                 series.append(spec)
+                flats.append([])
             local.append(index)
-        where.extend(local if batch.where is None else map(local.__getitem__, batch.where))
-        if isinstance(batch.stamps, int):
-            stamps.extend(itertools.repeat(batch.stamps, len(batch)))
+        if batch.flats is not None:
+            for index, flat in zip(local, batch.flats, strict=True):
+                flats[index].extend(flat)
         else:
-            stamps.extend(batch.stamps)
-        values.extend(batch.values)
-    distinct = len(series) == len(where)
-    one_time = len(set(stamps)) == 1
-    return _batch_of(series, None if distinct else where, stamps[0] if one_time else stamps, values)
+            stamps = batch.stamps
+            times = itertools.repeat(stamps) if isinstance(stamps, int) else stamps
+            for index, at, number in zip(local, times, batch.values, strict=False):
+                into = flats[index]
+                into.append(at)
+                into.append(number)
+    return _grouped(series, flats)
 
 
 def _ranges(ids: Sequence[int], stamps: int | Sequence[int]) -> Iterator[tuple[int, int, int]]:
@@ -873,9 +899,9 @@ class MetricSample(BaseModel):
         """
         batch = _prepare([(name, value, stream, labels, at)], single=True)
         (series_id,) = cls._write([batch])
-        stamps = batch.stamps
-        ts = stamps if isinstance(stamps, int) else stamps[0]
-        return cls(series=series_id, ts=from_millis(ts), value=batch.values[0])
+        assert batch.flats is not None  # checked one by one: grouped
+        ts, number = batch.flats[0]
+        return cls(series=series_id, ts=from_millis(int(ts)), value=number)
 
     @classmethod
     def record_many(cls, samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
@@ -954,26 +980,37 @@ class MetricSample(BaseModel):
         """
         batch = batches[0] if len(batches) == 1 else _merge(batches)
         series_ids = MetricSeries._resolve(db, batch.series, batch.keys, learned)
-        where = batch.where
-        ids = series_ids if where is None else list(map(series_ids.__getitem__, where))
-        stamps, values = batch.stamps, batch.values
+        stamps: int | Sequence[int] = batch.stamps
+        values: Sequence[float] = batch.values
         # Rows in series id order, each series' samples in the order given
-        # (a stable sort: the last of two samples for one millisecond wins):
-        # SQLite then fills its (series, ts) b-tree in key order instead of
-        # hopping across every series' leaf on each tick, and concurrent
-        # PostgreSQL writers lock rows in one order. A manager's series are
-        # usually in id order already (created in the order it names them).
-        if ids != sorted(ids):
-            order = sorted(range(len(ids)), key=ids.__getitem__)
-            ids = list(map(ids.__getitem__, order))
-            values = list(map(values.__getitem__, order))
-            if not isinstance(stamps, int):
-                stamps = list(map(stamps.__getitem__, order))
+        # (the last of two samples for one millisecond wins): SQLite then
+        # fills its (series, ts) b-tree in key order instead of hopping
+        # across every series' leaf on each tick, and concurrent PostgreSQL
+        # writers lock rows in one order.
+        if batch.flats is None:
+            # One sample per series (a tick). A manager's series are usually
+            # in id order already (created in the order it names them).
+            ids = series_ids
+            if ids != sorted(ids):
+                order = sorted(range(len(ids)), key=ids.__getitem__)
+                ids = list(map(ids.__getitem__, order))
+                values = list(map(values.__getitem__, order))
+                if not isinstance(stamps, int):
+                    stamps = list(map(stamps.__getitem__, order))
+        else:
+            # Grouped per series already: laid end to end (in C) in id order.
+            flats = batch.flats
+            order = sorted(range(len(flats)), key=series_ids.__getitem__)
+            runs = (itertools.repeat(series_ids[i], len(flats[i]) // 2) for i in order)
+            ids = list(itertools.chain.from_iterable(runs))
+            flat = list(itertools.chain.from_iterable(flats[i] for i in order))
+            values = flat[1::2]
+            stamps = cast(list[int], flat[0::2])
         table = cls._meta.table_name
         series, ts, value = (cls.series.column_name, cls.ts.column_name, cls.value.column_name)
         if not dialect(db).is_sqlite and len(ids) >= _UNNEST_FROM:
             every = [stamps] * len(ids) if isinstance(stamps, int) else stamps
-            _insert_unnest(db, table, (series, ts, value), ids, every, values, where is not None)
+            _insert_unnest(db, table, (series, ts, value), ids, every, values, batch.flats is not None)
         else:
             param = db.param
             sql = (

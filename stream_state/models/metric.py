@@ -553,6 +553,12 @@ def _merge(batches: Sequence[_Batch]) -> _Batch:
     return _grouped(series, flats)
 
 
+def _series_rows(series_id: int, flat: list[float]) -> Iterator[tuple[int, float, float]]:
+    """(series_id, ts, value) of a series' [ts, value, ts, value, ...], built in C."""
+    samples = iter(flat)
+    return zip(itertools.repeat(series_id), samples, samples, strict=False)
+
+
 def _ranges(ids: Sequence[int], stamps: int | Sequence[int]) -> Iterator[tuple[int, int, int]]:
     """(series id, first ts, last ts) of each series of a batch; consumed only for late samples."""
     if isinstance(stamps, int):
@@ -987,6 +993,10 @@ class MetricSample(BaseModel):
         # fills its (series, ts) b-tree in key order instead of hopping
         # across every series' leaf on each tick, and concurrent PostgreSQL
         # writers lock rows in one order.
+        table = cls._meta.table_name
+        columns = (cls.series.column_name, cls.ts.column_name, cls.value.column_name)
+        unnest = not dialect(db).is_sqlite and len(batch) >= _UNNEST_FROM
+        rows: Iterable[Sequence[Any]]
         if batch.flats is None:
             # One sample per series (a tick). A manager's series are usually
             # in id order already (created in the order it names them).
@@ -997,39 +1007,46 @@ class MetricSample(BaseModel):
                 values = list(map(values.__getitem__, order))
                 if not isinstance(stamps, int):
                     stamps = list(map(stamps.__getitem__, order))
-        else:
-            # Grouped per series already: laid end to end (in C) in id order.
-            flats = batch.flats
-            order = sorted(range(len(flats)), key=series_ids.__getitem__)
-            runs = (itertools.repeat(series_ids[i], len(flats[i]) // 2) for i in order)
-            ids = list(itertools.chain.from_iterable(runs))
-            flat = list(itertools.chain.from_iterable(flats[i] for i in order))
-            values = flat[1::2]
-            stamps = cast(list[int], flat[0::2])
-        table = cls._meta.table_name
-        series, ts, value = (cls.series.column_name, cls.ts.column_name, cls.value.column_name)
-        if not dialect(db).is_sqlite and len(ids) >= _UNNEST_FROM:
-            every = [stamps] * len(ids) if isinstance(stamps, int) else stamps
-            _insert_unnest(db, table, (series, ts, value), ids, every, values, batch.flats is not None)
-        else:
-            param = db.param
-            sql = (
-                f'INSERT INTO "{table}" ("{series}", "{ts}", "{value}") VALUES ({param}, {param}, {param}) '
-                f'ON CONFLICT ("{series}", "{ts}") DO UPDATE SET "{value}" = excluded."{value}"'
-            )
+            if unnest:
+                every = [stamps] * len(ids) if isinstance(stamps, int) else stamps
+                _insert_unnest(db, table, columns, ids, every, values, False)
             times = itertools.repeat(stamps) if isinstance(stamps, int) else stamps
             # strict=False: ``times`` may be an endless repeat of the one time.
-            _executemany(db, sql, zip(ids, times, values, strict=False), len(ids))
+            rows = zip(ids, times, values, strict=False)
+            earliest = stamps if isinstance(stamps, int) else min(stamps)
+            ranges = _ranges(ids, stamps)
+        else:
+            # Grouped per series already: in id order, each series' rows
+            # zipped from its flat list (in C, no list of rows in between).
+            flats = batch.flats
+            order = sorted(range(len(flats)), key=series_ids.__getitem__)
+            if unnest:
+                runs = (itertools.repeat(series_ids[i], len(flats[i]) // 2) for i in order)
+                ids = list(itertools.chain.from_iterable(runs))
+                flat = list(itertools.chain.from_iterable(flats[i] for i in order))
+                _insert_unnest(db, table, columns, ids, cast(list[int], flat[0::2]), flat[1::2], True)
+            rows = itertools.chain.from_iterable(_series_rows(series_ids[i], flats[i]) for i in order)
+            earliest = None
+            ranges = (
+                (series_ids[i], int(min(flats[i][0::2])), int(max(flats[i][0::2]))) for i in range(len(flats))
+            )
+        if not unnest:
+            s, t, v = columns
+            param = db.param
+            sql = (
+                f'INSERT INTO "{table}" ("{s}", "{t}", "{v}") VALUES ({param}, {param}, {param}) '
+                f'ON CONFLICT ("{s}", "{t}") DO UPDATE SET "{v}" = excluded."{v}"'
+            )
+            _executemany(db, sql, rows, len(batch))
         # Samples written behind the rollup watermark (late, or replacing old
         # values) mark their hours for re-aggregation, in the same
         # transaction, so rollups never go stale silently. The ranges per
-        # series are worked out only when the batch reaches below the
-        # watermark, which a live recorder's never does.
+        # series are worked out only when there is a watermark and (for a
+        # tick) the batch reaches below it, which a live recorder's never does.
         # Imported here: the rollup models refer to MetricSeries.
         from .rollups import MetricRollupStale
 
-        earliest = stamps if isinstance(stamps, int) else min(stamps)
-        MetricRollupStale.note_late_samples(_ranges(ids, stamps), earliest=earliest)
+        MetricRollupStale.note_late_samples(ranges, earliest=earliest)
         return series_ids
 
     @classmethod

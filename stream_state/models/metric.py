@@ -58,6 +58,9 @@ _KEYS_PER_SELECT = 500
 # The system_state row a trigger bumps on every delete from metric_series
 # (migration 007): a writer's cached series ids are good while it stays put.
 SERIES_DELETED_KEY = "metric_series_deleted"
+# The rollup watermark's system_state key (models/rollups.py), read by the
+# ingest path together with SERIES_DELETED_KEY.
+ROLLUP_WATERMARK_KEY = "metric_rollups"
 
 LabelsArg = Mapping[str, str | int] | None
 StreamArg = Stream | int | None
@@ -598,12 +601,16 @@ class SeriesIds:
         self.deletions: Any = _UNSEEN
         self.lock = threading.Lock()
 
-    def check(self, db: pw.Database) -> bool:
-        """Read the deletion counter (in the caller's transaction); False if caching is off."""
-        row = db.execute_sql(
-            f'SELECT "value" FROM "system_state" WHERE "key" = {db.param}', (SERIES_DELETED_KEY,)
-        ).fetchone()
-        marker = None if row is None else row[0]
+    def check(self, db: pw.Database, marker: Any = _UNSEEN) -> bool:
+        """Read the deletion counter (in the caller's transaction); False if caching is off.
+
+        ``marker``: the counter's value, when the caller read it already.
+        """
+        if marker is _UNSEEN:
+            row = db.execute_sql(
+                f'SELECT "value" FROM "system_state" WHERE "key" = {db.param}', (SERIES_DELETED_KEY,)
+            ).fetchone()
+            marker = None if row is None else row[0]
         with self.lock:
             if marker != self.deletions:
                 self.ids.clear()
@@ -781,7 +788,12 @@ class MetricSeries(BaseModel):
 
     @classmethod
     def _resolve(
-        cls, db: pw.Database, series: Sequence[_Series], keys: Sequence[str], learned: dict[str, int]
+        cls,
+        db: pw.Database,
+        series: Sequence[_Series],
+        keys: Sequence[str],
+        learned: dict[str, int],
+        deletions: Any = _UNSEEN,
     ) -> list[int]:
         """The id of every series in ``series`` (whose keys are ``keys``), creating the missing ones.
 
@@ -793,7 +805,7 @@ class MetricSeries(BaseModel):
         130 ms for the insert, these take 4 ms and 24 ms.
         """
         cache = series_id_cache(db)
-        known = cache.ids if cache.check(db) else {}
+        known = cache.ids if cache.check(db, deletions) else {}
         cached = list(map(known.get, keys))
         if None not in cached:
             return cached  # type: ignore[return-value]  # no None in it
@@ -985,7 +997,25 @@ class MetricSample(BaseModel):
         ``SeriesIds.learn`` after the commit.
         """
         batch = batches[0] if len(batches) == 1 else _merge(batches)
-        series_ids = MetricSeries._resolve(db, batch.series, batch.keys, learned)
+        # Imported here: the rollup models refer to MetricSeries.
+        from .rollups import MetricRollupStale, read_watermark, watermark_value
+
+        if dialect(db).is_sqlite:
+            # The deletion counter and the rollup watermark in one statement
+            # (SQLite's write lock is held already: nothing to lock).
+            p = db.param
+            state = dict(
+                db.execute_sql(
+                    f'SELECT "key", "value" FROM "system_state" WHERE "key" IN ({p}, {p})',
+                    (SERIES_DELETED_KEY, ROLLUP_WATERMARK_KEY),
+                ).fetchall()
+            )
+            deletions = state.get(SERIES_DELETED_KEY)
+            watermark = watermark_value(state.get(ROLLUP_WATERMARK_KEY))
+        else:
+            deletions = _UNSEEN  # read by _resolve; the watermark share-locked (note_late_samples)
+            watermark = read_watermark(db, share=True)
+        series_ids = MetricSeries._resolve(db, batch.series, batch.keys, learned, deletions)
         stamps: int | Sequence[int] = batch.stamps
         values: Sequence[float] = batch.values
         # Rows in series id order, each series' samples in the order given
@@ -1043,10 +1073,7 @@ class MetricSample(BaseModel):
         # transaction, so rollups never go stale silently. The ranges per
         # series are worked out only when there is a watermark and (for a
         # tick) the batch reaches below it, which a live recorder's never does.
-        # Imported here: the rollup models refer to MetricSeries.
-        from .rollups import MetricRollupStale
-
-        MetricRollupStale.note_late_samples(ranges, earliest=earliest)
+        MetricRollupStale.note_late_samples_below(watermark, ranges, earliest)
         return series_ids
 
     @classmethod

@@ -18,11 +18,12 @@ import peewee as pw
 from ..pwtypes import exception_wrapper
 from ..timeutil import HOUR_MS
 from .base import BaseModel, WithoutRowidOnSqlite, current_database, dialect
-from .metric import MetricSeries
 
-# The system_state key of the watermark: {"until": epoch ms} (rollups are
-# complete below it), or {"until": null} before the first refresh.
-ROLLUP_WATERMARK_KEY = "metric_rollups"
+# ROLLUP_WATERMARK_KEY: the system_state key of the watermark, {"until": epoch
+# ms} (rollups are complete below it), or {"until": null} before the first
+# refresh. Defined in metric.py, whose ingest path reads it with the series
+# deletion counter; importable from here as before.
+from .metric import ROLLUP_WATERMARK_KEY, MetricSeries
 
 
 class MetricRollup(BaseModel):
@@ -66,9 +67,16 @@ class MetricRollupStale(BaseModel):
         reading ``ranges`` (worked out per series) when nothing is late.
         """
         db = current_database()
-        watermark = read_watermark(db, share=True)
+        return cls.note_late_samples_below(read_watermark(db, share=True), ranges, earliest)
+
+    @classmethod
+    def note_late_samples_below(
+        cls, watermark: int | None, ranges: Iterable[tuple[int, int, int]], earliest: int | None = None
+    ) -> int:
+        """``note_late_samples`` with the watermark read already, in the caller's transaction."""
         if watermark is None or (earliest is not None and earliest >= watermark):
             return 0
+        db = current_database()
         marks: list[tuple[int, int]] = []
         for series_id, first_ts, last_ts in ranges:
             if first_ts < watermark:

@@ -361,16 +361,20 @@ class _Layout:
     series: tuple[_Series, ...]
     keys: tuple[str, ...]
     stream_ids: frozenset[int | None]
-    labels_seen: tuple[tuple[dict[str, str], dict[str, str]], ...]
-    streams_seen: tuple[tuple[Stream, int], ...]
+    # Each distinct labels dict and a copy of it; each distinct Stream and its id.
+    labels_given: tuple[dict[str, str], ...]
+    labels_copies: tuple[dict[str, str], ...]
+    streams_given: tuple[Stream, ...]
+    streams_ids: tuple[int, ...]
 
     def matches(self, streams: tuple[Any, ...], labelss: tuple[Any, ...]) -> bool:
-        if streams != self.streams or labelss != self.labelss:
-            return False
-        for given, copy in self.labels_seen:
-            if given != copy:
-                return False
-        return all(stream.id == stream_id for stream, stream_id in self.streams_seen)
+        # Tuple comparisons, in C; the copies are other objects, so compared by content.
+        return (
+            streams == self.streams
+            and labelss == self.labelss
+            and self.labels_given == self.labels_copies
+            and tuple(map(_STREAM_ID, self.streams_given)) == self.streams_ids
+        )
 
 
 # Layouts by (names, the first stream, the first labels), the first two by
@@ -383,6 +387,7 @@ _LAYOUTS_MAX = 20_000
 _LAYOUT_MAX_SAMPLES = 100_000
 _LAYOUTS_LOCK = threading.Lock()
 _STREAMS = frozenset({Stream, int, _NONE})
+_STREAM_ID = operator.attrgetter("id")
 
 
 def _by_layout(
@@ -461,8 +466,10 @@ def _new_layout(
             tuple(series),
             tuple(batch.keys),
             batch.stream_ids,
-            tuple(labels_seen.values()),
-            tuple(streams_seen.values()),
+            tuple(given for given, _ in labels_seen.values()),
+            tuple(copy for _, copy in labels_seen.values()),
+            tuple(stream for stream, _ in streams_seen.values()),
+            tuple(stream_id for _, stream_id in streams_seen.values()),
         )
         with _LAYOUTS_LOCK:
             while len(_LAYOUTS) >= _LAYOUTS_MAX:

@@ -518,6 +518,7 @@ def test_a_stream_object_pointed_at_another_stream_writes_to_that_one(db):
     first_id = moved.id
     moved.id = cams[1].id  # the object now stands for the other stream
     MetricSample.record_many(tick_samples([moved, cams[1]], labels, TICK_AT + SECOND, offset=10.0))
+
     def rows_of(stream_id):
         query = MetricSample.select(MetricSample.ts, MetricSample.value).join(MetricSeries)
         return sorted((to_millis(s.ts), s.value) for s in query.where(MetricSeries.stream == stream_id))
@@ -551,6 +552,18 @@ def test_a_tick_with_int_values_and_several_times_stores_what_one_by_one_calls_s
         expected[(series_key(name, cam.id, lab), ts)] = float(value)
     assert got == expected
     assert all(type(value) is float for _, _, value in stored())
+
+
+def test_remembered_layouts_stay_within_their_bounds(db, monkeypatch):
+    monkeypatch.setattr(metric, "_LAYOUTS", {})
+    monkeypatch.setattr(metric, "_layout_positions", [0])
+    monkeypatch.setattr(metric, "_LAYOUT_POSITIONS_MAX", 3 * len(TICK_NAMES))
+    cams = StreamFactory.create_batch(5)
+    for i, cam in enumerate(cams):  # a Tick per stream: a layout each
+        MetricSample.record_many(tick_samples([cam], [None], TICK_AT + i * SECOND))
+        MetricSample.record_many(tick_samples([cam], [None], TICK_AT + i * SECOND))  # the same one again
+    assert len(metric._LAYOUTS) == 3 and metric._layout_positions == [3 * len(TICK_NAMES)]
+    assert MetricSample.select().count() == 5 * len(TICK_NAMES)
 
 
 def test_finite_values_whose_sum_overflows_are_accepted(db):

@@ -381,11 +381,15 @@ class _Layout:
 # id when they are objects: the layout holds them, so no other object can
 # take their id while it exists.
 _LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
-# A manager with a Tick per stream has one layout per stream: room for thousands.
+# A manager with a Tick per stream has one layout per stream: room for
+# thousands, and for 200,000 samples in all (a few hundred bytes each, with
+# their series), the oldest layouts going first.
 _LAYOUTS_MAX = 20_000
+_LAYOUT_POSITIONS_MAX = 200_000
 # A bigger call is a backfill, not a tick that comes again: not worth holding on to.
 _LAYOUT_MAX_SAMPLES = 100_000
 _LAYOUTS_LOCK = threading.Lock()
+_layout_positions = [0]  # samples in the kept layouts, under the lock
 _STREAMS = frozenset({Stream, int, _NONE})
 _STREAM_ID = operator.attrgetter("id")
 
@@ -471,11 +475,23 @@ def _new_layout(
             tuple(stream for stream, _ in streams_seen.values()),
             tuple(stream_id for _, stream_id in streams_seen.values()),
         )
-        with _LAYOUTS_LOCK:
-            while len(_LAYOUTS) >= _LAYOUTS_MAX:
-                del _LAYOUTS[next(iter(_LAYOUTS))]  # the oldest
-            _LAYOUTS[lookup] = layout
+        _keep(lookup, layout)
     return batch
+
+
+def _keep(lookup: tuple[Any, ...], layout: _Layout) -> None:
+    """Remember a layout, forgetting the oldest ones beyond the bounds."""
+    size = len(layout.names)
+    with _LAYOUTS_LOCK:
+        replaced = _LAYOUTS.pop(lookup, None)
+        if replaced is not None:
+            _layout_positions[0] -= len(replaced.names)
+        while _LAYOUTS and (
+            len(_LAYOUTS) >= _LAYOUTS_MAX or _layout_positions[0] + size > _LAYOUT_POSITIONS_MAX
+        ):
+            _layout_positions[0] -= len(_LAYOUTS.pop(next(iter(_LAYOUTS))).names)
+        _LAYOUTS[lookup] = layout
+        _layout_positions[0] += size
 
 
 def _checked_batch(items: Sequence[Any], single: bool) -> _Batch:

@@ -1,9 +1,11 @@
 """The recording timeline: one lane per stream, an operator's picture of the past.
 
 A face (nothing in the package imports it but the CLI). ``collect()`` reads
-what the picture shows through the history queries (segments, gaps, health
-transitions, events), so it follows them when they learn more (media time,
-say); ``explain_hole()`` and ``merge_spans()`` are pure functions that decide
+the segments and the gaps through the history queries (``read_states`` once
+a lane, and ``coverage_of_states`` decides the holes from those rows by
+coverage's own rules), so it follows them when they learn more (media time,
+say); a lane's events and health changes are plain rows of the event table.
+``explain_hole()`` and ``merge_spans()`` are pure functions that decide
 why a hole is there and which segments share a pixel; ``render()`` draws it
 with matplotlib (the optional extra ``[plot]``) and writes ``.svg``,
 ``.png``, ``.pdf`` or a self-contained ``.html`` with hover details.
@@ -27,6 +29,11 @@ to each other become one span, so a week of 10-second segments is a few
 hundred rectangles per lane, not 60,000. Holes are never merged away: a hole
 at least ``tolerance`` long is drawn at least a pixel wide, because holes are
 what the operator is looking for.
+
+Speed (bench/timeline.py): 1,000 streams over 7 days (10 million segments)
+are read in about twice the time of ``history.coverage`` alone, most of it
+the driver handing over ten million index rows; a PNG of them takes a
+fifth of that (one painted image, not an artist per span).
 """
 
 from __future__ import annotations

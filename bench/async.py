@@ -124,7 +124,10 @@ class Bench:
         self.sync_db = sync_db
         self.async_db = async_db
         self.args = args
+        # Each face writes on streams of its own: the two databases are two
+        # sessions of this process, and a stream has one owner session.
         self.streams: list[Stream] = []
+        self.async_streams: list[Stream] = []
         self.counter = 0
 
     def bind(self, db: pw.Database) -> None:
@@ -140,13 +143,13 @@ class Bench:
             jobs.append((stream, f"/media/{stream.name}/{self.counter:09d}.mp4", T0 + self.counter * SEGMENT))
         return jobs
 
-    def metric_batches(self, n: int) -> list[list[tuple]]:
+    def metric_batches(self, n: int, streams: list[Stream]) -> list[list[tuple]]:
         batches = []
         for _ in range(n):
             self.counter += 1
             at = T0 + dt.timedelta(milliseconds=self.counter)
             batch = []
-            for stream in self.streams:
+            for stream in streams:
                 batch.append(("fps", 15.0, stream, None, at))
                 batch.append(("bitrate_kbps", float(self.counter % 4000), stream, None, at))
             batches.append(batch)
@@ -172,19 +175,19 @@ class Bench:
                 await self.timed(workload.tallies[mode], len(jobs), partial(sync_segments, jobs))
             elif mode == "async 1 task":
                 self.bind(self.async_db)
-                jobs = self.segment_jobs(n, self.streams)
+                jobs = self.segment_jobs(n, self.async_streams)
                 await self.timed(workload.tallies[mode], len(jobs), partial(async_segments, jobs))
             else:
                 self.bind(self.async_db)
                 tasks = self.args.tasks
-                per_task = [self.segment_jobs(n // tasks, self.streams[t::tasks]) for t in range(tasks)]
+                per_task = [self.segment_jobs(n // tasks, self.async_streams[t::tasks]) for t in range(tasks)]
                 total = sum(len(jobs) for jobs in per_task)
                 work = partial(gather, [partial(async_segments, jobs) for jobs in per_task])
                 await self.timed(workload.tallies[mode], total, work)
 
     async def metrics_round(self, workload: Workload, n: int, order: list[str]) -> None:
         for mode in order:
-            batches = self.metric_batches(n)
+            batches = self.metric_batches(n, self.streams if mode == "sync" else self.async_streams)
             if mode == "sync":
                 self.bind(self.sync_db)
                 work = partial(sync_metrics, batches)
@@ -236,6 +239,9 @@ async def run_backend(label: str, url: str, params: dict, args: argparse.Namespa
         bench = Bench(sync_db, async_db, args)
         bench.streams = [
             Stream.register(f"cam-{i}", f"rtsp://10.0.0.{i % 250 + 1}/main") for i in range(args.streams)
+        ]
+        bench.async_streams = [
+            Stream.register(f"acam-{i}", f"rtsp://10.0.1.{i % 250 + 1}/main") for i in range(args.streams)
         ]
         segments = Workload("segment cycle", "cycles/s")
         metrics = Workload(f"metric batch ({2 * args.streams} samples)", "batches/s")

@@ -643,8 +643,11 @@ def test_the_event_loop_is_never_blocked_long_while_fifty_tasks_write(backend, t
     worst, ticks, elapsed = run_async(backend, body)
     # Called synchronously from the loop, these ~1,600 database calls would
     # hold it for the whole run (longer than the bound): the ticker would not
-    # run at all until they were done.
-    assert worst < MAX_LOOP_LAG, f"the loop was blocked for {worst * 1000:.0f} ms"
+    # run at all until they were done. A machine busy with other work
+    # stretches the run and its lags alike, so a lag that is a small part of
+    # the run passes too: blocked, the lag would be about the whole run.
+    bound = max(MAX_LOOP_LAG, elapsed / 8)
+    assert worst < bound, f"the loop was blocked for {worst * 1000:.0f} ms of a {elapsed:.1f} s run"
     assert ticks >= elapsed / 0.05, "the ticker kept running throughout"
 
 

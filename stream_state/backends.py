@@ -460,6 +460,10 @@ class _TranslatesDriverErrors:
         raise translated from exc
 
 
+# PRAGMA auto_vacuum reads back a number.
+_AUTO_VACUUM_MODES = {"NONE": 0, "FULL": 1, "INCREMENTAL": 2}
+
+
 class StreamStateSqliteDatabase(_TranslatesDriverErrors, SqliteDialect, pw.SqliteDatabase):
     """SQLite with driver errors turned into the package's errors.
 
@@ -492,6 +496,24 @@ class StreamStateSqliteDatabase(_TranslatesDriverErrors, SqliteDialect, pw.Sqlit
         except pw.PeeweeException as exc:
             self._raise_translated(exc)
         return cursor
+
+    def _set_pragmas(self, conn: sqlite3.Connection) -> None:
+        # Setting auto_vacuum, even to the value it has, waits for the write
+        # lock: a new thread's (or the operator's CLI's) first connection
+        # would wait for another connection's write transaction to end, and
+        # fail with "database is locked" after the busy timeout. It only
+        # matters before the first table is created, so it is set only when
+        # the file does not have it yet.
+        cursor = conn.cursor()
+        try:
+            for pragma, value in self._pragmas:
+                if pragma == "auto_vacuum":
+                    wanted = _AUTO_VACUUM_MODES.get(str(value).upper(), value)
+                    if cursor.execute("PRAGMA auto_vacuum").fetchone()[0] == wanted:
+                        continue
+                cursor.execute(f"PRAGMA {pragma} = {value};")
+        finally:
+            cursor.close()
 
     def _connect(self) -> sqlite3.Connection:
         self.verify_file()

@@ -343,6 +343,33 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path, monkeypatch
 # --- threads -----------------------------------------------------------------------
 
 
+def test_a_new_threads_first_connection_does_not_wait_for_another_writer(tmp_path):
+    """Setting auto_vacuum waits for the write lock even when unchanged: a thread's first read failed
+    with "database is locked" while another connection held a write transaction."""
+    db = open_database(tmp_path / "state.db", busy_timeout=0.2)
+    try:
+        cam = Stream.register("cam-1", "rtsp://10.0.0.1/s")
+        seen: list[object] = []
+
+        def read_in_a_new_thread() -> None:
+            try:
+                seen.append(Stream.select().where(Stream.id == cam.id).count())
+            except BaseException as exc:
+                seen.append(exc)
+            finally:
+                db.close()
+
+        with db.atomic():  # this thread's write transaction, held open
+            cam.set_desired(recording=True)
+            reader = threading.Thread(target=read_in_a_new_thread)
+            reader.start()
+            reader.join()
+        assert seen == [1]
+        assert db.execute_sql("PRAGMA auto_vacuum").fetchone() == (2,)  # a new file still gets INCREMENTAL
+    finally:
+        db.close()
+
+
 def test_eight_threads_writing_at_once_never_see_a_lock_error(db):
     """Read-then-write transactions from 8 threads: all succeed, nothing lost."""
     streams = StreamFactory.create_batch(8)

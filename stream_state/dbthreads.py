@@ -143,7 +143,6 @@ class Worker(threading.Thread):
         self.group = group
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         # Mailboxes this thread left outcomes in without waking their loop.
-        self.unwoken: set[_Mailbox] = set()
         # Set by the database when this thread opens its connection: aborts the running statement.
         self.interrupt: Callable[[], None] | None = None
 
@@ -157,7 +156,6 @@ class Worker(threading.Thread):
                 job = group._next(self)
         finally:
             _local.worker = None
-            self.wake_loops()
             try:
                 group.on_exit()  # closes this thread's connection
             except Exception:
@@ -181,20 +179,12 @@ class Worker(threading.Thread):
             _local.job = None
             with _STATE:
                 job.state = DONE
-        # While more jobs wait for this thread, the loop is not woken for each
-        # outcome: it gets them all at once when the thread runs dry (or
-        # every few), one wake-up of each thread instead of one per call.
-        if not job.mailbox.post(job, outcome, wake=not self.group._backlog):
-            self.unwoken.add(job.mailbox)
-
-    def wake_loops(self) -> None:
-        """Before the thread goes idle: wake the loops it left outcomes for (the jobs after were dropped)."""
-        while self.unwoken:
-            self.unwoken.pop().wake()
-
-
-# Outcomes a busy thread lets wait before it wakes the loop anyway.
-WAKE_AFTER = 8
+        # The loop is woken at once, even while more jobs wait for this
+        # thread: the next one may wait seconds for another process's lock,
+        # and a committed call must not look unfinished (a caller's timeout
+        # would retry a write that is done). Outcomes that arrive before the
+        # loop drains still share its one wake-up (_Mailbox.wake).
+        job.mailbox.post(job, outcome)
 
 
 class _Mailbox:
@@ -210,17 +200,10 @@ class _Mailbox:
         self.outcomes: collections.deque[tuple[Job, tuple[bool, Any]]] = collections.deque()
         self.scheduled = False
 
-    def post(self, job: Job, outcome: tuple[bool, Any], wake: bool = True) -> bool:
-        """From a worker thread: hand the outcome over; wake the loop if ``wake`` (or enough wait).
-
-        False when the loop was not woken: the thread must call ``wake()``
-        before it goes idle.
-        """
+    def post(self, job: Job, outcome: tuple[bool, Any]) -> None:
+        """From a worker thread: hand the outcome over and wake the loop (once for all waiting)."""
         self.outcomes.append((job, outcome))
-        if not (wake or len(self.outcomes) >= WAKE_AFTER):
-            return False
         self.wake()
-        return True
 
     def wake(self) -> None:
         """Make the loop drain the outcomes, unless it is already going to (or has)."""
@@ -338,7 +321,6 @@ class Workers:
             if self._closing:
                 return None
             self._idle.append(worker)
-        worker.wake_loops()
         return worker.inbox.get()
 
     def _exited(self, worker: Worker) -> None:

@@ -34,8 +34,9 @@ never loses a tick silently, and never costs the other streams more than
 one retry. A database failure (disk full, connection lost) raises the
 package's usual error; nothing of the tick is written.
 
-Segment rolls ride in the tick: its completions are one statement and its
-begins two, whatever their number (models/rolls.py), where one by one each
+Segment rolls ride in the tick: its completions are one statement (one per
+shape of optional columns) and its begins two, whatever their number
+(models/rolls.py), where one by one each
 roll was a savepoint and four or five round trips on PostgreSQL. A begun
 segment's row commits with the tick, and its ``PendingSegment.recording``
 is set only then: open the file after the commit (invariant 1). A session
@@ -249,7 +250,7 @@ class Tick:
         """``recording.complete_segment(...)``, written at commit with the tick's other rolls.
 
         Saves a commit per segment (on PostgreSQL each commit waits for the
-        WAL), and the tick closes all its segments in one statement. Validated
+        WAL), and the tick closes its segments in one statement (per shape). Validated
         now, as the single call validates; the end time defaults to now and
         the size to the file's, both read now, at the call (a clock stepped
         back since the segment began is clamped, as by the single call).
@@ -398,7 +399,7 @@ class Tick:
     def _write_rolls(
         self, db: pw.Database, report: TickReport, failures: list[TickFailure], claims: contextlib.ExitStack
     ) -> None:
-        """Every completion in one statement and every begin in two (models/rolls.py), the rest one by one."""
+        """Completions in one statement per shape, begins in two (models/rolls.py), the rest one by one."""
         session = writer(db)
         completes = [call for call in self._segments if call.kind == "complete"]
         begins = [call for call in self._segments if call.kind == "begin"]

@@ -1,11 +1,14 @@
-"""A tick's segment rolls, set-based: all its completions in one statement, all its begins in two.
+"""A tick's segment rolls, set-based: its completions in one statement per shape, its begins in two.
 
 Every tenth second a recorder rolls a tenth of its segments (the old file
 closes, the next one begins). Run one by one inside a tick, each roll is a
 compare-and-set for the completion and, for the begin, a savepoint around
 the index claim and the insert: about five statements, each a round trip on
 PostgreSQL, so 500 round trips a tick at 1,000 streams. Here a tick's rolls
-take three statements whatever their number (``Tick.commit`` calls these):
+usually take three statements whatever their number (``Tick.commit`` calls
+these; completions that set different optional columns, such as
+``frame_count`` or ``finalized``, are one statement per such shape, and
+SQLite takes at most 500 rows a statement):
 
 * ``complete_many``: one compare-and-set through the segment-state gate's
   batched form (``Recording.transition_each``), each row guarded by its

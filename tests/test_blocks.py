@@ -192,7 +192,9 @@ def test_rolling_the_migration_back_turns_blocks_into_raw_samples(db):
     refresh_rollups(until=NOW)
     compact_samples(NOW)
     assert block_hours()
-    assert rollback_one(db) == "007_metrics_capacity"
+    # Back to just before 007, whatever came after it.
+    while rollback_one(db) != "007_metrics_capacity":
+        pass
     rows = db.execute_sql("SELECT ts, value FROM metric_sample ORDER BY ts").fetchall()
     assert [(int(ts), v) for ts, v in rows] == sorted(samples.items())
     migrate_to_head(db)

@@ -22,6 +22,7 @@ import peewee as pw
 import pytest
 from playhouse.test_utils import count_queries
 
+import stream_state
 from stream_state import (
     Event,
     MetricSample,
@@ -547,6 +548,124 @@ def test_migration_003_fills_the_usage_summary_from_existing_segments(db):
     migrate_to_head(db)
     keys = ("stream", "storage", "day", "state")
     assert found_usage(h.storage_usage(keys), keys) == brute_usage(keys)
+
+
+def usage_rows(db: pw.Database) -> list[tuple]:
+    return [
+        tuple(int(v) if isinstance(v, int) else v for v in row)
+        for row in db.execute_sql(
+            'SELECT "stream_id", "day_start", "storage", "state", "segments", "size_bytes", "duration_ms" '
+            'FROM "recording_usage" ORDER BY 1, 2, 3, 4'
+        ).fetchall()
+    ]
+
+
+def assert_usage_exact(db: pw.Database, step: str) -> None:
+    """The summary the triggers kept equals rebuild_usage's computation from the segments."""
+    kept = usage_rows(db)
+    h.rebuild_usage()
+    assert kept == usage_rows(db), step
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_statement_level_usage_triggers_match_a_rebuild_after_every_kind_of_statement(db):
+    # Migration 008: on PostgreSQL the summary is kept per statement from transition tables;
+    # a tick's bulk UPDATE is one statement over many rows, keys moving, meeting and emptying.
+    names = {
+        trigger
+        for (trigger,) in db.execute_sql(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'recording'::regclass AND NOT tgisinternal"
+        ).fetchall()
+    }
+    assert {"recording_usage_insert", "recording_usage_delete", "recording_usage_update"} <= names
+    assert "recording_usage_track" not in names
+    rng = random.Random(8)
+    streams = [StreamFactory() for _ in range(6)]
+    # Many rows in one INSERT: several per key, some with no end yet.
+    rows = []
+    for stream in streams:
+        rows.extend(make_segments(rng, stream, 40, f"bulk-{stream.id}"))
+    for row in rows:
+        row["storage"] = rng.choice(["a", "b", None])
+    Recording.insert_many(rows).execute()
+    assert_usage_exact(db, "insert many")
+    # Open segments through the package, then a Tick's one-statement bulk checkpoint.
+    open_segments = [
+        s.begin_segment(f"/rec/tick/{s.id}/{i}.mp4", started_at=T0 + i * MINUTE, storage=storage)
+        for s in [StreamFactory() for _ in range(12)]
+        for i, storage in enumerate(["a", None])
+    ]
+    assert_usage_exact(db, "begin_segment")
+    for second in (1, 2, 3):
+        with stream_state.Tick() as tick:
+            for segment in open_segments:
+                size = rng.randrange(10**6) * second
+                tick.checkpoint(segment, size, at=segment.started_at + second * SECOND)
+        assert_usage_exact(db, f"tick checkpoint {second}")
+    # One checkpoint repeating the size it had: its key's deltas cancel.
+    with stream_state.Tick() as tick:
+        for segment in open_segments:
+            tick.checkpoint(segment, segment.size_bytes, at=segment.started_at + 4 * SECOND)
+    assert_usage_exact(db, "tick repeating sizes")
+    for segment in open_segments[::2]:
+        segment.complete_segment(ended_at=segment.started_at + 10 * SECOND, size_bytes=rng.randrange(10**6))
+    assert_usage_exact(db, "complete_segment")
+    # State changes moving keys in one statement: several rows into one key, whole keys emptied.
+    closed = [r.id for r in Recording.select(Recording.id).where(Recording.ended_at.is_null(False))]
+    moved = rng.sample(closed, len(closed) // 3)
+    Recording.update(state=SegmentState.DELETING).where(Recording.id.in_(moved)).execute()
+    assert_usage_exact(db, "state change")
+    Recording.update(state=SegmentState.COMPLETE).where(Recording.state != SegmentState.RECORDING).execute()
+    assert_usage_exact(db, "every closed row to complete")
+    # Storage and day moves, and a same-key end/size correction, in single and bulk statements.
+    Recording.update(storage="c").where(Recording.id.in_(moved[:20])).execute()
+    earlier = {"started_at": Recording.started_at - h.DAY_MS, "ended_at": Recording.ended_at - h.DAY_MS}
+    Recording.update(earlier).where(Recording.id.in_(moved[20:40])).execute()
+    Recording.update(size_bytes=Recording.size_bytes + 7, ended_at=Recording.ended_at + 1).where(
+        Recording.id.in_(closed[::5])
+    ).execute()
+    assert_usage_exact(db, "storage, day and size moves")
+    # An UPDATE of no tracked column changes nothing.
+    before = usage_rows(db)
+    assert Recording.update(metadata={"note": "x"}).where(Recording.id.in_(closed[::2])).execute() > 0
+    assert usage_rows(db) == before
+    assert_usage_exact(db, "metadata only")
+    # Deletes: a few rows, then whole keys, then everything of a stream.
+    Recording.delete().where(Recording.id.in_(rng.sample(closed, 25))).execute()
+    assert_usage_exact(db, "delete some")
+    Recording.delete().where(Recording.storage == "c").execute()
+    assert_usage_exact(db, "delete a whole key")
+    Recording.delete().where(Recording.stream == streams[0].id).execute()
+    assert_usage_exact(db, "delete a stream's rows")
+    assert not [row for row in usage_rows(db) if row[0] == streams[0].id]
+    assert Recording.delete().execute() > 0
+    assert usage_rows(db) == []
+
+
+def test_the_usage_triggers_roll_back_to_migration_003s_and_forward_again(db):
+    # Rolling 008 back restores the row trigger (PostgreSQL); the summary stays exact either way.
+    rng = random.Random(80)
+    stream = StreamFactory()
+    Recording.insert_many(make_segments(rng, stream, 30, "before")).execute()
+    # Back to just before 008, whatever came after it.
+    while rollback_one(db) != "008_usage_statement_triggers":
+        pass
+    if isinstance(db, pw.PostgresqlDatabase):
+        names = {
+            trigger
+            for (trigger,) in db.execute_sql(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'recording'::regclass AND NOT tgisinternal"
+            ).fetchall()
+        }
+        assert "recording_usage_track" in names and "recording_usage_update" not in names
+    ids = [r.id for r in Recording.select(Recording.id).order_by(Recording.id)]
+    Recording.update(state=SegmentState.DELETING).where(Recording.id.in_(ids[::3])).execute()
+    Recording.delete().where(Recording.id.in_(ids[::5])).execute()
+    assert_usage_exact(db, "row trigger")
+    migrate_to_head(db)
+    Recording.update(state=SegmentState.COMPLETE).where(Recording.id.in_(ids[::2])).execute()
+    Recording.delete().where(Recording.id.in_(ids[1::7])).execute()
+    assert_usage_exact(db, "statement triggers again")
 
 
 # --- events ----------------------------------------------------------------------------------------

@@ -463,8 +463,8 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
         workers.submit(job, loop)
         return job.future
 
-    async def _wait_for_writer(self) -> None:
-        """Wait while another task's ``atomic()`` block holds the writer (bounded by acquire_timeout)."""
+    async def _acquire_writer(self) -> None:
+        """Take the writer once no other task's ``atomic()`` block holds it; at most acquire_timeout."""
         timeout = self._acquire_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -474,6 +474,10 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
                 f"SQLite database {self.display_url}: another task's aio.atomic() block held the writer "
                 f"for more than {timeout} s; keep atomic blocks short or raise acquire_timeout"
             ) from exc
+
+    async def _wait_for_writer(self) -> None:
+        """Wait while another task's ``atomic()`` block holds the writer (bounded by acquire_timeout)."""
+        await self._acquire_writer()
         # Handed on at once: the call is queued on the writer thread before
         # any other task runs, so it comes before the next block's BEGIN.
         self._writer.release()
@@ -494,15 +498,7 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
             async with self._block():
                 yield
             return
-        timeout = self._acquire_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await self._writer.acquire()
-        except TimeoutError as exc:
-            raise DatabaseUnavailable(
-                f"SQLite database {self.display_url}: another task's aio.atomic() block held the writer "
-                f"for more than {timeout} s; keep atomic blocks short or raise acquire_timeout"
-            ) from exc
+        await self._acquire_writer()
         self._writer_task = task
         try:
             async with self._block():

@@ -143,6 +143,7 @@ class Worker(threading.Thread):
         self.group = group
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         # Mailboxes this thread left outcomes in without waking their loop.
+        self.unwoken: set[_Mailbox] = set()
         # Set by the database when this thread opens its connection: aborts the running statement.
         self.interrupt: Callable[[], None] | None = None
 
@@ -156,6 +157,7 @@ class Worker(threading.Thread):
                 job = group._next(self)
         finally:
             _local.worker = None
+            self.wake_loops()
             try:
                 group.on_exit()  # closes this thread's connection
             except Exception:
@@ -179,12 +181,28 @@ class Worker(threading.Thread):
             _local.job = None
             with _STATE:
                 job.state = DONE
-        # The loop is woken at once, even while more jobs wait for this
-        # thread: the next one may wait seconds for another process's lock,
-        # and a committed call must not look unfinished (a caller's timeout
-        # would retry a write that is done). Outcomes that arrive before the
-        # loop drains still share its one wake-up (_Mailbox.wake).
-        job.mailbox.post(job, outcome)
+        # While more jobs wait for this thread, the loop is not woken for each
+        # outcome: it gets them all at once when the thread runs dry (or
+        # every few), one wake-up instead of one per call. But the next job
+        # may wait seconds for another process's lock, and a committed call
+        # must not look unfinished for that long (a caller's timeout would
+        # retry a write that is done): the loop's own flush timer
+        # (_Mailbox.flush, armed while it has calls on a thread) takes what
+        # waits at most FLUSH_AFTER later.
+        if not job.mailbox.post(job, outcome, wake=not self.group._backlog):
+            self.unwoken.add(job.mailbox)
+
+    def wake_loops(self) -> None:
+        """Before the thread goes idle: wake the loops it left outcomes for (the jobs after were dropped)."""
+        while self.unwoken:
+            self.unwoken.pop().wake()
+
+
+# Outcomes a busy thread lets wait before it wakes the loop anyway.
+WAKE_AFTER = 8
+# The longest an outcome a busy thread did not wake the loop for waits (seconds): the
+# period of the loop's flush timer while it has calls on database threads.
+FLUSH_AFTER = 0.005
 
 
 class _Mailbox:
@@ -192,18 +210,52 @@ class _Mailbox:
 
     Waking a loop costs a write to its self-pipe and a turn of its
     selector; while the loop has not yet run the drain, later outcomes
-    just join the queue.
+    just join the queue. A busy thread may leave outcomes without waking
+    the loop at all: the loop then takes them on its flush timer, which
+    runs every FLUSH_AFTER while any group it submitted to has work (a
+    timer in the loop's own selector: no thread is woken for it).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = weakref.ref(loop)
         self.outcomes: collections.deque[tuple[Job, tuple[bool, Any]]] = collections.deque()
         self.scheduled = False
+        # The flush timer (set and cleared on the loop) and the groups it watches.
+        self.timer: asyncio.TimerHandle | None = None
+        self.groups: set[Workers] = set()
 
-    def post(self, job: Job, outcome: tuple[bool, Any]) -> None:
-        """From a worker thread: hand the outcome over and wake the loop (once for all waiting)."""
+    def arm(self, loop: asyncio.AbstractEventLoop, group: Workers) -> None:
+        """On the loop, as it submits to ``group``: flush until the group has no work left."""
+        self.groups.add(group)
+        if self.timer is None:
+            self.timer = loop.call_later(FLUSH_AFTER, self.flush, loop)
+
+    def flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop, every FLUSH_AFTER: take what busy threads left; again while they have work."""
+        if self.outcomes:
+            self.drain()
+        # Read without the groups' locks: a thread that goes idle wakes the loop itself
+        # for what it left (Worker.wake_loops), so a stale "idle" loses nothing. The
+        # timer stays set meanwhile: a busy thread that sees it set may leave an outcome.
+        busy = {g for g in self.groups if g._backlog or len(g._idle) < len(g._threads)}
+        self.groups = busy
+        if busy and not loop.is_closed():
+            self.timer = loop.call_later(FLUSH_AFTER, self.flush, loop)
+        else:
+            self.timer = None
+
+    def post(self, job: Job, outcome: tuple[bool, Any], wake: bool = True) -> bool:
+        """From a worker thread: hand the outcome over; wake the loop if ``wake`` (or enough wait).
+
+        Without ``wake``, only while the loop's flush timer runs. False when
+        the loop was not woken: the thread must call ``wake()`` before it
+        goes idle.
+        """
         self.outcomes.append((job, outcome))
+        if not (wake or len(self.outcomes) >= WAKE_AFTER) and self.timer is not None:
+            return False
         self.wake()
+        return True
 
     def wake(self) -> None:
         """Make the loop drain the outcomes, unless it is already going to (or has)."""
@@ -289,6 +341,8 @@ class Workers:
             if self._closing:
                 raise RuntimeError(f"{self.name} is closed")
             self._backlog.append(job)
+            if loop is not None:
+                job.mailbox.arm(loop, self)
             if self._dispatch_pending:
                 return
             if loop is None:
@@ -321,6 +375,7 @@ class Workers:
             if self._closing:
                 return None
             self._idle.append(worker)
+        worker.wake_loops()
         return worker.inbox.get()
 
     def _exited(self, worker: Worker) -> None:

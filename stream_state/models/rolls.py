@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,11 +155,9 @@ def begin_many(
         index = after - len(members)
         for i in members:
             stream, start = items[i]
-            path = start.path_at(stream, index)
             # invariant 16: a path from a template never names a file already
             # on disk (a database behind its disk): skipped, with its event.
-            if start.path_template is not None and os.path.lexists(path):
-                index, path = stream._skip_files_on_disk(start.path_template, index, session.id)
+            index, path = stream._segment_name(start, index, session.id)
             spots[(sid, index)] = (i, path)
             rows.append(
                 (

@@ -476,13 +476,7 @@ class Stream(BaseModel):
                     if claimed is None:
                         raise OwnershipLost(self.name, session.id, None, "refused by the ownership gate")
                 index = claimed[0] - 1
-                path = start.path_at(self, index)
-                # invariant 16: one lstat() per segment, so that a database
-                # behind its disk (an older backup restored) never names a
-                # file that is already there. A path= is the caller's own
-                # choice: a manager may register a file its muxer just opened.
-                if start.path_template is not None and os.path.lexists(path):
-                    index, path = self._skip_files_on_disk(start.path_template, index, session.id)
+                index, path = self._segment_name(start, index, session.id)
                 metadata = start.metadata
                 (recording_id,) = db.execute_sql(
                     sql.insert_recording,
@@ -585,21 +579,27 @@ class Stream(BaseModel):
             )
         return recording
 
-    def _skip_files_on_disk(self, template: str, index: int, session_id: int) -> tuple[int, str]:
-        """Move past indexes whose files exist without a row (invariant 16); return the first free one.
+    def _segment_name(self, start: SegmentStart, index: int, session_id: int) -> tuple[int, str]:
+        """(index, path) of the segment claimed at ``index``: past files already on disk (invariant 16).
 
-        Runs inside ``begin_segment``'s gated transaction, right after the
-        claim: the counter moves past the skipped indexes in it, with an event
-        saying which were skipped and why, or not at all.
+        One lstat() per segment, so that a database behind its disk (an
+        older backup put back) never names a file that is already there. A
+        ``path=`` is the caller's own choice (a manager may register a file
+        its muxer just opened) and is taken as given.
+
+        Runs inside the gated transaction that claimed ``index``: a skip
+        moves the counter past the skipped indexes in it, with an event
+        saying which and why, or not at all.
         """
+        path = start.path_at(self, index)
+        if start.path_template is None or not os.path.lexists(path):
+            return index, path
         from .event import Event
 
         first = index
-        while True:
+        while os.path.lexists(path):
             index += 1
-            path = normalise_path(template.format(stream=self.name, stream_id=self.id, index=index))
-            if not os.path.lexists(path):
-                break
+            path = start.path_at(self, index)
         # invariant 3: the counter only grows, past every index handed out or skipped
         Stream.update(next_segment_index=index + 1).where(
             (Stream.id == self.id) & (Stream.next_segment_index <= index)

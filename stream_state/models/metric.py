@@ -417,6 +417,28 @@ def _by_layout(
         return None
 
 
+def _series_adder(
+    series: list[_Series],
+    flats: list[list[float]],
+    index_by_key: dict[str, int],
+    name: Any,
+    stream: Any,
+    labels: Any,
+) -> tuple[Any, int | None]:
+    """Validate one (name, stream, labels): (the append of its series' flat [ts, value, ...] list, stream id).
+
+    A series seen before under another spelling (equal labels in a new
+    dict, a stream id for a Stream) shares its list.
+    """
+    valid_name, stream_id, canonical, key = _identity(name, stream, labels)
+    index = index_by_key.get(key)
+    if index is None:
+        index = index_by_key[key] = len(series)
+        series.append(_Series(key, valid_name, stream_id, canonical))
+        flats.append([])
+    return flats[index].append, stream_id
+
+
 def _new_layout(
     lookup: tuple[Any, ...],
     names: tuple[str, ...],
@@ -444,13 +466,8 @@ def _new_layout(
         objects = (name, id(stream), id(labels))
         add = adder_by_objects.get(objects)
         if add is None:
-            valid_name, stream_id, canonical, key = _identity(name, stream, labels)
-            index = index_by_key.get(key)
-            if index is None:
-                index = index_by_key[key] = len(series)
-                series.append(_Series(key, valid_name, stream_id, canonical))
-                flats.append([])
-            add = adder_by_objects[objects] = flats[index].append
+            add, stream_id = _series_adder(series, flats, index_by_key, name, stream, labels)
+            adder_by_objects[objects] = add
             if labels is not None and id(labels) not in labels_seen:
                 # Only text labels are remembered: 1 == True would let a bool borrow an int's validation.
                 reusable = reusable and all(type(k) is str and type(v) is str for k, v in labels.items())
@@ -519,13 +536,9 @@ def _checked_batch(items: Sequence[Any], single: bool) -> _Batch:
             identity = (id(name), id(stream), id(labels))
             add = adder_by_identity.get(identity)
             if add is None:
-                valid_name, stream_id, canonical, key = _identity(name, stream, labels)
-                index = index_by_key.get(key)
-                if index is None:
-                    index = index_by_key[key] = len(series)
-                    series.append(_Series(key, valid_name, stream_id, canonical))
-                    flats.append([])
-                add = adder_by_identity[identity] = flats[index].append
+                add = adder_by_identity[identity] = _series_adder(
+                    series, flats, index_by_key, name, stream, labels
+                )[0]
             # x - x is 0.0 for every finite float and NaN for NaN and infinities.
             if type(value) is not float or value - value != 0.0:
                 value = require_number("value", value)

@@ -764,12 +764,10 @@ def _migrate_and_describe(
                 sync.database,
                 sync.database,
                 {
-                    # auto_vacuum matters only before the first table (this
-                    # connection saw to it), and setting it, even unchanged,
-                    # waits for the write lock: a reader thread's connection
-                    # opened during another task's atomic() block would wait
-                    # for the block to end.
-                    "pragmas": [(k, v) for k, v in sync._pragmas if k != "auto_vacuum"],
+                    # auto_vacuum is set only on a file without it (_set_pragmas):
+                    # a reader thread's connection opened during another task's
+                    # atomic() block does not wait for the block to end.
+                    "pragmas": sync._pragmas,
                     "timeout": sync._timeout,
                     "lock_type": "IMMEDIATE",
                     "returning_clause": True,

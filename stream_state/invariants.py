@@ -10,6 +10,7 @@ integrity`` report them by number. It only reads.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -18,7 +19,9 @@ import peewee as pw
 
 from .backends import current_database, dialect
 from .models import Recording, Session, Stream
+from .models.runs import decode_runs, hour_of, merge_runs
 from .states import SegmentState
+from .timeutil import HOUR_MS, from_millis
 
 INVARIANTS: dict[int, str] = {
     1: "A segment's row is committed before its file exists.",
@@ -38,6 +41,7 @@ INVARIANTS: dict[int, str] = {
     14: "A stream has one owner session, and every change of owner bumps its epoch.",
     15: "A manager write commits only while its session is alive and owns the stream at its epoch.",
     16: "A segment the package names never takes the name of a file that is already there.",
+    17: "An hour's stored segment runs are stale or exactly the runs of its closed segments.",
 }
 
 # How many example rows a violation carries: enough to start looking, not a dump.
@@ -217,6 +221,33 @@ def _rule_14() -> Iterable[tuple[str, int, list[str]]]:
     )
 
 
+def _rule_17() -> Iterable[tuple[str, int, list[str]]]:
+    db = current_database()
+    p = db.param
+    complete = SegmentState.COMPLETE.value
+    broken: list[str] = []
+    stored = db.execute_sql(
+        'SELECT "stream_id", "hour", "runs" FROM "segment_runs" WHERE "runs" IS NOT NULL '
+        'ORDER BY "stream_id", "hour"'
+    ).fetchall()
+    for stream_id, hours in itertools.groupby(stored, key=lambda row: row[0]):
+        summarized = [(hour, runs) for _, hour, runs in hours]
+        # The stream's closed segments of those hours, one index range for all.
+        rows = db.execute_sql(
+            f'SELECT "started_at", "ended_at", NULLIF("state", \'{complete}\') FROM "recording" '
+            f'WHERE "stream_id" = {p} AND "started_at" >= {p} AND "started_at" < {p} '
+            'AND "ended_at" IS NOT NULL ORDER BY "started_at"',
+            (stream_id, summarized[0][0] * HOUR_MS, (summarized[-1][0] + 1) * HOUR_MS),
+        ).fetchall()
+        by_hour: dict[int, list[Any]] = {}
+        for row in rows:
+            by_hour.setdefault(hour_of(row[0]), []).append(row)
+        for (hour, _), runs in zip(summarized, decode_runs(summarized), strict=True):
+            if runs != merge_runs(by_hour.get(hour, [])):
+                broken.append(f"stream {stream_id}, hour {from_millis(hour * HOUR_MS).isoformat()}")
+    yield "stored runs that differ from the hour's segments", len(broken), broken[:EXAMPLES]
+
+
 CHECKS: dict[int, Callable[[], Iterable[tuple[str, int, list[str]]]]] = {
     2: _rule_2,
     3: _rule_3,
@@ -227,6 +258,7 @@ CHECKS: dict[int, Callable[[], Iterable[tuple[str, int, list[str]]]]] = {
     10: _rule_10,
     12: _rule_12,
     14: _rule_14,
+    17: _rule_17,
 }
 
 

@@ -363,6 +363,7 @@ class UpkeepPolicy:
         default_factory=lambda: {
             "rollups": 300,
             "compact": 3600,
+            "runs": 600,
             "retention": 3600,
             "purge": 86400,
             "incremental_vacuum": 600,
@@ -388,7 +389,17 @@ class Maintenance:
     """
 
     # compact after rollups: it only takes hours the rollups already cover.
-    JOBS = ("rollups", "compact", "retention", "purge", "incremental_vacuum", "wal_checkpoint", "optimize")
+    # runs: the timeline's summary of the hours that settled since its last run.
+    JOBS = (
+        "rollups",
+        "compact",
+        "runs",
+        "retention",
+        "purge",
+        "incremental_vacuum",
+        "wal_checkpoint",
+        "optimize",
+    )
 
     def __init__(self, db: pw.Database | None = None, policy: UpkeepPolicy | None = None):
         if db is not None and database_proxy.obj is not db:
@@ -443,6 +454,11 @@ class Maintenance:
         from .compaction import compact_samples
 
         return dataclasses.asdict(compact_samples(from_millis(now_ms)))
+
+    def _run_runs(self, now_ms: int) -> dict:
+        from .segment_runs import summarize_runs
+
+        return dataclasses.asdict(summarize_runs(from_millis(now_ms)))
 
     def _run_retention(self, now_ms: int) -> dict:
         return apply_retention(self.policy.retention, now=from_millis(now_ms)).as_dict()

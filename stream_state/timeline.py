@@ -1,7 +1,7 @@
 """The recording timeline: one lane per stream, an operator's picture of the past.
 
 A face (nothing in the package imports it but the CLI). ``collect()`` reads
-the segments and the gaps through the history queries (``read_states`` once
+the segments and the gaps through the history queries (``read_runs`` once
 a lane, and ``coverage_of_states`` decides the holes from those rows by
 coverage's own rules), so it follows them when they learn more (media time,
 say); a lane's events and health changes are plain rows of the event table.
@@ -68,7 +68,7 @@ from .history.segments import (
     SegmentStates,
     coverage,
     coverage_of_states,
-    read_states,
+    read_runs,
     recordings,
     segment_states,
 )
@@ -291,24 +291,25 @@ def merge_spans(segments: Sequence[Segment], pixel_ms: float) -> list[Span]:
     return spans
 
 
-def merge_states(rows: Iterable[tuple[int, int, str | None]], pixel_ms: float) -> list[Span]:
-    """``merge_spans`` for (start, end, segment state) rows read from the index: no sizes, no paths.
+def merge_states(rows: Iterable[tuple[int, int, str | None, int]], pixel_ms: float) -> list[Span]:
+    """``merge_spans`` for (start, end, state, segments) entries read from the index: no sizes, no paths.
 
-    A state of None is "complete" (``history.read_states``' rows). A tight
-    loop over plain tuples: a week of 1,000 streams is ten million rows.
+    An entry is a segment (segments 1) or a run of them (``history.read_runs``);
+    a state of None is "complete". A tight loop over plain tuples: a week of
+    1,000 streams is ten million rows where no hour is summarized.
     """
     spans: list[Span] = []
     cur_start = cur_end = count = 0
     cur_state: Any = _NO_STATE
-    for start, end, state in rows:
+    for start, end, state, segments in rows:
         if state == cur_state and start - cur_end < pixel_ms:
             if end > cur_end:
                 cur_end = end
-            count += 1
+            count += segments
             continue
         if count:
             spans.append(Span(cur_start, cur_end, _SHOWN.get(cur_state, cur_state), count, 0, "", ""))
-        cur_start, cur_end, cur_state, count = start, end, state, 1
+        cur_start, cur_end, cur_state, count = start, end, state, segments
     if count:
         spans.append(Span(cur_start, cur_end, _SHOWN.get(cur_state, cur_state), count, 0, "", ""))
     return spans
@@ -638,7 +639,7 @@ def _lane(
     else:
         # One read of the index for the spans and the holes: coverage_of_states
         # decides the holes from the same rows, by coverage's rules.
-        states = read_states(stream, from_millis(start), from_millis(end), now=from_millis(now_ms))
+        states = read_runs(stream, from_millis(start), from_millis(end), now=from_millis(now_ms))
         ordered = states.merged()
         first = ordered[0][0] if ordered else None
         spans = merge_states(ordered, pixel_ms)
@@ -849,16 +850,16 @@ def _segments(stream: Stream, start: int, end: int, now_ms: int) -> list[Segment
 
 
 class _LazySegments:
-    """(start, end, state) rows seen as Segments (number -1, no path) only where sliced: near a hole."""
+    """(start, end, state, segments) entries as Segments (number -1, no path) where sliced: near a hole."""
 
-    def __init__(self, rows: list[tuple[int, int, str | None]]):
+    def __init__(self, rows: list[tuple[int, int, str | None, int]]):
         self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, part: slice) -> list[Segment]:
-        return [Segment(-1, a, b, _shown(state), 0, "") for a, b, state in self.rows[part]]
+        return [Segment(-1, a, b, _shown(state), 0, "") for a, b, state, _n in self.rows[part]]
 
     def start(self, i: int) -> int:
         return self.rows[i][0]

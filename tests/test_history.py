@@ -340,7 +340,8 @@ def test_coverage_of_states_is_coverage_from_the_rows_read_once(db, segments):
         window = from_millis(since), from_millis(until)
         states = h.read_states(one, *window, now=now)
         assert states.rows() == h.segment_states(one, *window, now=now)
-        assert {state for _start, _end, state in states.closed} <= {None} | set(SegmentState) - {"complete"}
+        read = {state for _start, _end, state, _n in states.closed}
+        assert read <= {None} | set(SegmentState) - {"complete"}
         expected = h.coverage(one, *window, tolerance, now=now, reasons=True)
         assert h.coverage_of_states(one, states, *window, tolerance, reasons=True) == expected
         # Rows read for a wider window give the narrower window's coverage.

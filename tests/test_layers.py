@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rollups",
             "sessions",
             "compaction",
+            "segment_runs",
             "invariants",
             "tick",
             "clock",

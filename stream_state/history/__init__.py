@@ -2,7 +2,8 @@
 what happened, and how the metrics looked. One module per noun:
 
 - ``segments``: ``recordings``, ``segment_rows``, ``latest_segments``, ``coverage``, ``gaps``,
-  ``segment_states``, ``read_states`` with ``coverage_of_states`` (both from one read, for pictures)
+  ``segment_states``, ``read_states`` or ``read_runs`` with ``coverage_of_states`` (one read, for
+  pictures)
 - ``storage``: ``storage_usage``, ``segment_counts``
 - ``eventlog``: ``events``
 - ``health``: ``current_health``, ``health_transitions``
@@ -76,6 +77,7 @@ from .segments import (
     coverage_of_states,
     gaps,
     latest_segments,
+    read_runs,
     read_states,
     recordings,
     segment_rows,
@@ -136,6 +138,7 @@ __all__ = [
     "metric_samples",
     "metric_values",
     "note_late_samples",
+    "read_runs",
     "read_states",
     "rebuild_usage",
     "recordings",

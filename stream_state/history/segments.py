@@ -25,9 +25,10 @@ from ..backends import current_database, dialect
 from ..errors import ValidationError
 from ..models import Recording, Stream
 from ..models.recording import LONG_SEGMENT_MS
+from ..models.runs import decode_runs
 from ..redact import redact_text
 from ..states import EventType, SegmentState, Severity
-from ..timeutil import from_millis, now_millis, to_millis
+from ..timeutil import HOUR_MS, from_millis, now_millis, to_millis
 from ..validate import require_duration_ms
 from ._args import resolve_stream, stream_ids, window
 
@@ -434,7 +435,7 @@ def coverage_of_states(
     *,
     reasons: bool = False,
 ) -> Coverage:
-    """``coverage`` of [since, until) from the segments ``read_states`` read.
+    """``coverage`` of [since, until) from the segments ``read_states`` (or the runs ``read_runs``) read.
 
     For a caller that needs both the segments' states and the coverage (the
     timeline): the index is read once instead of twice. ``states`` must
@@ -447,7 +448,7 @@ def coverage_of_states(
     since_ms, until_ms = window(since, until)
     tolerance_ms = require_duration_ms("tolerance", tolerance, positive=False)
     closed = _COVERING_CLOSED
-    covering: list[tuple[int, int, str | None]] = [
+    covering: list[tuple[int, int, str | None, int]] = [
         row
         for row in states.closed
         if row[2] is None or row[2] in closed  # None: complete
@@ -500,20 +501,20 @@ def gaps(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SegmentStates:
-    """A stream's segments in a window as ``read_states`` reads them from the index: closed and open apart.
+    """A stream's segments in a window as ``read_states`` or ``read_runs`` read them: closed and open apart.
 
-    ``closed``: (start, end, state) in epoch ms, by start, with ``None`` as
-    the state of a complete segment (nearly all of them: the driver then
-    builds no string per row, a sixth of the read at ten million rows);
-    ``open``: (start, end, state) of the segments still being written, by
+    ``closed``: (start, end, state, segments) in epoch ms, by start, with
+    ``None`` as the state of complete segments: a segment (segments 1) or,
+    from ``read_runs``, a run of one hour's segments of one state;
+    ``open``: (start, end, state, 1) of the segments still being written, by
     start, ending at ``now`` or their last checkpoint, whichever is later.
     """
 
-    closed: list[tuple[int, int, str | None]]
-    open: list[tuple[int, int, str]]
+    closed: list[tuple[int, int, str | None, int]]
+    open: list[tuple[int, int, str, int]]
 
-    def merged(self) -> list[tuple[int, int, str | None]]:
-        """Closed and open segments in one list by start, states as read (None: complete).
+    def merged(self) -> list[tuple[int, int, str | None, int]]:
+        """Closed and open entries in one list by start, states as read (None: complete).
 
         ``closed`` itself (not a copy) when no segment is open.
         """
@@ -525,9 +526,9 @@ class SegmentStates:
         return found
 
     def rows(self) -> list[tuple[int, int, str]]:
-        """Every segment as (start, end, state), by start (``segment_states``' form)."""
+        """Every entry as (start, end, state), by start (``segment_states``' form)."""
         complete = SegmentState.COMPLETE.value
-        return [(start, end, state or complete) for start, end, state in self.merged()]
+        return [(start, end, state or complete) for start, end, state, _n in self.merged()]
 
 
 def _start(row: tuple[Any, ...]) -> Any:
@@ -540,7 +541,7 @@ def read_states(
     until: dt.datetime,
     now: dt.datetime | None = None,
 ) -> SegmentStates:
-    """The segments of ``stream`` overlapping [since, until) as (start, end, state), from the index alone.
+    """The segments of ``stream`` overlapping [since, until) as (start, end, state, 1), from the index alone.
 
     What ``segment_states`` returns, closed and open segments apart; with
     ``coverage_of_states`` a caller that needs the states and the coverage
@@ -550,21 +551,84 @@ def read_states(
     since_ms, until_ms = window(since, until)
     now_ms = now_millis() if now is None else to_millis(now, "now")
     db = current_database()
-    p = db.param
-    complete = SegmentState.COMPLETE.value
-    # The two branches of _overlap_sql as two statements: the closed
-    # segments come in index order (no sort step), and which rows are open
-    # is known without a column saying so (a column costs the driver an
-    # object per row).
-    closed_sql = _closed_sql(db, f'"started_at", "ended_at", NULLIF("state", \'{complete}\')')
-    open_sql = _open_sql(
-        db, f'"started_at", {dialect(db).greatest}(COALESCE("checkpoint_at", 0), {p}), "state"'
-    )
     closed = db.execute_sql(
-        closed_sql + ' ORDER BY "started_at"', (stream_id, until_ms, since_ms, stream_id, since_ms)
+        _closed_sql(db, _CLOSED_STATES) + ' ORDER BY "started_at"',
+        (stream_id, until_ms, since_ms, stream_id, since_ms),
     ).fetchall()
-    opened = db.execute_sql(open_sql + ' ORDER BY "started_at"', (now_ms, stream_id, until_ms)).fetchall()
-    return SegmentStates(closed, opened)
+    return SegmentStates(closed, _read_open(db, stream_id, until_ms, now_ms))
+
+
+# (start, end, state, segments) of a closed row: the two branches of
+# _overlap_sql as two statements, so the closed segments come in index order
+# (no sort step), and which rows are open is known without a column saying
+# so (a column costs the driver an object per row). "complete" reads as
+# NULL: the driver then builds no string per row, a sixth of the read at ten
+# million rows; the constant 1 is a cached int.
+_CLOSED_STATES = f'"started_at", "ended_at", NULLIF("state", \'{SegmentState.COMPLETE.value}\'), 1'
+
+
+def _read_open(db: pw.Database, stream_id: int, until_ms: int, now_ms: int) -> list[Any]:
+    """(start, end, state, 1) of the stream's open segments starting before ``until``, by start."""
+    p = db.param
+    open_sql = _open_sql(
+        db, f'"started_at", {dialect(db).greatest}(COALESCE("checkpoint_at", 0), {p}), "state", 1'
+    )
+    return db.execute_sql(open_sql + ' ORDER BY "started_at"', (now_ms, stream_id, until_ms)).fetchall()
+
+
+def read_runs(
+    stream: Stream | int | str,
+    since: dt.datetime,
+    until: dt.datetime,
+    now: dt.datetime | None = None,
+) -> SegmentStates:
+    """``read_states``, with each summarized hour inside [since, until) read as its runs.
+
+    The closed entries are (start, end, state, segments): a run of an hour
+    that ``summarize_runs`` summarized (one entry for an hour of
+    back-to-back segments), or a segment (segments 1) of the window's
+    edges and of the hours not summarized (yet, or changed since). Each
+    state's runs cover exactly what its segments cover (invariant 17), so
+    ``coverage_of_states`` of this is ``coverage`` of the window, and a week
+    of a stream is a few hundred entries instead of ten thousand.
+    """
+    stream_id = resolve_stream(stream).id
+    since_ms, until_ms = window(since, until)
+    now_ms = now_millis() if now is None else to_millis(now, "now")
+    db = current_database()
+    p = db.param
+    # The whole hours inside the window (never before 1970: those stay rows).
+    first_hour = max(0, -(-since_ms // HOUR_MS))
+    end_hour = until_ms // HOUR_MS
+    stored: list[tuple[int, str]] = []
+    if end_hour > first_hour:
+        stored = db.execute_sql(
+            f'SELECT "hour", "runs" FROM "segment_runs" WHERE "stream_id" = {p} AND "hour" >= {p} '
+            f'AND "hour" < {p} AND "runs" IS NOT NULL ORDER BY "hour"',
+            (stream_id, first_hour, end_hour),
+        ).fetchall()
+    closed: list[Any] = []
+    # The rows before the first summarized hour: the window's start, with
+    # the longest segment's lead, as read_states reads them.
+    lead_end = stored[0][0] * HOUR_MS if stored else until_ms
+    closed += db.execute_sql(
+        _closed_sql(db, _CLOSED_STATES, f' AND "started_at" < {p}') + ' ORDER BY "started_at"',
+        (stream_id, until_ms, since_ms, stream_id, since_ms, lead_end),
+    ).fetchall()
+    between = f'{_CLOSED_RANGE_SQL.format(p=p)} ORDER BY "started_at"'
+    for i, runs in enumerate(decode_runs(stored)):
+        closed += runs
+        lo = (stored[i][0] + 1) * HOUR_MS
+        hi = stored[i + 1][0] * HOUR_MS if i + 1 < len(stored) else until_ms
+        if hi > lo:
+            closed += db.execute_sql(between, (stream_id, lo, hi, since_ms)).fetchall()
+    return SegmentStates(closed, _read_open(db, stream_id, until_ms, now_ms))
+
+
+_CLOSED_RANGE_SQL = (
+    f'SELECT {_CLOSED_STATES} FROM "recording" WHERE "stream_id" = {{p}} AND "started_at" >= {{p}} '
+    'AND "started_at" < {p} AND "ended_at" > {p}'
+)
 
 
 def segment_states(

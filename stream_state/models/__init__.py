@@ -6,6 +6,7 @@ from .event import Event
 from .metric import MetricSample, MetricSeries
 from .recording import Recording
 from .rollups import MetricRollup, MetricRollupStale
+from .runs import SegmentRuns
 from .session import Session
 from .stream import Stream
 from .system import SystemState
@@ -16,6 +17,7 @@ MODELS = (
     Stream,
     Recording,
     RecordingUsage,
+    SegmentRuns,
     Event,
     MetricSeries,
     MetricSample,
@@ -37,6 +39,7 @@ __all__ = [
     "MetricSeries",
     "Recording",
     "RecordingUsage",
+    "SegmentRuns",
     "Session",
     "Stream",
     "SystemState",

@@ -360,12 +360,31 @@ def explain_hole(
 
     ``told``: the messages of the events ``history.gaps`` finds in the hole
     (``Gap.reasons``), added to the detail as they were written.
+
+    ``system``, ``statuses``, ``clock_events`` and ``health`` are in time
+    order (``health``: pieces end to end, as ``collect`` makes them): only
+    the part near the hole is looked at, so a lane's dozen holes do not
+    each walk its week of health changes.
     """
     findings: dict[str, list[str]] = {reason: [] for reason in HOLE_REASONS}
 
     def clock(ms: int) -> str:
         return _clock(ms, zone)
 
+    lo, hi = start - DOWN_SLACK_MS, end + DOWN_SLACK_MS
+    system = system[bisect.bisect_left(system, lo, key=_at) : bisect.bisect_right(system, hi, key=_at)]
+    statuses = statuses[
+        bisect.bisect_left(statuses, lo, key=_at) : bisect.bisect_left(statuses, end, key=_at)
+    ]
+    clock_events = clock_events[
+        bisect.bisect_left(clock_events, lo, key=_first) : bisect.bisect_right(clock_events, end, key=_first)
+    ]
+    # The piece in force at the hole's start, and those starting before its end.
+    health = health[
+        max(0, bisect.bisect_right(health, start, key=_start) - 1) : bisect.bisect_left(
+            health, end, key=_start
+        )
+    ]
     for event in system:
         if start - DOWN_SLACK_MS <= event.at <= end + DOWN_SLACK_MS:
             if event.type == EventType.RESTORED.value and event.clean is False:
@@ -416,6 +435,18 @@ def explain_hole(
         return Hole(start, end, "unknown", "unknown: no event or segment in the database explains it" + said)
     detail = "; ".join(f"{reason}: {', '.join(_dedupe(findings[reason]))}" for reason in found)
     return Hole(start, end, found[0], detail + said)
+
+
+def _at(item: SystemEvent | StatusChange) -> int:
+    return item.at
+
+
+def _first(item: tuple[int, str]) -> int:
+    return item[0]
+
+
+def _start(item: HealthPiece) -> int:
+    return item.start
 
 
 def _dedupe(items: list[str]) -> list[str]:
@@ -676,8 +707,12 @@ def _lane(
         if hole.reason not in ("down", "unhealthy") and nearby:
             # Read from the index alone, the segments have no numbers or
             # paths: unless an event already explains the hole, read the few
-            # around it whole, for the clock check and the missing files' names.
-            whole = _segments(stream, nearby[0].start, nearby[-1].start + 1, now_ms)
+            # around it whole, for the clock check and the missing files' names:
+            # those overlapping the hole and its slack (the one that ended where
+            # it begins among them), not the whole hour a run before it spans.
+            whole = _segments(
+                stream, max(nearby[0].start, gap_start - DOWN_SLACK_MS), nearby[-1].start + 1, now_ms
+            )
             hole = explain(gap_start, gap_end, segments=whole + _neighbours(stream, whole), told=told)
         holes.append(hole)
     shown = _SEVERITY_RANK[tick_severity]

@@ -610,10 +610,11 @@ def read_runs(
     closed: list[Any] = []
     # The rows before the first summarized hour: the window's start, with
     # the longest segment's lead, as read_states reads them.
+    # (Its end in place of the window's: SQLite bounds the range by one of them.)
     lead_end = stored[0][0] * HOUR_MS if stored else until_ms
     closed += db.execute_sql(
-        _closed_sql(db, _CLOSED_STATES, f' AND "started_at" < {p}') + ' ORDER BY "started_at"',
-        (stream_id, until_ms, since_ms, stream_id, since_ms, lead_end),
+        _closed_sql(db, _CLOSED_STATES) + ' ORDER BY "started_at"',
+        (stream_id, lead_end, since_ms, stream_id, since_ms),
     ).fetchall()
     between = f'{_CLOSED_RANGE_SQL.format(p=p)} ORDER BY "started_at"'
     for i, runs in enumerate(decode_runs(stored)):

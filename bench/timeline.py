@@ -12,6 +12,10 @@ benchmarks' database; 10-second segments over a week would be 60 million.
 
 What it prints, all measured in this one run:
 
+* the runs summary (``summarize_runs``, Maintenance's ``runs`` job) made
+  from scratch: what a manager's maintenance does once over a week of
+  segments (afterwards, every 10 minutes, only the hours that settled);
+  ``--no-runs`` measures the timeline without it (every hour read as rows);
 * the baseline: the history query the timeline cannot do without,
   ``history.coverage`` (what ``stream-state gaps`` runs) for every stream
   over the window, alone;
@@ -39,6 +43,7 @@ from dataset import T0, recordings_db
 from stream_state import Stream, open_database
 from stream_state import history as h
 from stream_state import timeline as tl
+from stream_state.segment_runs import summarize_runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--width", type=int, default=tl.DEFAULT_WIDTH)
     parser.add_argument("--out", type=Path, help="keep the pictures in this directory")
+    parser.add_argument(
+        "--no-runs", action="store_true", help="every hour stale: collect reads rows, as before the summary"
+    )
     parser.add_argument(
         "--formats", default="png,svg,html", help="which pictures to draw (default: png,svg,html)"
     )
@@ -78,6 +86,16 @@ def main(argv: list[str] | None = None) -> None:
     with open(path, "rb") as handle:
         while handle.read(1 << 24):
             pass
+    # Every hour stale, then (unless --no-runs) summarized from scratch.
+    db.execute_sql('UPDATE "segment_runs" SET "runs" = NULL, "version" = "version" + 1')
+    if not args.no_runs:
+        started, cpu = time.perf_counter(), time.process_time()
+        report = summarize_runs(until + dt.timedelta(hours=2))
+        print(
+            f"runs      summarize_runs, every hour:         {time.perf_counter() - started:6.2f} s "
+            f"(CPU {time.process_time() - cpu:.1f} s, {report.hours:,} stream-hours of "
+            f"{report.segments:,} segments; once: then only the hours that settle)"
+        )
     for stream in streams:
         h.coverage(stream, since, until, now=until)
     tl.require_plot()

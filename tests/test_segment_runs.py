@@ -254,3 +254,24 @@ def test_integrity_reports_runs_that_differ_from_their_segments(db, hours_of_seg
     ).execute()
     (found,) = [v for v in check_invariants() if v.invariant == 17]
     assert found.count == 1 and str(one.id) in found.examples[0]
+
+
+def test_the_timeline_shows_the_same_holes_from_runs_as_from_rows(db, hours_of_segments, monkeypatch):
+    from stream_state import timeline as tl
+
+    one, two, rows = hours_of_segments
+    monkeypatch.setattr(tl, "DETAIL_SEGMENTS", 0)  # the week view: spans from the index
+    first = min(r["started_at"] for r in rows)
+    since, until = from_millis(first - HOUR_MS), from_millis(first + 30 * HOUR_MS)
+
+    def picture() -> list:
+        found = tl.collect([one, two], since=since, until=until, now=LATER, width=1_000)
+        return [
+            (lane.holes, lane.recorded_ms, sum(s.segments for s in lane.spans), {s.state for s in lane.spans})
+            for lane in found.lanes
+        ]
+
+    from_rows = picture()
+    assert summarize_runs(LATER).hours > 10
+    assert picture() == from_rows
+    assert sum(len(lane[0]) for lane in from_rows) > 10  # holes were there to find

@@ -153,7 +153,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
             without_rowid = not postgres
 
     # What summarize_runs looks for: the stale hours, oldest first.
-    migrator.sql('CREATE INDEX "segment_runs_stale" ON "segment_runs" ("hour") WHERE "runs" IS NULL')
+    migrator.sql('CREATE INDEX "segment_runs_stale" ON "segment_runs" ("hour") WHERE ("runs" IS NULL)')
     migrator.sql(MARK_EXISTING)
     if postgres:
         migrator.sql(postgres_function())

@@ -76,7 +76,7 @@ def test_migrations_build_exactly_what_the_models_declare(backend, db):
                 assert (
                     _without_rowid(from_models)
                     == _without_rowid(db)
-                    == {"metric_block", "metric_rollup", "metric_sample"}
+                    == {"metric_block", "metric_rollup", "metric_sample", "segment_runs"}
                 )
     finally:
         from_models.close()

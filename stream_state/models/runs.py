@@ -24,7 +24,7 @@ from typing import Any
 import peewee as pw
 
 from ..timeutil import HOUR_MS
-from .base import BaseModel
+from .base import BaseModel, WithoutRowidOnSqlite
 from .stream import Stream
 
 # A run: (start ms, end ms, state, segments); state None is "complete", as
@@ -44,6 +44,13 @@ class SegmentRuns(BaseModel):
     class Meta:
         table_name = "segment_runs"
         primary_key = pw.CompositeKey("stream", "hour")
+        model_metadata_class = WithoutRowidOnSqlite
+
+
+# What summarize_runs looks for: the stale hours, oldest first.
+SegmentRuns.add_index(
+    SegmentRuns.index(SegmentRuns.hour, where=SegmentRuns.runs.is_null(), name="segment_runs_stale")
+)
 
 
 def hour_of(millis: int) -> int:

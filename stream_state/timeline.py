@@ -685,14 +685,14 @@ def _lane(
         cover = coverage(stream, since, until, tolerance=tolerance, now=from_millis(now_ms), reasons=True)
     else:
         cover = coverage_of_states(stream, states, since, until, tolerance=tolerance, reasons=True)
-    events = _events(stream.id, start, end)
-    health = _health(stream, start, end, events)
-    statuses = [
-        StatusChange(at, new, reason) for at, kind, _, _, new, reason in events if kind == "status_changed"
-    ]
-    clock_events = [(at, message or kind) for at, kind, _, message, _, _ in events if "clock" in kind]
+    read = _lane_events(stream, start, end, pixel_ms, tick_severity)
     explain = functools.partial(
-        explain_hole, health=health, system=system, statuses=statuses, clock_events=clock_events, zone=zone
+        explain_hole,
+        health=read.health,
+        system=system,
+        statuses=read.statuses,
+        clock_events=read.clock_events,
+        zone=zone,
     )
     holes = []
     for gap, nearby in _near_gaps(segments if segments is not None else rows, cover.gaps):
@@ -715,6 +715,36 @@ def _lane(
             )
             hole = explain(gap_start, gap_end, segments=whole + _neighbours(stream, whole), told=told)
         holes.append(hole)
+    return Lane(
+        stream_id=stream.id,
+        name=stream.name,
+        start=start,
+        end=end,
+        spans=tuple(spans),
+        holes=tuple(holes),
+        health=tuple(read.health),
+        ticks=tuple(read.ticks),
+        recorded_ms=cover.recorded // dt.timedelta(milliseconds=1),
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _LaneEvents:
+    """What a lane shows or explains its holes with from the event table."""
+
+    health: list[HealthPiece]
+    statuses: list[StatusChange]
+    clock_events: list[tuple[int, str]]
+    ticks: list[Tick]
+
+
+def _lane_events(stream: Stream, start: int, end: int, pixel_ms: float, tick_severity: str) -> _LaneEvents:
+    events = _events(stream.id, start, end)
+    health = _health(stream, start, end, events)
+    statuses = [
+        StatusChange(at, new, reason) for at, kind, _, _, new, reason in events if kind == "status_changed"
+    ]
+    clock_events = [(at, message or kind) for at, kind, _, message, _, _ in events if "clock" in kind]
     shown = _SEVERITY_RANK[tick_severity]
     health_changed = EventType.HEALTH_CHANGED.value
     ticks = _merge_tick_rows(
@@ -726,17 +756,7 @@ def _lane(
         ),
         pixel_ms * TICK_PX,
     )
-    return Lane(
-        stream_id=stream.id,
-        name=stream.name,
-        start=start,
-        end=end,
-        spans=tuple(spans),
-        holes=tuple(holes),
-        health=tuple(health),
-        ticks=tuple(ticks),
-        recorded_ms=cover.recorded // dt.timedelta(milliseconds=1),
-    )
+    return _LaneEvents(health, statuses, clock_events, ticks)
 
 
 class _Prepared:

@@ -591,3 +591,127 @@ def test_the_health_band_is_whole_when_the_lane_has_more_events_than_ticks(db, m
     monkeypatch.setattr(tl, "MAX_TICKS_PER_LANE", 1)
     cut = collected(since=at(-1))
     assert [lane.health for lane in cut.lanes] == [lane.health for lane in full.lanes]
+
+
+# --- a lane's events against a plain reading of the event table ---------------------------------------
+
+
+def busy_lane() -> tuple[Stream, list[Event]]:
+    """One stream with a few hundred events in 110 s: many per tick column, ties in time and severity.
+
+    Health and status changes (with their data), clock events (and a type
+    that only looks like one to a case-blind LIKE), events without a
+    message, changes before the window, and another stream's and the
+    system's events at the same times (which the lane must not show).
+    """
+    rng = random.Random(17)
+    cam = Stream.register("cam-busy", "rtsp://10.0.0.9/busy", recording=True)
+    other = Stream.register("cam-other", "rtsp://10.0.0.10/other", recording=True)
+    healths = [h.value for h in HealthState]
+    statuses = ["starting", "running", "stopping", "stopped"]
+    kinds = ["motion", "motion", "note", "segment_failed", "storage_warning", "clock_stepped", "CLOCK_RESET"]
+    written = []
+
+    def write(stream: Stream | None, seconds: float) -> None:
+        kind = rng.choice([*kinds, EventType.HEALTH_CHANGED.value, EventType.STATUS_CHANGED.value])
+        data = None
+        if kind == EventType.HEALTH_CHANGED.value:
+            data = {"new": rng.choice(healths), "reason": rng.choice([None, "fps low", "no frames"])}
+        elif kind == EventType.STATUS_CHANGED.value:
+            data = {"new": rng.choice(statuses), "reason": rng.choice([None, "operator"])}
+        event = Event.record(
+            kind,
+            stream,
+            severity=rng.choice(list(Severity)),
+            message=rng.choice([None, f"{kind} at {seconds:.2f} s"]),
+            data=data,
+            at=at(seconds),
+        )
+        if stream is cam:
+            written.append(event)
+
+    Event.record(EventType.HEALTH_CHANGED, cam, data={"new": "degraded", "reason": "before"}, at=at(-30))
+    Event.record(EventType.STATUS_CHANGED, cam, data={"new": "running"}, at=at(-20))
+    for _ in range(420):
+        # On a 50 ms grid: events of one ms are common, and so are ties in severity.
+        seconds = rng.randrange(-100, 2400) * 0.05
+        write(cam, seconds)
+        if rng.random() < 0.2:
+            write(rng.choice([other, None]), seconds)
+    return cam, written
+
+
+def plain_lane_events(
+    stream: Stream, start: int, end: int, pixel_ms: float, tick_severity: str
+) -> tuple[list[HealthPiece], list[StatusChange], list[tuple[int, str]], list[tl.Tick]]:
+    """What a lane shows of its events, read the plain way: models, sorted and filtered in Python.
+
+    Ticks, status changes and clock events from the newest
+    ``MAX_TICKS_PER_LANE`` events of [start, end); the health band from the
+    last change before ``start`` and every change inside.
+    """
+
+    def ms(event: Event) -> int:
+        return to_millis(event.ts)
+
+    def order(event: Event) -> tuple[int, int]:
+        return ms(event), event.id
+
+    mine = sorted(Event.select().where(Event.stream == stream.id), key=order)
+    window = [e for e in mine if start <= ms(e) < end]
+    kept = window[-tl.MAX_TICKS_PER_LANE :]
+    health_changes = [e for e in mine if e.type == EventType.HEALTH_CHANGED.value]
+    before = [e for e in health_changes if ms(e) < start]
+    state = str(before[-1].data.get("new") or "unknown") if before else "unknown"
+    reason = before[-1].data.get("reason") if before else None
+    band, since = [], start
+    for change in (e for e in health_changes if start <= ms(e) < end):
+        if ms(change) > since:
+            band.append(HealthPiece(since, ms(change), state, reason))
+        since = max(since, ms(change))
+        state, reason = str(change.data.get("new") or "unknown"), change.data.get("reason")
+    if end > since:
+        band.append(HealthPiece(since, end, state, reason))
+    statuses = [
+        StatusChange(ms(e), e.data.get("new"), e.data.get("reason"))
+        for e in kept
+        if e.type == EventType.STATUS_CHANGED.value
+    ]
+    clocks = [(ms(e), e.message or e.type) for e in kept if "clock" in e.type]
+    rank = {severity.value: n for n, severity in enumerate(Severity)}
+    columns: dict[int, list[Event]] = {}
+    for e in kept:
+        if e.type != EventType.HEALTH_CHANGED.value and rank[e.severity.value] >= rank[tick_severity]:
+            columns.setdefault(int(ms(e) // (pixel_ms * tl.TICK_PX)), []).append(e)
+    ticks = []
+    for key in sorted(columns):
+        top = max(rank[e.severity.value] for e in columns[key])
+        shown = next(e for e in columns[key] if rank[e.severity.value] == top)  # the first of the most severe
+        message = shown.message or shown.type
+        ticks.append(tl.Tick(ms(shown), shown.type, shown.severity.value, message, len(columns[key])))
+    return band, statuses, clocks, ticks
+
+
+def test_a_lanes_events_are_what_a_plain_reading_of_the_event_table_shows(db, monkeypatch):
+    cam, written = busy_lane()
+    start, end = T0_MS, T0_MS + 110_000
+    inside = [e for e in written if start <= to_millis(e.ts) < end]
+    newest_first = sorted(inside, key=lambda e: (to_millis(e.ts), e.id), reverse=True)
+    # A cut that falls between two events of the same ms (only the newer id is kept).
+    cut = next(k for k in range(40, len(newest_first)) if newest_first[k - 1].ts == newest_first[k].ts)
+    compared = 0
+    for limit in (tl.MAX_TICKS_PER_LANE, cut):
+        monkeypatch.setattr(tl, "MAX_TICKS_PER_LANE", limit)
+        for pixel_ms in (100.0, 97.3):
+            for severity in ("debug", "info", "warning", "error"):
+                read = tl._lane_events(cam, start, end, pixel_ms, severity)
+                band, statuses, clocks, ticks = plain_lane_events(cam, start, end, pixel_ms, severity)
+                assert read.health == band
+                assert read.statuses == statuses
+                assert read.clock_events == clocks
+                assert read.ticks == ticks, (limit, pixel_ms, severity)
+                compared += len(ticks)
+                # What the data must hold for the comparison to mean something.
+                assert any(t.count > 1 for t in ticks) and statuses and clocks and len(band) > 3
+    assert compared > 1000 and cut < len(newest_first)
+    assert {e.type for e in written} >= {"CLOCK_RESET", "clock_stepped"}

@@ -397,6 +397,9 @@ class Tally:
     sim_seconds: int = 0
     statements: int = 0
     commits: int = 0
+    # CPU of the thread that measured: the event loop's in the aio modes (the
+    # rest of ``client`` is then the database threads', on SQLite).
+    measuring_thread: float = 0.0
 
     @property
     def cpu(self) -> float:
@@ -420,10 +423,11 @@ class Meter:
     def measure(self, tally: Tally, sim_seconds: int) -> Iterator[None]:
         gc.collect()
         server0 = self.server_cpu()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
+        cpu0, wall0, thread0 = time.process_time(), time.perf_counter(), time.thread_time()
         yield
         tally.wall += time.perf_counter() - wall0
         tally.client += time.process_time() - cpu0
+        tally.measuring_thread += time.thread_time() - thread0
         # A backend that started during the run counts whole (its connection setup too).
         server1 = self.server_cpu()
         tally.server += sum(cpu - server0.get(pid, 0.0) for pid, cpu in server1.items())
@@ -689,8 +693,18 @@ def report(rows: list[Row]) -> None:
         )
         if sync is not None:
             times = row.per_stream_hour(row.api) / sync.per_stream_hour(sync.api)
+            # Where it goes: the event loop's thread (the tasks, asyncio, the
+            # hand-off; on PostgreSQL the calls too), the other threads (on
+            # SQLite the database threads, which run the very calls the sync
+            # loop runs), the server.
+            hours = row.streams * row.api.sim_seconds / 3600
+            on_loop = row.api.measuring_thread / hours
+            others = (row.api.client - row.api.measuring_thread) / hours
+            server, whole = row.api.server / hours, sync.per_stream_hour(sync.api)
             print(
-                f"{row.backend}: {row.mode} costs {times:.2f}x the CPU of {sync_mode} (goal <= {GOAL_AIO}x)"
+                f"{row.backend}: {row.mode} costs {times:.2f}x the CPU of {sync_mode} (goal <= {GOAL_AIO}x); "
+                f"CPU s/stream-h: the loop's thread {on_loop:.3f}, other threads {others:.3f}, "
+                f"server {server:.3f}; {sync_mode} {whole:.3f} in all"
             )
     print(
         f"\ngoals: SQLite sync >= {GOAL_RATIO} of raw "

@@ -616,7 +616,11 @@ def read_runs(
         _closed_sql(db, _CLOSED_STATES) + ' ORDER BY "started_at"',
         (stream_id, lead_end, since_ms, stream_id, since_ms),
     ).fetchall()
-    between = f'{_CLOSED_RANGE_SQL.format(p=p)} ORDER BY "started_at"'
+    # The closed segments that started in [lo, hi), of those the window holds.
+    between = (
+        f'SELECT {_CLOSED_STATES} FROM "recording" WHERE "stream_id" = {p} AND "started_at" >= {p} '
+        f'AND "started_at" < {p} AND "ended_at" > {p} ORDER BY "started_at"'
+    )
     for i, runs in enumerate(decode_runs(stored)):
         closed += runs
         lo = (stored[i][0] + 1) * HOUR_MS
@@ -624,12 +628,6 @@ def read_runs(
         if hi > lo:
             closed += db.execute_sql(between, (stream_id, lo, hi, since_ms)).fetchall()
     return SegmentStates(closed, _read_open(db, stream_id, until_ms, now_ms))
-
-
-_CLOSED_RANGE_SQL = (
-    f'SELECT {_CLOSED_STATES} FROM "recording" WHERE "stream_id" = {{p}} AND "started_at" >= {{p}} '
-    'AND "started_at" < {p} AND "ended_at" > {p}'
-)
 
 
 def segment_states(

@@ -42,18 +42,24 @@ def split_userinfo(uri: str) -> tuple[str | None, str]:
     ats = [i for i, ch in enumerate(after) if ch == "@"]
     if not ats:
         return None, uri
-    # The last "@" that a host follows; an "@" in the path is followed by
-    # text that is no host[:port] (or, if it looks like one, more is masked).
-    chosen = ats[-1]
-    for at in reversed(ats):
-        hostinfo = re.split(r"[/?#]", after[at + 1 :], maxsplit=1)[0]
-        if hostinfo and _HOSTINFO.fullmatch(hostinfo):
-            chosen = at
+    # The last "@" that a host[:port] follows; failing that, the last that a
+    # port alone follows (a listener's "srt://u:p@:9000"); failing that, the
+    # last "@". An "@" in the path is followed by text that is no host (or,
+    # if it looks like one, more is masked): "rtsp://u:p@10.0.0.1/@:0" has
+    # its host before the path's "@", not an empty one after it.
+    hostinfos = [re.split(r"[/?#]", after[at + 1 :], maxsplit=1)[0] for at in ats]
+    for pattern in (_HOST_PORT, _PORT_ONLY):
+        found = [at for at, hostinfo in zip(ats, hostinfos, strict=True) if pattern.fullmatch(hostinfo)]
+        if found:
+            chosen = found[-1]
             break
+    else:
+        chosen = ats[-1]
     return after[:chosen], uri[: match.end()] + after[chosen + 1 :]
 
 
-_HOSTINFO = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s\[\]:/?#@]+)?(:[0-9]{0,5})?")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s\[\]:/?#@]+)(:[0-9]{0,5})?")
+_PORT_ONLY = re.compile(r":[0-9]{1,5}")
 
 
 def redact_uri(uri: str) -> str:
@@ -78,10 +84,13 @@ def redact_uri(uri: str) -> str:
 
 
 # "scheme://user:password@" anywhere in free text (log lines, event messages).
-# The password runs to the last "@" of the URI: it may hold "/", "#", "?", "@";
-# failing that (a password with a space, as in a URI that was refused for
-# it), to the next "@" on the line.
-_CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:]*):(?:\S*@|[^\n@]*?@)")
+# Each URI (to the next whitespace) first has its userinfo masked as
+# redact_uri masks it: the password runs to the last "@" that a host follows,
+# so it may hold "/", "#", "?", "@", and an "@" in the path does not take the
+# host with it. Then, for a password with a space (a URI that was refused for
+# it), to the next "@" on the line; a password already masked is left alone.
+_URI_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
+_CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:]*):(?!\*\*\*@)(?:\S*@|[^\n@]*?@)")
 _SECRET_KEY = re.compile(
     r"(?i)(pass(word|wd|phrase)?|pwd|secret|token|api[_-]?key|private[_-]?key|credential|auth)"
 )
@@ -89,7 +98,17 @@ _SECRET_KEY = re.compile(
 
 def redact_text(text: str) -> str:
     """Mask credentials of any URIs embedded in free text."""
-    return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, _CREDENTIALS_IN_TEXT.sub(rf"\1:{MASK}@", text))
+    text = _CREDENTIALS_IN_TEXT.sub(rf"\1:{MASK}@", _URI_IN_TEXT.sub(_mask_userinfo, text))
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, text)
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    """One URI of a text with its password masked (the user name kept), as redact_uri does."""
+    userinfo, rest = split_userinfo(match.group(0))
+    if userinfo is None or ":" not in userinfo:
+        return match.group(0)
+    scheme_end = _SCHEME_PREFIX.match(rest).end()  # type: ignore[union-attr]
+    return f"{rest[:scheme_end]}{userinfo.partition(':')[0]}:{MASK}@{rest[scheme_end:]}"
 
 
 def is_secret_key(key: str) -> bool:

@@ -45,6 +45,11 @@ def test_the_reported_passwords_are_masked(uri):
 def test_the_host_is_after_the_last_at_and_a_path_at_is_not_a_password():
     assert split_userinfo("rtsp://u:a@b/c@host:554/s") == ("u:a@b/c", "rtsp://host:554/s")
     assert split_userinfo("rtsp://u:p@10.0.0.1:554/a@b:c") == ("u:p", "rtsp://10.0.0.1:554/a@b:c")
+    # A path's "@" followed by a bare ":" is no host (found by the property tests: the
+    # URI was refused for want of a host, and its event lost the host).
+    assert split_userinfo("rtsp://A:0@10.0.0.0:554/@:") == ("A:0", "rtsp://10.0.0.0:554/@:")
+    assert split_userinfo("rtsp://A:0@10.0.0.0:554/@:0") == ("A:0", "rtsp://10.0.0.0:554/@:0")
+    assert split_userinfo("srt://u:p@:9000?mode=listener") == ("u:p", "srt://:9000?mode=listener")
     assert redact_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
 
 

@@ -38,6 +38,10 @@ Modes (``--modes``, comma-separated):
   samples and segment rolls gathered in one ``stream_state.Tick()`` (one
   transaction, one ``executemany`` or ``unnest`` per statement); a rolled
   segment's new row is committed with the tick, and its file opened after it;
+* ``aio-coalesce``: ``aio`` on a database opened with ``coalesce=True``: the
+  single calls the tasks make at about the same time are written together as
+  one ``Tick`` on the writer thread (stream_state.coalesce; SQLite only,
+  PostgreSQL ignores it);
 * ``aio-batch``: ``batch`` through ``aio.tick()`` (one tick a second for
   every stream, as in ``batch``).
 
@@ -620,11 +624,11 @@ def threads_mode(backend: Backend, plan: Plan, batch: bool) -> Row:
     return Row(backend.name, f"threads x{plan.threads}" + (" batch" if batch else ""), plan.streams, tally)
 
 
-def aio_mode(backend: Backend, plan: Plan, batch: bool) -> Row:
+def aio_mode(backend: Backend, plan: Plan, batch: bool, coalesce: bool = False) -> Row:
     from stream_state import aio
 
     app = f"bench-aio-{uuid.uuid4().hex[:8]}"
-    url, params = backend.async_url("aio-batch" if batch else "aio")
+    url, params = backend.async_url("aio-batch" if batch else "aio-coalesce" if coalesce else "aio")
     if isinstance(backend, PostgresBackend):
         params["application_name"] = app
     # The streams are registered with the synchronous API, as setup.
@@ -637,14 +641,16 @@ def aio_mode(backend: Backend, plan: Plan, batch: bool) -> Row:
     tally = Tally()
 
     async def main() -> None:
-        async with aio.open_database_async(url, pool_size=max(plan.threads, 1), **params):
+        opened = aio.open_database_async(url, pool_size=max(plan.threads, 1), coalesce=coalesce, **params)
+        async with opened:
             await run_aio(cams, range(0, plan.warmup), "api", plan.threads, batch)
             with Meter(backend, app).measure(tally, plan.seconds - plan.warmup):
                 await run_aio(cams, range(plan.warmup, plan.seconds), "api", plan.threads, batch)
 
     asyncio.run(main())
     database_proxy.initialize(None)
-    return Row(backend.name, "aio batch" if batch else f"aio x{plan.threads}", plan.streams, tally)
+    mode = "aio batch" if batch else f"aio x{plan.threads}" + (" coalesce" if coalesce else "")
+    return Row(backend.name, mode, plan.streams, tally)
 
 
 def profile(backend: str, mode: str, fn: Callable[[], None], top: int) -> None:
@@ -738,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("need --streams >= 1, --seconds > --warmup, --chunk >= 1, --threads >= 1")
     plan = Plan(args.streams, args.seconds, args.chunk, args.threads, args.warmup, args.profile)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - {"loop", "batch", "threads", "threads-batch", "aio", "aio-batch"}
+    unknown = set(modes) - {"loop", "batch", "threads", "threads-batch", "aio", "aio-coalesce", "aio-batch"}
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
     print(
@@ -761,7 +767,7 @@ def main(argv: list[str] | None = None) -> None:
                 elif mode in ("threads", "threads-batch"):
                     rows.append(threads_mode(backend, plan, batch=mode == "threads-batch"))
                 else:
-                    rows.append(aio_mode(backend, plan, batch=mode == "aio-batch"))
+                    rows.append(aio_mode(backend, plan, mode == "aio-batch", mode == "aio-coalesce"))
                 print(f"  {backend.name} {mode}: done", flush=True)
         finally:
             backend.cleanup()

@@ -99,7 +99,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import peewee as pw
 
-from . import dbthreads
+from . import coalesce, dbthreads
 from .errors import DatabaseUnavailable, OwnershipLost, StreamStateError, ValidationError
 from .pgwatch import GRACE
 
@@ -327,7 +327,13 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
     serialise_writes = True
 
     def __init__(
-        self, database: str, *, pool_size: int = 10, acquire_timeout: float | None = None, **kwargs: Any
+        self,
+        database: str,
+        *,
+        pool_size: int = 10,
+        acquire_timeout: float | None = None,
+        coalesce_calls: bool = False,
+        **kwargs: Any,
     ):
         super().__init__(database, **kwargs)
         self.display_url = str(database)
@@ -341,6 +347,8 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
         # thread, which runs them in the order they came.
         self._writer = asyncio.Lock()
         self._writer_task: asyncio.Task[Any] | None = None
+        # open_database_async(coalesce=True): the single calls a Tick takes join one shared tick.
+        self._coalescer: coalesce.Coalescer | None = coalesce.Coalescer(self) if coalesce_calls else None
 
     # --- the threads and their connections ---
 
@@ -861,6 +869,7 @@ async def _open(
     backup_before_migrate: bool,
     pool_size: int,
     acquire_timeout: float | None,
+    coalesce_calls: bool,
     connect_params: dict[str, Any],
 ) -> AsyncStateDatabase:
     if pool_size < 1:
@@ -884,6 +893,7 @@ async def _open(
             pool_size=pool_size,
             # How long a write may wait for another task's atomic() block: as long as SQLite would.
             acquire_timeout=acquire_timeout or max(busy_timeout, 10.0),
+            coalesce_calls=coalesce_calls,
             **target.params,
         )
         sqlite_db._identity = target.identity
@@ -958,6 +968,7 @@ def open_database_async(
     backup_before_migrate: bool = True,
     pool_size: int = 10,
     acquire_timeout: float | None = None,
+    coalesce: bool = False,
     **connect_params: Any,
 ) -> _Opening:
     """Open the database at ``url`` for asyncio and bind the models to it.
@@ -972,6 +983,14 @@ def open_database_async(
     waits at most ``acquire_timeout`` seconds (default: the busy timeout)
     while another task's ``atomic()`` block holds the writer.
 
+    ``coalesce=True`` (SQLite; PostgreSQL ignores it): ``checkpoint``,
+    ``record_health``, ``begin_segment``, ``complete_segment`` and
+    ``record_many`` made by several tasks at about the same time are
+    written together as one ``Tick``, one transaction (stream_state.coalesce):
+    each still returns only once its write committed, and a refused call
+    raises to its caller only. A call cancelled before its tick starts
+    never runs; one cancelled after may commit.
+
     ``db = await open_database_async(url)`` ... ``await close_database_async()``,
     or ``async with open_database_async(url) as db:``.
     """
@@ -984,6 +1003,7 @@ def open_database_async(
             backup_before_migrate=backup_before_migrate,
             pool_size=pool_size,
             acquire_timeout=acquire_timeout,
+            coalesce_calls=coalesce,
             connect_params=connect_params,
         )
     )
@@ -1028,6 +1048,26 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """
     try:
         return await current_database().call(fn, *args, **kwargs)
+    finally:
+        _keep_process_session_alive()
+
+
+def _gathering() -> coalesce.Coalescer | None:
+    """The pending tick a call joins (``coalesce=True`` on SQLite), unless its task is inside atomic()."""
+    db = current_database()
+    gathering = getattr(db, "_coalescer", None)
+    if gathering is None:
+        return None
+    task = asyncio.current_task()
+    if task is not None and task is db._writer_task:  # type: ignore[attr-defined]
+        return None  # its calls belong to its own transaction
+    return gathering
+
+
+async def _gathered(gathering: coalesce.Coalescer, kind: int, gather: Callable[[Tick], Any]) -> Any:
+    """Join the pending tick; return once it committed (or raise this call's own error)."""
+    try:
+        return await gathering.add(kind, gather)
     finally:
         _keep_process_session_alive()
 
@@ -1191,6 +1231,11 @@ async def record_health(
     at: dt.datetime | None = None,
 ) -> bool:
     """``stream.record_health``: True when the health changed (an event was written)."""
+    gathering = _gathering()
+    if gathering is not None:
+        return await _gathered(
+            gathering, coalesce.HEALTH, lambda tick: tick.record_health(stream, state, reason, data, at)
+        )
     return await run(stream.record_health, state, reason, data, at)
 
 
@@ -1213,6 +1258,21 @@ async def begin_segment(
     media_started_at: dt.datetime | None = None,
 ) -> Recording:
     """``stream.begin_segment``: commit the new segment's row (and its index) before opening the file."""
+    gathering = _gathering()
+    if gathering is not None:
+        return await _gathered(
+            gathering,
+            coalesce.BEGIN,
+            lambda tick: tick.begin_segment(
+                stream,
+                path,
+                started_at,
+                storage=storage,
+                metadata=metadata,
+                path_template=path_template,
+                media_started_at=media_started_at,
+            ),
+        )
     return await run(
         stream.begin_segment,
         path,
@@ -1226,6 +1286,10 @@ async def begin_segment(
 
 async def checkpoint(segment: Recording, size_bytes: int, at: dt.datetime | None = None) -> None:
     """``segment.checkpoint``: record the progress of an open segment."""
+    gathering = _gathering()
+    if gathering is not None:
+        await _gathered(gathering, coalesce.CHECKPOINT, lambda tick: tick.checkpoint(segment, size_bytes, at))
+        return
     await run(segment.checkpoint, size_bytes, at)
 
 
@@ -1240,6 +1304,22 @@ async def complete_segment(
     finalized: bool | None = None,
 ) -> Recording:
     """``segment.complete_segment``: close it with its end time and size (default: the file's)."""
+    gathering = _gathering()
+    if gathering is not None:
+
+        def gather(tick: Tick) -> Recording:
+            tick.complete_segment(
+                segment,
+                ended_at,
+                size_bytes,
+                metadata,
+                media_ended_at=media_ended_at,
+                frame_count=frame_count,
+                finalized=finalized,
+            )
+            return segment
+
+        return await _gathered(gathering, coalesce.COMPLETE, gather)
     return await run(
         segment.complete_segment,
         ended_at,
@@ -1296,6 +1376,9 @@ async def record_metric(
 
 async def record_many(samples: Iterable[Sample | Mapping[str, Any] | Sequence[Any]]) -> int:
     """``MetricSample.record_many``: many samples in one transaction; how many were written."""
+    gathering = _gathering()
+    if gathering is not None:
+        return await _gathered(gathering, coalesce.SAMPLES, lambda tick: tick.record_many(samples))
     return await run(MetricSample.record_many, samples)
 
 

@@ -110,6 +110,9 @@ class TickReport:
     segments_begun: int = 0
     health_reports: int = 0
     health_changes: list[tuple[Stream, HealthState]] = field(default_factory=list)
+    # The positions (in the tick) of the health reports that changed a state:
+    # how a caller of a gathered single call (stream_state.coalesce) learns its own.
+    health_changed_calls: list[int] = field(default_factory=list)
     events: int = 0
     samples: int = 0
 
@@ -463,6 +466,7 @@ class Tick:
                 ).rowcount
                 if not touched and call.stream._change_health(call.state, call.reason, call.data, call.at):
                     report.health_changes.append((call.stream, call.state))
+                    report.health_changed_calls.append(call.index)
             except (NotFound, InvalidTransition) as exc:
                 failures.append(TickFailure(call.index, f"health of stream {call.stream.name}", exc))
         report.health_reports = len(self._health)
@@ -522,8 +526,15 @@ class Tick:
         if failures:
             raise TickFailed(failures, self._without(failures), self._calls) from exc
 
+    def _keeping(self, indexes: list[int]) -> Tick:
+        """A new tick with only the calls at these positions (renumbered in order); nothing re-validated."""
+        kept = set(indexes)
+        return self._dropping({i for i in range(self._calls) if i not in kept})
+
     def _without(self, failures: list[TickFailure]) -> Tick:
-        dropped = {f.index for f in failures}
+        return self._dropping({f.index for f in failures})
+
+    def _dropping(self, dropped: set[int]) -> Tick:
         rest = Tick()
         kept: list[Any] = sorted(
             itertools.chain(

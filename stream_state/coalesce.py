@@ -25,7 +25,9 @@ set-based. Each caller then gets its own outcome:
    previous one returned, i.e. committed.
 5. Cancellation: a call cancelled before its tick is handed to the writer
    thread is dropped from it and never runs; one cancelled after may still
-   commit (its caller just does not hear of it).
+   commit with the others of its tick (its caller just does not hear of
+   it). A tick whose callers all gave up is nobody's: it stops before its
+   next statement and rolls back, as a cancelled single call does.
 
 Calls of a task inside ``aio.atomic()`` keep their per-call path (they belong
 to its transaction), and so does every other call (``Event.record`` returns
@@ -46,6 +48,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import dbthreads
 from .errors import TickFailed
 from .tick import Tick
 
@@ -148,11 +151,40 @@ class Coalescer:
             calls = [calls[i] for i in live]
         self._running = True
         writer = self._db._threads().writer
-        job = self._db._submit(loop, writer, _commit, (tick, len(calls)), {}, cancellable=False)
-        job.add_done_callback(lambda done: self._finish(loop, done, calls))
+        # Cancellable only by this code: when every caller of the tick gave up, it is nobody's,
+        # and stops at its next statement (rolled back) as a cancelled single call does.
+        done = self._db._submit(loop, writer, _commit, (tick, len(calls)), {})
+        job: dbthreads.Job = done._job  # type: ignore[attr-defined]
+        settling = self._db._settling
+        given_up = [0]
 
-    def _finish(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[Any], calls: list[_Call]) -> None:
+        def cancelled(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() or done.done():
+                return
+            given_up[0] += 1
+            if given_up[0] == len(calls):
+                done.cancel()  # settling until it has stopped (JobFuture.cancel)
+            else:
+                # The others' writes go on, this one's with them (it may commit): settling
+                # until the tick ended, as a cancelled single call is (close_pool waits on it).
+                settling.add(job)
+
+        for call in calls:
+            call.future.add_done_callback(cancelled)
+        done.add_done_callback(lambda finished: self._finish(loop, finished, calls, job))
+
+    def _finish(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[Any],
+        calls: list[_Call],
+        job: dbthreads.Job,
+    ) -> None:
         self._running = False
+        if done.cancelled():  # every caller gave up: settling until it stopped (JobFuture.cancel)
+            self._schedule(loop)
+            return
+        self._db._settling.discard(job)
         try:
             errors, changed = done.result()
         except BaseException as exc:  # the job itself failed (its thread closed): every call hears it
@@ -200,4 +232,3 @@ def _commit(tick: Tick, calls: int) -> tuple[dict[int, BaseException], set[int]]
             return errors, set()
         return errors, {positions[i] for i in report.health_changed_calls}
     return errors, set()
-

@@ -62,6 +62,10 @@ def run_async(backend, body: Callable[[aio.AsyncStateDatabase], Awaitable[Any]],
     """Open a fresh migrated database for asyncio, run ``body(db)`` in a new loop, close it."""
     url, params = backend.new_target()
     previous = database_proxy.obj
+    if os.environ.get("STREAM_STATE_TEST_AIO_COALESCE") == "1":
+        # Every test of this file once more with the single calls gathered into ticks
+        # (tests/test_aio_coalesce.py tests what that adds).
+        open_kwargs.setdefault("coalesce", True)
 
     async def main() -> Any:
         db = await aio.open_database_async(url, **params, **open_kwargs)

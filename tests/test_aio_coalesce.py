@@ -147,7 +147,8 @@ def test_a_tasks_calls_keep_their_order_among_other_tasks(backend):
         streams = await cams(8)
         results = await asyncio.gather(*(one_stream(s, 5) for s in streams))
         assert results == [list(range(5))] * 8
-        rows = await aio.fetch(Recording.select(Recording.segment_index, Recording.size_bytes, Recording.state))
+        columns = (Recording.segment_index, Recording.size_bytes, Recording.state)
+        rows = await aio.fetch(Recording.select(*columns))
         assert len(rows) == 40
         for row in rows:
             # The completion came after the checkpoints: had a later call committed first,
@@ -182,24 +183,40 @@ def test_a_call_cancelled_before_its_tick_starts_never_runs(backend):
         pytest.skip("the SQLite writer thread's gathered ticks")
 
     async def body(db: aio.AsyncStateDatabase) -> None:
-        a, b = await cams(2)
+        a, b, c = await cams(3)
         busy = asyncio.ensure_future(aio.run(time.sleep, 0.3))  # holds the writer thread
         await asyncio.sleep(0)
         first = asyncio.ensure_future(aio.begin_segment(a, "/rec/a.mp4", started_at=T0))
-        await asyncio.sleep(0.01)  # its tick is handed to the writer (behind the sleep)
+        partner = asyncio.ensure_future(aio.record_health(c, "degraded", at=at(1)))
+        await asyncio.sleep(0.01)  # their tick is handed to the writer (behind the sleep)
         second = asyncio.ensure_future(aio.begin_segment(b, "/rec/b.mp4", started_at=T0))
         await asyncio.sleep(0.01)  # gathered for the next tick, which waits for the first
         second.cancel()
-        first.cancel()  # too late: its tick started, it may commit (and here does)
+        first.cancel()  # too late: its tick started, and its partner keeps it: it commits
         for task in (first, second):
             with pytest.raises(asyncio.CancelledError):
                 await task
+        assert await partner is True
         await busy
-        await asyncio.sleep(0.1)
+        while db._settling:
+            await asyncio.sleep(0.01)
         paths = [p for (p,) in await aio.fetch(Recording.select(Recording.path).tuples())]
-        assert paths == ["/rec/a.mp4"]
-        # The cancelled begin took no index either.
+        assert paths == ["/rec/a.mp4"], "the first committed with its tick, the second never ran"
+
+        # The only caller of a tick gives up: the tick is nobody's and stops, as a single call does.
+        busy = asyncio.ensure_future(aio.run(time.sleep, 0.2))
+        await asyncio.sleep(0)
+        lone = asyncio.ensure_future(aio.begin_segment(b, "/rec/b-lone.mp4", started_at=T0))
+        await asyncio.sleep(0.01)
+        lone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lone
+        await busy
+        while db._settling:
+            await asyncio.sleep(0.01)
+        # The cancelled begins took no index either.
         again = await aio.begin_segment(b, "/rec/b.mp4", started_at=at(1))
         assert again.segment_index == 0
+        assert await aio.count(Recording.select()) == 2
 
     coalesced(backend, body)

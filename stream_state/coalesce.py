@@ -45,6 +45,7 @@ calls").
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +154,9 @@ class Coalescer:
         writer = self._db._threads().writer
         # Cancellable only by this code: when every caller of the tick gave up, it is nobody's,
         # and stops at its next statement (rolled back) as a cancelled single call does.
-        done = self._db._submit(loop, writer, _commit, (tick, len(calls)), {})
+        # In an empty context: the tick is no one caller's (none of them acts as a session of
+        # its own: aio leaves those calls on their per-call path).
+        done = contextvars.Context().run(self._db._submit, loop, writer, _commit, (tick, len(calls)), {})
         job: dbthreads.Job = done._job  # type: ignore[attr-defined]
         settling = self._db._settling
         given_up = [0]

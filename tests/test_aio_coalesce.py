@@ -220,3 +220,29 @@ def test_a_call_cancelled_before_its_tick_starts_never_runs(backend):
         assert await aio.count(Recording.select()) == 2
 
     coalesced(backend, body)
+
+
+def test_a_task_acting_as_its_own_session_writes_through_it_beside_gathered_calls(backend):
+    """Session.acting() follows the task (a context variable): its calls are not another task's tick."""
+    from stream_state.models.session import Session
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        mine_cam, other_cam = await cams(2)
+        mine = await aio.run(lambda: Session.open(label="acting", register=False))
+
+        async def manager() -> None:
+            with mine.acting():
+                await aio.begin_segment(mine_cam, "/rec/mine.mp4", started_at=T0)
+
+        results = await asyncio.gather(
+            aio.begin_segment(other_cam, "/rec/other.mp4", started_at=T0),
+            manager(),
+            aio.record_health(other_cam, "degraded", at=at(1)),
+        )
+        assert results[2] is True
+        owners = dict(await aio.fetch(Stream.select(Stream.name, Stream.owner_session_id).tuples()))
+        assert owners["cam-0"] == mine.id
+        assert owners["cam-1"] not in (None, mine.id), "the gathered calls wrote as the process's session"
+        await aio.run(mine.close)
+
+    coalesced(backend, body)

@@ -61,9 +61,10 @@ Things to know:
   validated at once, returns once committed, and hears only its own
   refusal; a call cancelled before its tick starts never runs, one
   cancelled after may commit with the others of its tick. It pays off with
-  many tasks (a task per stream: about 1.0-1.2x the sync loop's CPU instead
-  of 1.45-1.75x) and costs more with few (4 tasks: about 1.9x instead of
-  1.65x), so it is not the default. PostgreSQL ignores it.
+  many tasks (a task per stream, 50 streams: 1.10-1.19x the sync loop's CPU
+  instead of 1.58-1.75x) and not with few (4 tasks, each awaiting its calls
+  in turn: 1.55-2.05x against 1.64-1.91x), so it is not the default.
+  PostgreSQL ignores it.
 * The loop never waits for the database. On PostgreSQL the Python part of
   a call (validation, building SQL, reading rows) runs on the loop's
   thread, as any coroutine's code does: well under a millisecond for a

@@ -47,14 +47,32 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import dbthreads
 from .errors import TickFailed
 from .tick import Tick
 
-if TYPE_CHECKING:
-    from .aio import AsyncSqliteStateDatabase
+
+class _Writer(Protocol):
+    """What the gathering needs of aio's SQLite database (this module sits below aio)."""
+
+    _writer: asyncio.Lock
+    _settling: set[dbthreads.Job]
+
+    def _threads(self) -> Any: ...
+
+    def _submit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        workers: dbthreads.Workers,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> asyncio.Future[Any]: ...
+
+    async def _wait_for_writer(self) -> None: ...
+
 
 __all__ = ["Coalescer"]
 
@@ -74,7 +92,7 @@ class _Call:
 class Coalescer:
     """The pending tick of one async SQLite database, filled by the loop's tasks, written by its writer."""
 
-    def __init__(self, db: AsyncSqliteStateDatabase):
+    def __init__(self, db: _Writer):
         self._db = db
         self._tick: Tick | None = None
         self._calls: list[_Call] = []

@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "segment_runs",
             "invariants",
             "tick",
+            "coalesce",
             "clock",
         ],
     ),

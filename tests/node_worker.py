@@ -76,6 +76,8 @@ def main() -> None:
                 say("refused", stream_id, exc.session)
                 if session.is_dead:
                     break
+        # Between intervals: no transaction open (the test pauses a node here).
+        say("idle")
         time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
     Restorer(db, session=session).shutdown()
     say("stopped")

@@ -152,8 +152,13 @@ def test_three_nodes_share_streams_survive_sigkill_and_fence_a_paused_node(backe
         killed.proc.wait()
         takeover = wait_for(lambda: killed_session not in owners(db).values() and all_owned_by_live(db), 30)
         assert takeover <= TTL + INTERVAL + SLACK, f"takeover took {takeover:.1f}s"
-        # SIGSTOP another past its lease; the survivor takes everything.
+        # SIGSTOP another past its lease, between two of its intervals; the
+        # survivor takes everything. (Paused inside a transaction, a node would
+        # hold its rows' locks until PostgreSQL ends that transaction: the
+        # server's idle_in_transaction_session_timeout is what bounds that.)
         paused_session = paused.sessions[-1]
+        asked = time.monotonic()
+        wait_for(lambda: paused.said("idle", asked), 30, step=0.001)
         paused.proc.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         taken = wait_for(lambda: set(owners(db).values()) == {survivor.sessions[-1]}, 30)

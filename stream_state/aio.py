@@ -1271,30 +1271,18 @@ async def begin_segment(
     media_started_at: dt.datetime | None = None,
 ) -> Recording:
     """``stream.begin_segment``: commit the new segment's row (and its index) before opening the file."""
+    options = {
+        "storage": storage,
+        "metadata": metadata,
+        "path_template": path_template,
+        "media_started_at": media_started_at,
+    }
     gathering = _gathering()
     if gathering is not None:
         return await _gathered(
-            gathering,
-            coalesce.BEGIN,
-            lambda tick: tick.begin_segment(
-                stream,
-                path,
-                started_at,
-                storage=storage,
-                metadata=metadata,
-                path_template=path_template,
-                media_started_at=media_started_at,
-            ),
+            gathering, coalesce.BEGIN, lambda tick: tick.begin_segment(stream, path, started_at, **options)
         )
-    return await run(
-        stream.begin_segment,
-        path,
-        started_at,
-        storage,
-        metadata,
-        path_template=path_template,
-        media_started_at=media_started_at,
-    )
+    return await run(stream.begin_segment, path, started_at, **options)
 
 
 async def checkpoint(segment: Recording, size_bytes: int, at: dt.datetime | None = None) -> None:
@@ -1317,31 +1305,16 @@ async def complete_segment(
     finalized: bool | None = None,
 ) -> Recording:
     """``segment.complete_segment``: close it with its end time and size (default: the file's)."""
+    media = {"media_ended_at": media_ended_at, "frame_count": frame_count, "finalized": finalized}
     gathering = _gathering()
     if gathering is not None:
 
         def gather(tick: Tick) -> Recording:
-            tick.complete_segment(
-                segment,
-                ended_at,
-                size_bytes,
-                metadata,
-                media_ended_at=media_ended_at,
-                frame_count=frame_count,
-                finalized=finalized,
-            )
+            tick.complete_segment(segment, ended_at, size_bytes, metadata, **media)
             return segment
 
         return await _gathered(gathering, coalesce.COMPLETE, gather)
-    return await run(
-        segment.complete_segment,
-        ended_at,
-        size_bytes,
-        metadata,
-        media_ended_at=media_ended_at,
-        frame_count=frame_count,
-        finalized=finalized,
-    )
+    return await run(segment.complete_segment, ended_at, size_bytes, metadata, **media)
 
 
 async def fail(segment: Recording, reason: str, at: dt.datetime | None = None) -> Recording:

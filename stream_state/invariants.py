@@ -19,7 +19,7 @@ import peewee as pw
 
 from .backends import current_database, dialect
 from .models import Recording, Session, Stream
-from .models.runs import decode_runs, hour_of, merge_runs
+from .models.runs import closed_segments_by_hour, decode_runs, merge_runs
 from .states import SegmentState
 from .timeutil import HOUR_MS, from_millis
 
@@ -223,8 +223,6 @@ def _rule_14() -> Iterable[tuple[str, int, list[str]]]:
 
 def _rule_17() -> Iterable[tuple[str, int, list[str]]]:
     db = current_database()
-    p = db.param
-    complete = SegmentState.COMPLETE.value
     broken: list[str] = []
     stored = db.execute_sql(
         'SELECT "stream_id", "hour", "runs" FROM "segment_runs" WHERE "runs" IS NOT NULL '
@@ -233,15 +231,7 @@ def _rule_17() -> Iterable[tuple[str, int, list[str]]]:
     for stream_id, hours in itertools.groupby(stored, key=lambda row: row[0]):
         summarized = [(hour, runs) for _, hour, runs in hours]
         # The stream's closed segments of those hours, one index range for all.
-        rows = db.execute_sql(
-            f'SELECT "started_at", "ended_at", NULLIF("state", \'{complete}\') FROM "recording" '
-            f'WHERE "stream_id" = {p} AND "started_at" >= {p} AND "started_at" < {p} '
-            'AND "ended_at" IS NOT NULL ORDER BY "started_at"',
-            (stream_id, summarized[0][0] * HOUR_MS, (summarized[-1][0] + 1) * HOUR_MS),
-        ).fetchall()
-        by_hour: dict[int, list[Any]] = {}
-        for row in rows:
-            by_hour.setdefault(hour_of(row[0]), []).append(row)
+        by_hour = closed_segments_by_hour(stream_id, summarized[0][0], summarized[-1][0] + 1)
         for (hour, _), runs in zip(summarized, decode_runs(summarized), strict=True):
             if runs != merge_runs(by_hour.get(hour, [])):
                 broken.append(f"stream {stream_id}, hour {from_millis(hour * HOUR_MS).isoformat()}")

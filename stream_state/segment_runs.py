@@ -26,8 +26,7 @@ from typing import Any
 import peewee as pw
 
 from .models.base import current_database
-from .models.runs import encode_runs, merge_runs
-from .states import SegmentState
+from .models.runs import closed_segments_by_hour, encode_runs, merge_runs
 from .timeutil import HOUR_MS, now_millis, to_millis
 from .validate import require_count, require_duration_ms
 
@@ -97,27 +96,20 @@ def summarize_runs(
 def _summarize(db: pw.Database, stale: list[tuple[int, int, int]]) -> tuple[int, int, int]:
     """Store the runs of the stale (hour, stream, version) rows: (hours stored, hours emptied, segments)."""
     p = db.param
-    complete = SegmentState.COMPLETE.value
     by_stream: dict[int, dict[int, int]] = {}
     for hour, stream_id, version in stale:
         by_stream.setdefault(stream_id, {})[hour] = version
     updates: list[tuple[tuple[str, int, int, int], int]] = []  # (statement parameters, segments)
     removals: list[tuple[int, int, int]] = []
     for stream_id, versions in by_stream.items():
-        found: dict[int, list[tuple[Any, ...]]] = {hour: [] for hour in versions}
+        found: dict[int, list[Any]] = {}
         # One index range per run of consecutive stale hours.
         ordered = sorted(versions)
         for _, group in itertools.groupby(enumerate(ordered), key=lambda item: item[1] - item[0]):
             span = [hour for _, hour in group]
-            rows = db.execute_sql(
-                f'SELECT "started_at", "ended_at", NULLIF("state", \'{complete}\') FROM "recording" '
-                f'WHERE "stream_id" = {p} AND "started_at" >= {p} AND "started_at" < {p} '
-                'AND "ended_at" IS NOT NULL ORDER BY "started_at"',
-                (stream_id, span[0] * HOUR_MS, (span[-1] + 1) * HOUR_MS),
-            ).fetchall()
-            for row in rows:
-                found[row[0] // HOUR_MS].append(row)
-        for hour, rows in found.items():
+            found |= closed_segments_by_hour(stream_id, span[0], span[-1] + 1)
+        for hour in versions:
+            rows = found.get(hour, [])
             if rows:
                 text = encode_runs(hour, merge_runs(rows))
                 updates.append(((text, stream_id, hour, versions[hour]), len(rows)))

@@ -23,8 +23,9 @@ from typing import Any
 
 import peewee as pw
 
+from ..states import SegmentState
 from ..timeutil import HOUR_MS
-from .base import BaseModel, WithoutRowidOnSqlite
+from .base import BaseModel, WithoutRowidOnSqlite, current_database
 from .stream import Stream
 
 # A run: (start ms, end ms, state, segments); state None is "complete", as
@@ -57,6 +58,28 @@ def hour_of(millis: int) -> int:
     """The hour key of a start time, as SQL's integer division computes it (toward zero)."""
     hours = abs(millis) // HOUR_MS
     return hours if millis >= 0 else -hours
+
+
+def closed_segments_by_hour(stream_id: int, first_hour: int, end_hour: int) -> dict[int, list[Any]]:
+    """(start, end, state) of the stream's closed segments that started in hours [first_hour, end_hour).
+
+    By hour, each hour's rows by start, state None for "complete" (what
+    ``merge_runs`` takes); one index range. Hours from 0 (1970) on, where
+    the hour key is plain floor division.
+    """
+    db = current_database()
+    p = db.param
+    complete = SegmentState.COMPLETE.value
+    rows = db.execute_sql(
+        f'SELECT "started_at", "ended_at", NULLIF("state", \'{complete}\') FROM "recording" '
+        f'WHERE "stream_id" = {p} AND "started_at" >= {p} AND "started_at" < {p} '
+        'AND "ended_at" IS NOT NULL ORDER BY "started_at"',
+        (stream_id, first_hour * HOUR_MS, end_hour * HOUR_MS),
+    ).fetchall()
+    by_hour: dict[int, list[Any]] = {}
+    for row in rows:
+        by_hour.setdefault(row[0] // HOUR_MS, []).append(row)
+    return by_hour
 
 
 def merge_runs(rows: Iterable[tuple[Any, ...]]) -> list[Run]:

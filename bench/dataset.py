@@ -52,10 +52,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stream_state.history import USAGE_FILL_SQL
+from stream_state.timeutil import HOUR_MS
 
 FORMAT = 1  # bump when what the builders write changes, so old caches are not reused
 DEFAULT_DIR = Path(os.environ.get("STREAM_STATE_BENCH_DIR", "/tmp/stream_state_bench"))
@@ -246,6 +248,24 @@ def _without_indexes(conn: sqlite3.Connection, tables: tuple[str, ...]) -> list[
     return [sql for _, _, sql in rows]
 
 
+def mark_runs_stale(conn: Any) -> None:
+    """Every hour with closed segments stale in ``segment_runs``: what its triggers would have written.
+
+    The load runs with the triggers dropped (``_without_indexes``), so the
+    runs summary starts empty; stale, as migration 009 leaves an existing
+    database, ``summarize_runs`` makes it from scratch. ``conn``: a sqlite3
+    connection or a peewee database (both have ``execute``-like calls).
+    """
+    execute = getattr(conn, "execute_sql", None) or conn.execute
+    execute(
+        'INSERT INTO "segment_runs" ("stream_id", "hour", "version", "runs") '
+        f'SELECT "stream_id", "started_at" / {HOUR_MS}, 1, NULL FROM "recording" '
+        'WHERE "ended_at" IS NOT NULL GROUP BY 1, 2 '
+        'ON CONFLICT ("stream_id", "hour") '
+        'DO UPDATE SET "runs" = NULL, "version" = "segment_runs"."version" + 1'
+    )
+
+
 def _insert(conn: sqlite3.Connection, sql: str, rows: Iterator[tuple]) -> int:
     count = 0
     batch: list[tuple] = []
@@ -336,6 +356,7 @@ def _build_recordings(path: Path, spec: RecordingsSpec, verbose: bool) -> None:
         ],
     )
     conn.execute(USAGE_FILL_SQL)
+    mark_runs_stale(conn)
     conn.execute("COMMIT")
     for sql in recreate:
         conn.execute(sql)

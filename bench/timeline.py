@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset import T0, recordings_db
+from dataset import T0, mark_runs_stale, recordings_db
 
 from stream_state import Stream, open_database
 from stream_state import history as h
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         while handle.read(1 << 24):
             pass
     # Every hour stale, then (unless --no-runs) summarized from scratch.
-    db.execute_sql('UPDATE "segment_runs" SET "runs" = NULL, "version" = "version" + 1')
+    mark_runs_stale(db)
     if not args.no_runs:
         started, cpu = time.perf_counter(), time.process_time()
         report = summarize_runs(until + dt.timedelta(hours=2))

@@ -418,10 +418,28 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
             job.check()
         try:
             super().begin(*args, **kwargs)
-        except pw.PeeweeException as exc:
-            if job is not None and job.cancelled:
+        except BaseException as exc:
+            self._end_stray_transaction()
+            if isinstance(exc, pw.PeeweeException) and job is not None and job.cancelled:
                 raise dbthreads.CallCancelled("interrupted: the awaiting task was cancelled") from exc
             raise
+
+    def _end_stray_transaction(self) -> None:
+        """Roll back a transaction SQLite opened for a ``begin()`` that then failed (interrupted, say).
+
+        Peewee enters no ``atomic()`` block whose ``begin()`` raised, so
+        nothing else would end it: the thread's connection would take its
+        next call into that transaction, holding the write lock meanwhile.
+        """
+        conn = self._state.conn  # type: ignore[attr-defined]
+        if conn is None or not getattr(conn, "in_transaction", False) or self.transaction_depth() > 0:
+            return
+        try:
+            conn.rollback()
+        except Exception:  # a connection that cannot roll back cannot be trusted: close it
+            log.warning("could not roll back after a failed BEGIN; closing the connection", exc_info=True)
+            with contextlib.suppress(Exception):
+                self.close()
 
     def executemany(self, cursor: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         job = dbthreads.current_job()

@@ -981,6 +981,43 @@ def test_a_cancelled_call_rolls_back_and_returns_a_clean_connection_at_every_sta
     run_async(backend, body)
 
 
+def test_a_begin_that_fails_after_sqlite_opened_the_transaction_leaves_none_open(backend, monkeypatch):
+    """A BEGIN that raises once SQLite has opened its transaction (an interrupt landing inside it):
+    peewee enters no block for it, so the database rolls it back; the write lock is free at once
+    and the thread's next call starts clean (a flaky cancellation run left a transaction open)."""
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's BEGIN on a database thread; asyncpg's transactions are covered above")
+    import sqlite3
+
+    real_begin = pw.SqliteDatabase.begin
+    failing = {"left": 0}
+
+    def begin_then_fail(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_begin(self, *args, **kwargs)
+        if failing["left"]:
+            failing["left"] -= 1
+            assert self._state.conn.in_transaction  # what the fix has to undo
+            raise pw.OperationalError("interrupted")
+
+    monkeypatch.setattr(pw.SqliteDatabase, "begin", begin_then_fail)
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        cam = await aio.register("cam-1", URI)
+        failing["left"] = 1
+        # The driver's error (with coalesce: the tick's DatabaseUnavailable around it).
+        with pytest.raises((pw.OperationalError, StreamStateError), match="interrupted"):
+            await aio.begin_segment(cam, "/rec/refused.mp4", started_at=T0)
+        other = sqlite3.connect(db.database, timeout=0, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the write lock is free: nobody kept the transaction
+        other.execute("ROLLBACK")
+        other.close()
+        segment = await aio.begin_segment(cam, "/rec/next.mp4", started_at=T0)
+        assert segment.segment_index == 0
+        assert [r.path for r in await aio.read(lambda: list(Recording.select()))] == ["/rec/next.mp4"]
+
+    run_async(backend, body)
+
+
 def test_a_timed_out_begin_segment_while_another_process_writes_does_not_keep_the_lock(backend, tmp_path):
     """The reported case: wait_for(begin_segment, 0.3) times out behind another writer."""
     if backend.name != "sqlite":

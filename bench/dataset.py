@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stream_state.history import USAGE_FILL_SQL
 from stream_state.timeutil import HOUR_MS
 
-FORMAT = 1  # bump when what the builders write changes, so old caches are not reused
+FORMAT = 2  # bump when what the builders write changes, so old caches are not reused
 DEFAULT_DIR = Path(os.environ.get("STREAM_STATE_BENCH_DIR", "/tmp/stream_state_bench"))
 T0 = dt.datetime(2026, 11, 25, 0, 0, tzinfo=dt.UTC)
 T0_MS = int(T0.timestamp() * 1000)

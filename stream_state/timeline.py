@@ -40,17 +40,19 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
 import dataclasses
 import datetime as dt
 import errno
 import functools
+import gc
 import html
 import io
 import json
 import os
 import time
 import zoneinfo
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 from xml.etree import ElementTree
@@ -504,6 +506,21 @@ def collect(
     band, not ticks).
     """
     started = time.perf_counter()
+    with _collector_paused():
+        return _collect(streams, since, until, width, tolerance, now, fit, ticks, started)
+
+
+def _collect(
+    streams: Iterable[Stream | int | str] | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    width: int,
+    tolerance: dt.timedelta,
+    now: dt.datetime | None,
+    fit: bool,
+    ticks: Severity | str,
+    started: float,
+) -> Timeline:
     now_ms = now_millis() if now is None else to_millis(now, "now")
     until_ms = now_ms if until is None else to_millis(until, "until")
     since_ms = until_ms - 86_400_000 if since is None else to_millis(since, "since")
@@ -535,6 +552,26 @@ def collect(
         markers=markers,
         query_seconds=time.perf_counter() - started,
     )
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while ``collect`` builds a timeline, then as it was.
+
+    A week of 1,000 lanes is a million short-lived rows and hundreds of
+    thousands of ticks, spans and pieces that live until the picture is
+    done and make no cycles; each full collection walked all of them again
+    (0.75 s of the 5.9 s ``collect`` took on the benchmark's week).
+    Reference counting still frees everything as usual; only cycles made
+    meanwhile, by any thread, wait until the collector runs again.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _streams(streams: Iterable[Stream | int | str] | None) -> list[Stream]:

@@ -11,6 +11,7 @@ hole must name the reason. Without a browser that test skips and says why;
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import random
 import re
@@ -212,6 +213,32 @@ def test_every_hole_has_the_reason_the_data_shows(db):
         assert lane.holes[0].reason == reason, lane.holes[0]
         assert words in lane.holes[0].detail
     assert [m.kind for m in found.markers] == ["crash"]
+
+
+def test_collect_leaves_the_cycle_collector_as_it_found_it(db, monkeypatch):
+    """collect() pauses the collector while it builds (a week's objects are walked again by each
+    full collection), and gives it back on or off as it was, also when it fails."""
+    night()
+    seen: list[bool] = []
+    real_lane = tl._lane
+
+    def lane(*args):
+        seen.append(gc.isenabled())
+        return real_lane(*args)
+
+    monkeypatch.setattr(tl, "_lane", lane)
+    assert gc.isenabled()
+    tl.collect(since=at(-1), until=at(200), now=at(300))
+    assert seen and not any(seen) and gc.isenabled()
+    with pytest.raises(ValidationError, match="width"):
+        tl.collect(since=at(0), until=at(10), width=10)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        tl.collect(since=at(-1), until=at(200), now=at(300))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_wide_window_merges_segments_into_few_spans_but_keeps_every_hole(db):

@@ -469,6 +469,7 @@ def _build_metrics(path: Path, spec: MetricsSpec, verbose: bool) -> None:
 
     from stream_state import MetricSample, Stream, open_database
     from stream_state.history import refresh_rollups
+    from stream_state.models.session import forget_process_session
     from stream_state.timeutil import from_millis
 
     db = open_database(f"sqlite:///{path}", backup_before_migrate=False)
@@ -477,6 +478,9 @@ def _build_metrics(path: Path, spec: MetricsSpec, verbose: bool) -> None:
         MetricSample.record("bitrate_kbps", 0.0, stream=stream, at=T0)  # creates the series
         series_id = db.execute_sql('SELECT "id" FROM "metric_series"').fetchone()[0]
     finally:
+        # The writes opened this process's session: end it, or its lease
+        # keeper goes on renewing in a file renamed into place under it.
+        forget_process_session(db)
         db.close()
     rng = random.Random(spec.seed)
     conn = _bulk_connection(path)
@@ -503,6 +507,7 @@ def _build_metrics(path: Path, spec: MetricsSpec, verbose: bool) -> None:
         if verbose:
             print(f"  rollups: {report} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     finally:
+        forget_process_session(db)
         db.close()
 
 

@@ -24,6 +24,10 @@ What it prints, all measured in this one run:
 * drawing the collected timeline as PNG, SVG and HTML, each with its ratio
   to ``collect()`` (the figure is built once per format);
 * the sizes of the files and how many spans the merge left of the segments.
+
+The database is opened as ``stream-state timeline`` opens it, read through
+a memory map; ``--no-mmap`` opens it as a manager's own connection is (a
+manager's web page calling ``timeline.collect``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dataset import T0, mark_runs_stale, recordings_db
 from stream_state import Stream, open_database
 from stream_state import history as h
 from stream_state import timeline as tl
+from stream_state.cli import REPORT_MMAP_SIZE
 from stream_state.segment_runs import summarize_runs
 
 
@@ -62,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--formats", default="png,svg,html", help="which pictures to draw (default: png,svg,html)"
     )
+    parser.add_argument(
+        "--no-mmap",
+        action="store_true",
+        help="open the database as a manager does (no memory map), not as `stream-state timeline` does",
+    )
     args = parser.parse_args(argv)
 
     segment_ms = round(args.segment_seconds * 1000)
@@ -72,13 +82,15 @@ def main(argv: list[str] | None = None) -> None:
         events=args.events,
         segment_ms=segment_ms,
     )
-    db = open_database(f"sqlite:///{path}", backup_before_migrate=False)
+    mmap_size = 0 if args.no_mmap else REPORT_MMAP_SIZE
+    db = open_database(f"sqlite:///{path}", backup_before_migrate=False, mmap_size=mmap_size)
     since = T0
     until = T0 + dt.timedelta(days=args.days)
     streams = list(Stream.select().order_by(Stream.name))
     print(
         f"{len(streams):,} streams x {args.days:g} days, {per_stream * len(streams):,} segments of "
-        f"~{args.segment_seconds:g} s; picture {args.width} px wide ({path.name})"
+        f"~{args.segment_seconds:g} s; picture {args.width} px wide; "
+        f"{'no memory map' if args.no_mmap else 'memory-mapped, as the CLI reads'} ({path.name})"
     )
 
     # Both measurements on a warm page cache: the file read once (it fits in

@@ -575,6 +575,38 @@ def test_recordings(run, site):
     assert empty.stdout.startswith("no segments of cam-1 between")
 
 
+def test_reports_read_sqlite_through_a_memory_map_and_checks_never_do(run, site, backend, monkeypatch):
+    """gaps, timeline and the other reports map the file (a week of events reads a third faster);
+    check and integrity read it plainly, so a failing disk is a message, not a SIGBUS."""
+    import stream_state.cli as cli_module
+
+    mapped: dict[str, int] = {}
+    real_open = cli_module.open_database
+
+    def open_database(url, **kwargs):
+        db = real_open(url, **kwargs)
+        if backend.name == "sqlite":
+            mapped[command] = db.execute_sql("PRAGMA mmap_size").fetchone()[0]
+        else:
+            mapped[command] = kwargs["mmap_size"]
+        return db
+
+    monkeypatch.setattr(cli_module, "open_database", open_database)
+    for command, args in [
+        ("gaps", ["cam-1", "--since", SINCE]),
+        ("events", []),
+        ("streams", []),
+        ("check", [site["media"]]),
+        ("integrity", []),
+    ]:
+        result = run(command, *args)
+        assert command in mapped, result.output
+    # SQLite caps the size at its build's maximum (2 GiB - 64 KiB in common builds).
+    for command in ("gaps", "events", "streams"):
+        assert 0 < mapped[command] <= cli_module.REPORT_MMAP_SIZE, command
+    assert mapped["check"] == mapped["integrity"] == 0
+
+
 def test_gaps(run, site):
     until = iso(T0 + 8 * MINUTE)
     result = run("gaps", "cam-1", "--since", SINCE, "--until", until)

@@ -106,6 +106,7 @@ def test_sqlite_pragmas(tmp_path):
         assert pragma("journal_size_limit") == 64 * 1024 * 1024
         assert pragma("busy_timeout") == 30_000
         assert pragma("cache_size") == -32768
+        assert pragma("mmap_size") == 0  # off: a read error must raise, not SIGBUS the recorder
     finally:
         db.close()
 
@@ -122,6 +123,32 @@ def test_synchronous_full_is_selectable(tmp_path, how):
         assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == 2
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("how", ["argument", "url"])
+def test_reads_through_a_memory_map_when_asked(tmp_path, how):
+    path = tmp_path / "mapped.db"
+    size = 64 * 1024 * 1024
+    db = (
+        open_database(path, mmap_size=size)
+        if how == "argument"
+        else open_database(f"sqlite:///{path}?mmap_size={size}")
+    )
+    try:
+        StreamFactory()
+        assert db.execute_sql("PRAGMA mmap_size").fetchone()[0] == size
+        assert Stream.select().count() == 1
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, True, "lots"])
+def test_a_bad_mmap_size_is_refused_naming_it(tmp_path, size):
+    with pytest.raises(ValidationError, match="mmap_size") as info:
+        open_database(tmp_path / "m.db", mmap_size=size)
+    assert info.value.field == "mmap_size"
+    with pytest.raises(ValidationError, match="mmap_size"):
+        open_database(f"sqlite:///{tmp_path}/m.db?mmap_size=-1")
 
 
 @pytest.mark.parametrize(

@@ -1324,6 +1324,11 @@ async def complete_segment(
 ) -> Recording:
     """``segment.complete_segment``: close it with its end time and size (default: the file's)."""
     media = {"media_ended_at": media_ended_at, "frame_count": frame_count, "finalized": finalized}
+    if size_bytes is None and isinstance(segment, Recording):
+        # The file's size, read off the loop: a gathered call validates on the
+        # loop's thread and PostgreSQL's calls run there too, and a stat on a
+        # hung network mount would stop every task.
+        size_bytes = await asyncio.to_thread(segment._size_on_disk)
     gathering = _gathering()
     if gathering is not None:
 

@@ -12,6 +12,7 @@ tests run there and hold by the per-call path.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -127,6 +128,36 @@ def test_bad_input_raises_at_once_to_its_caller_and_the_others_are_written(backe
         assert "fast" in str(worse.exception())
         rows = dict(await aio.fetch(Recording.select(Recording.path, Recording.size_bytes).tuples()))
         assert rows == {"/rec/a.mp4": 10, "/rec/b.mp4": before}
+
+    coalesced(backend, body)
+
+
+def test_a_completion_without_a_size_reads_the_files_size_off_the_loop(backend, tmp_path, monkeypatch):
+    """The file's size is a stat, which a hung network mount turns into minutes: never on the loop
+    (a gathered call validates there, and PostgreSQL's calls run there)."""
+    threads: list[threading.Thread] = []
+    real_size = Recording._size_on_disk
+
+    def size_on_disk(self: Recording, default: int | None = None) -> int:
+        threads.append(threading.current_thread())
+        return real_size(self, default)
+
+    monkeypatch.setattr(Recording, "_size_on_disk", size_on_disk)
+    media = tmp_path / "a.mp4"
+    media.write_bytes(b"x" * 1234)
+
+    async def body(db: aio.AsyncStateDatabase) -> None:
+        (cam,) = await cams(1)
+        segment = await aio.begin_segment(cam, str(media), started_at=T0)
+        done = await aio.complete_segment(segment, ended_at=at(2))
+        assert done.size_bytes == 1234
+        assert threads and threading.current_thread() not in threads
+        gone = await aio.begin_segment(cam, str(tmp_path / "gone.mp4"), started_at=at(2))
+        with pytest.raises(ValidationError, match="cannot be read") as refused:
+            await aio.complete_segment(gone, ended_at=at(4))
+        assert refused.value.field == "size_bytes"
+        rows = dict(await aio.fetch(Recording.select(Recording.path, Recording.state).tuples()))
+        assert rows == {str(media): SegmentState.COMPLETE.value, str(tmp_path / "gone.mp4"): "recording"}
 
     coalesced(backend, body)
 

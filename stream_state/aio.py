@@ -577,6 +577,9 @@ class AsyncSqliteStateDatabase(AsyncStateDatabase, StreamStateSqliteDatabase):
 
     async def close_pool(self) -> None:
         """End the threads once their queued calls ran; each closes its connection."""
+        if self._coalescer is not None:
+            # Calls gathered but not yet handed to the writer are queued calls too.
+            await self._coalescer.drain()
         pool, self._pool = self._pool, None
         if pool is None:
             return

@@ -28,6 +28,8 @@ set-based. Each caller then gets its own outcome:
    commit with the others of its tick (its caller just does not hear of
    it). A tick whose callers all gave up is nobody's: it stops before its
    next statement and rolls back, as a cancelled single call does.
+6. Closing (``close_database_async``) first writes the calls already made,
+   as it runs the calls already queued, then ends the threads.
 
 Calls of a task inside ``aio.atomic()`` keep their per-call path (they belong
 to its transaction), and so does every other call (``Event.record`` returns
@@ -98,6 +100,20 @@ class Coalescer:
         self._calls: list[_Call] = []
         self._scheduled = False  # a flush is queued on the loop
         self._running = False  # a gathered tick is on (or waiting for) the writer thread
+        self._idle: list[asyncio.Future[None]] = []  # drain()'s waiters: nothing pending or running
+
+    async def drain(self) -> None:
+        """Until every call made so far is written or refused (``close_pool`` ends no thread under them).
+
+        A call joins the pending tick and returns to its task before the
+        tick is handed to the writer thread; a close in between would
+        otherwise end the threads first, and the tick start new ones behind
+        it, left running after the close.
+        """
+        if self._calls or self._running or self._scheduled:
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            await waiter
 
     def add(self, kind: int, gather: Callable[[Tick], Any]) -> asyncio.Future[Any]:
         """Validate a call into the pending tick (``gather(tick)`` raises to the caller); its future."""
@@ -122,6 +138,11 @@ class Coalescer:
         if not self._scheduled and not self._running and self._calls:
             self._scheduled = True
             loop.call_soon(self._flush, loop)
+        elif not self._scheduled and not self._running and self._idle:
+            waiters, self._idle = self._idle, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False

@@ -258,9 +258,10 @@ def test_integrity_reports_runs_that_differ_from_their_segments(db, hours_of_seg
 
 def test_the_timeline_shows_the_same_holes_from_runs_as_from_rows(db, hours_of_segments, monkeypatch):
     from stream_state import timeline as tl
+    from stream_state.timeline import reading as tl_reading
 
     one, two, rows = hours_of_segments
-    monkeypatch.setattr(tl, "DETAIL_SEGMENTS", 0)  # the week view: spans from the index
+    monkeypatch.setattr(tl_reading, "DETAIL_SEGMENTS", 0)  # the week view: spans from the index
     first = min(r["started_at"] for r in rows)
     since, until = from_millis(first - HOUR_MS), from_millis(first + 30 * HOUR_MS)
 

@@ -29,7 +29,11 @@ from stream_state import timeline as tl
 from stream_state.cli import cli
 from stream_state.history.segments import gaps, recordings, segment_states
 from stream_state.timeline import HealthPiece, Segment, StatusChange, SystemEvent, explain_hole, merge_spans
-from stream_state.timeutil import to_millis
+from stream_state.timeline import drawing as tl_drawing
+from stream_state.timeline import output as tl_output
+from stream_state.timeline import reading as tl_reading
+from stream_state.timeline import shapes as tl_shapes
+from stream_state.timeutil import from_millis, to_millis
 
 matplotlib = pytest.importorskip("matplotlib", reason="the timeline draws with the extra [plot] (matplotlib)")
 
@@ -220,13 +224,13 @@ def test_collect_leaves_the_cycle_collector_as_it_found_it(db, monkeypatch):
     full collection), and gives it back on or off as it was, also when it fails."""
     night()
     seen: list[bool] = []
-    real_lane = tl._lane
+    real_lane = tl_reading._lane
 
     def lane(*args):
         seen.append(gc.isenabled())
         return real_lane(*args)
 
-    monkeypatch.setattr(tl, "_lane", lane)
+    monkeypatch.setattr(tl_reading, "_lane", lane)
     assert gc.isenabled()
     tl.collect(since=at(-1), until=at(200), now=at(300))
     assert seen and not any(seen) and gc.isenabled()
@@ -255,14 +259,14 @@ def test_only_the_streams_asked_for_and_fit_shrinks_the_window(db):
     night()
     found = tl.collect(["cam-c", "cam-a"], since=at(-3600), until=at(3600), now=at(300), fit=True)
     assert [lane.name for lane in found.lanes] == ["cam-c", "cam-a"]
-    assert at(-20) <= tl.from_millis(found.since) <= at(0)
-    assert at(200) <= tl.from_millis(found.until) <= at(230)
+    assert at(-20) <= from_millis(found.since) <= at(0)
+    assert at(200) <= from_millis(found.until) <= at(230)
 
 
 def test_long_windows_read_spans_from_the_index_and_find_the_same_holes(db, monkeypatch):
     night()
     full = collected(since=at(-1))
-    monkeypatch.setattr(tl, "DETAIL_SEGMENTS", 0)  # as if the window held millions of segments
+    monkeypatch.setattr(tl_reading, "DETAIL_SEGMENTS", 0)  # as if the window held millions of segments
     light = collected(since=at(-1))
     assert [lane.holes for lane in light.lanes] == [lane.holes for lane in full.lanes]
     shape = [[(s.start, s.end, s.state, s.segments) for s in lane.spans] for lane in full.lanes]
@@ -363,14 +367,15 @@ def test_png_sizes_are_sane(db, tmp_path):
 def test_png_pixels_show_the_spans_and_each_hole_in_its_reasons_colour(db):
     night()
     found = collected(since=at(-1))
-    lane_px = tl._lane_px(len(found.lanes))
-    image = tl._raster(found, lane_px, (tl.SPAN_LO, tl.SPAN_HI), (0.22, 0.40), (-0.46, -0.30))
-    assert image.shape == (4 * lane_px, tl.DEFAULT_WIDTH - tl.LABEL_PX - tl.RIGHT_PX, 4)
+    lane_px = tl_drawing._lane_px(len(found.lanes))
+    span = (tl_drawing.SPAN_LO, tl_drawing.SPAN_HI)
+    image = tl_drawing._raster(found, lane_px, span, (0.22, 0.40), (-0.46, -0.30))
+    assert image.shape == (4 * lane_px, tl.DEFAULT_WIDTH - tl_shapes.LABEL_PX - tl_shapes.RIGHT_PX, 4)
     columns = image.shape[1]
 
     def pixels(lane: int, seconds: float) -> set[tuple[int, ...]]:
         column = int((to_millis(at(seconds)) - found.since) / (found.until - found.since) * columns)
-        middle = round((lane + 0.5 + tl.SPAN_MIDDLE) * lane_px)
+        middle = round((lane + 0.5 + tl_drawing.SPAN_MIDDLE) * lane_px)
         return {tuple(int(v) for v in image[row, column]) for row in range(middle - 3, middle + 3)}
 
     def rgba(name: str) -> tuple[int, ...]:
@@ -402,7 +407,7 @@ def test_each_column_of_the_raster_shows_the_last_item_painted_over_it():
         for k, (a, b) in enumerate(zip(c0, c1, strict=True)):
             painted[a:b] = [k] * len(painted[a:b])
         starts, ends = numpy.asarray(c0, dtype=numpy.int64), numpy.asarray(c1, dtype=numpy.int64)
-        found = tl._owners(starts, ends, columns)
+        found = tl_drawing._owners(starts, ends, columns)
         assert found.tolist() == painted, (c0, c1)
 
 
@@ -423,7 +428,7 @@ def test_many_lanes_stay_a_picture():
     )
     png = tl.to_bytes(tl.Timeline(0, 1000, 1.0, 1200, lanes, ()), "png")
     width, height = _png_size(png)
-    assert width == 1200 and 300 * 10 <= height <= 300 * 10 + tl.HEADER_PX + tl.FOOTER_PX
+    assert width == 1200 and 300 * 10 <= height <= 300 * 10 + tl_shapes.HEADER_PX + tl_shapes.FOOTER_PX
 
 
 # --- the HTML page in a real browser ------------------------------------------------------------------
@@ -497,7 +502,7 @@ def test_html_loads_without_console_errors_and_the_hover_over_a_hole_tells_its_r
         assert errors == []
 
         # A page too big for SVG shows a PNG; the hover works from the data all the same.
-        monkeypatch.setattr(tl, "HTML_SVG_ELEMENTS", 0)
+        monkeypatch.setattr(tl_output, "HTML_SVG_ELEMENTS", 0)
         big = tl.render(since=at(-1), until=at(200), now=at(300), out=tmp_path / "big.html")
         assert 'src="data:image/png;base64,' in big.read_text() and "hole-0-0" not in big.read_text()
         browser.get(big.as_uri())
@@ -512,7 +517,7 @@ def test_html_loads_without_console_errors_and_the_hover_over_a_hole_tells_its_r
         scale = shown_w / width
         hole_ms = to_millis(at(130))  # inside cam-a's unhealthy hole
         fx = x0 + (hole_ms - since_ms) / (until_ms - since_ms) * (x1 - x0)
-        fy = (top + bottom) / 2 + (tl.SPAN_MIDDLE * (bottom - top))
+        fy = (top + bottom) / 2 + (tl_drawing.SPAN_MIDDLE * (bottom - top))
         ActionChains(browser).move_to_element_with_offset(
             image, round(fx * scale - shown_w / 2), round(fy * scale - shown_h / 2)
         ).perform()
@@ -615,7 +620,7 @@ def test_the_health_band_is_whole_when_the_lane_has_more_events_than_ticks(db, m
     full = collected(since=at(-1))
     assert any(piece.health == "unhealthy" for lane in full.lanes for piece in lane.health)
     # Events cut at the tick limit: the band comes from health_transitions, not the cut events.
-    monkeypatch.setattr(tl, "MAX_TICKS_PER_LANE", 1)
+    monkeypatch.setattr(tl_reading, "MAX_TICKS_PER_LANE", 1)
     cut = collected(since=at(-1))
     assert [lane.health for lane in cut.lanes] == [lane.health for lane in full.lanes]
 
@@ -686,7 +691,7 @@ def plain_lane_events(
 
     mine = sorted(Event.select().where(Event.stream == stream.id), key=order)
     window = [e for e in mine if start <= ms(e) < end]
-    kept = window[-tl.MAX_TICKS_PER_LANE :]
+    kept = window[-tl_reading.MAX_TICKS_PER_LANE :]
     health_changes = [e for e in mine if e.type == EventType.HEALTH_CHANGED.value]
     before = [e for e in health_changes if ms(e) < start]
     state = str(before[-1].data.get("new") or "unknown") if before else "unknown"
@@ -709,7 +714,7 @@ def plain_lane_events(
     columns: dict[int, list[Event]] = {}
     for e in kept:
         if e.type != EventType.HEALTH_CHANGED.value and rank[e.severity.value] >= rank[tick_severity]:
-            columns.setdefault(int(ms(e) // (pixel_ms * tl.TICK_PX)), []).append(e)
+            columns.setdefault(int(ms(e) // (pixel_ms * tl_shapes.TICK_PX)), []).append(e)
     ticks = []
     for key in sorted(columns):
         top = max(rank[e.severity.value] for e in columns[key])
@@ -727,11 +732,11 @@ def test_a_lanes_events_are_what_a_plain_reading_of_the_event_table_shows(db, mo
     # A cut that falls between two events of the same ms (only the newer id is kept).
     cut = next(k for k in range(40, len(newest_first)) if newest_first[k - 1].ts == newest_first[k].ts)
     compared = 0
-    for limit in (tl.MAX_TICKS_PER_LANE, cut):
-        monkeypatch.setattr(tl, "MAX_TICKS_PER_LANE", limit)
+    for limit in (tl_reading.MAX_TICKS_PER_LANE, cut):
+        monkeypatch.setattr(tl_reading, "MAX_TICKS_PER_LANE", limit)
         for pixel_ms in (100.0, 97.3):
             for severity in ("debug", "info", "warning", "error"):
-                read = tl._lane_events(cam, start, end, pixel_ms, severity)
+                read = tl_reading._lane_events(cam, start, end, pixel_ms, severity)
                 band, statuses, clocks, ticks = plain_lane_events(cam, start, end, pixel_ms, severity)
                 assert read.health == band
                 assert read.statuses == statuses

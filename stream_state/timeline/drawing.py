@@ -69,9 +69,6 @@ class PlotUnavailable(StreamStateError):
         super().__init__(f"drawing a timeline or chart needs matplotlib: {INSTALL_HINT}")
 
 
-# --- drawing ---------------------------------------------------------------------------------------------
-
-
 def require_plot() -> None:
     """Raise ``PlotUnavailable`` (saying what to install) unless matplotlib can be imported."""
     load_matplotlib()

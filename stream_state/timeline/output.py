@@ -15,9 +15,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from ..errors import StorageFull, ValidationError
-from ..history.segments import (
-    DEFAULT_TOLERANCE,
-)
+from ..history.segments import DEFAULT_TOLERANCE
 from ..models import Stream
 from .drawing import Drawn, draw_timeline, load_matplotlib
 from .reading import collect
@@ -29,9 +27,6 @@ FORMATS = ("svg", "png", "pdf", "html")
 # the hover layer (the hover works from the data, not from the elements):
 # 1,000 lanes of SVG would be hundreds of MB for the browser to lay out.
 HTML_SVG_ELEMENTS = 30_000
-
-
-# --- files -------------------------------------------------------------------------------------------
 
 
 def render(

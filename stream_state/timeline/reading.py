@@ -65,9 +65,6 @@ DETAIL_SEGMENTS = 300_000
 NEAR_BEFORE = 3  # segments before a hole looked at to explain it (they may overlap)
 
 
-# --- reading the data ----------------------------------------------------------------------------------
-
-
 def collect(
     streams: Iterable[Stream | int | str] | None = None,
     since: dt.datetime | None = None,

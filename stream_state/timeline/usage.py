@@ -14,9 +14,6 @@ from .drawing import SPAN_COLOURS, Drawn, load_matplotlib
 from .output import check_out, format_of, svg_of, write_out
 from .shapes import DPI
 
-# --- storage per day ------------------------------------------------------------------------------------
-
-
 _STACKS = {"volume": "storage", "stream": "stream", "state": "state"}
 MAX_STACKED = 12  # more groups than this: the largest, and "others"
 

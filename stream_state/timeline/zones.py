@@ -8,8 +8,6 @@ import zoneinfo
 
 from ..timeutil import from_millis
 
-# --- time for people -------------------------------------------------------------------------------------
-
 
 def local_zone() -> dt.tzinfo:
     """The zone the operator reads: $TZ, else /etc/localtime's name, else the current UTC offset.

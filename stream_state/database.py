@@ -159,7 +159,7 @@ def open_database(
 
     ``mmap_size`` (SQLite; PostgreSQL ignores it, as it does ``synchronous``):
     bytes of the file read through a memory map, 0 (the default) for none.
-    Long reads get faster (the timeline of a week, a third); a read error on
+    Long reads get faster (reading the timeline of a week, a quarter); a read error on
     the mapped file then kills the process with SIGBUS instead of raising,
     so it suits a reporting process better than the recorder.
     """

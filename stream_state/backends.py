@@ -261,7 +261,11 @@ class PostgresDialect(Dialect):
     without_rowid = False
     needs_autoincrement = False  # sequences never go back
     migration_lock_sql = "SELECT pg_advisory_xact_lock(hashtext('stream_state.migrate'))"
-    unbounded_transaction_sql = ("SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0")
+    unbounded_transaction_sql = (
+        "SET LOCAL statement_timeout = 0",
+        "SET LOCAL lock_timeout = 0",
+        "SET LOCAL idle_in_transaction_session_timeout = 0",
+    )
     # clock_timestamp(), not now(): the time the statement runs, not when its transaction began.
     clock_ms_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
     judges_pids = False  # nodes on other hosts (or in other pid namespaces) share it
@@ -316,14 +320,43 @@ class PostgresDialect(Dialect):
                 f"holds ({str(original).strip()}); nothing of this call was kept, retry"
             )
         if isinstance(exc, (pw.OperationalError, pw.InterfaceError)) and self._connection_lost():
+            found = _loss_being_handled(exc)
+            if found is not None:
+                # The rollback after the loss found the connection closed: the
+                # loss itself is what the caller needs to hear.
+                return DatabaseUnavailable(str(found))
+            # The server says nothing the client reads when it ends an idle
+            # transaction: its socket just closes, as in an outage.
+            idle = (
+                " (inside a transaction: the server also ends one whose client sent nothing for "
+                "idle_in_transaction_session_timeout)"
+                if self._lost_inside_transaction()
+                else ""
+            )
             return DatabaseUnavailable(
-                f"lost the connection to {self.display_url} ({str(original).strip()}); "
+                f"lost the connection to {self.display_url} ({str(original).strip()}){idle}; "
                 "the next call reconnects when the server is back"
             )
         return None
 
+    def _lost_inside_transaction(self) -> bool:
+        in_transaction = getattr(self, "in_transaction", None)
+        return bool(in_transaction()) if callable(in_transaction) else False
+
     def _connection_lost(self) -> bool:
         return False
+
+
+def _loss_being_handled(exc: BaseException) -> DatabaseUnavailable | None:
+    """The lost connection whose handling (a rollback) raised ``exc``, if any."""
+    seen = exc.__context__
+    for _ in range(8):  # a short chain: driver error, peewee's, ours
+        if seen is None:
+            return None
+        if isinstance(seen, DatabaseUnavailable) and str(seen).startswith("lost the connection"):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 class _PlainDatabase:

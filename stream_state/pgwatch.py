@@ -50,8 +50,15 @@ LIBPQ_DEFAULTS: dict[str, Any] = {
 }
 # Server settings, in milliseconds (0 disables): a runaway statement is
 # cancelled after a minute; waiting for another transaction's row lock ends
-# after 10 s with an error instead of queueing forever.
-SERVER_DEFAULTS: dict[str, int] = {"statement_timeout": 60_000, "lock_timeout": 10_000}
+# after 10 s with an error instead of queueing forever; a transaction whose
+# client sent nothing for a minute (a node frozen inside it: a paused VM, a
+# stopped process) is ended by the server, so the row locks it held do not
+# keep the other nodes from taking its streams over once its lease expired.
+SERVER_DEFAULTS: dict[str, int] = {
+    "statement_timeout": 60_000,
+    "lock_timeout": 10_000,
+    "idle_in_transaction_session_timeout": 60_000,
+}
 # Client side, in seconds.
 CLIENT_DEFAULTS: dict[str, float] = {"unresponsive_after": 4.0, "probe_timeout": 3.0}
 TICK = 0.25
@@ -221,7 +228,9 @@ def _wait(conn: Any, deadline: float) -> None:
 
 
 # "-c name=value" or "--name=value" in libpq's options, as PostgreSQL reads them.
-_OPTION = re.compile(r"(?:-c\s*|--)(statement_timeout|lock_timeout)\s*=\s*(\S+)")
+_OPTION = re.compile(
+    r"(?:-c\s*|--)(statement_timeout|lock_timeout|idle_in_transaction_session_timeout)\s*=\s*(\S+)"
+)
 # PostgreSQL's units for time settings; a bare number is milliseconds.
 _UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 

@@ -705,6 +705,40 @@ def test_postgres_timeouts_are_settable_and_never_a_raw_driver_error(backend):
         open_database(url, statement_timeout="soon", **params)
 
 
+def test_a_transaction_left_idle_by_a_frozen_client_is_ended_and_its_locks_freed(backend):
+    """A node frozen inside a transaction (a paused VM, a stopped process) kept its rows locked
+    until it woke, so no other node could take its streams over. The server now ends a
+    transaction whose client sent nothing for idle_in_transaction_session_timeout (1 min by
+    default); the frozen node hears of it, when it wakes, as a lost connection."""
+    if backend.name != "postgres":
+        pytest.skip("PostgreSQL's idle_in_transaction_session_timeout")
+    from stream_state.database import _migration_lock, connect_database
+
+    url, params = backend.new_target()
+    db = open_database(url, lock_timeout=5000, **params)
+    assert db.execute_sql("SHOW idle_in_transaction_session_timeout").fetchone() == ("1min",)
+    frozen = connect_database(url, idle_in_transaction_session_timeout=300, **params)
+    try:
+        cam = Stream.register("cam-1", "rtsp://10.0.0.1/s")
+        with (
+            pytest.raises(DatabaseUnavailable, match="idle_in_transaction_session_timeout"),
+            frozen.atomic(),
+        ):
+            frozen.execute_sql("SELECT id FROM stream WHERE id = %s FOR UPDATE", (cam.id,))
+            # Frozen from here: another node's write waits for the row, and gets it
+            # when the server ends the idle transaction (not lock_timeout's error).
+            assert cam.set_desired(recording=True) is True
+            frozen.execute_sql("SELECT 1")  # the frozen node wakes up
+        assert frozen.execute_sql("SELECT 2").fetchone() == (2,)  # its next call reconnects
+        # A migration may idle between statements (Python work in a data migration): unbounded.
+        with _migration_lock(frozen):
+            time.sleep(0.6)
+            assert frozen.execute_sql("SELECT 3").fetchone() == (3,)
+    finally:
+        frozen.close_all()
+        db.close_all()
+
+
 def test_timeouts_given_in_libpq_options_stand_and_bound_the_watchdog(backend):
     """``options=-c lock_timeout=...`` used to be overridden by the package's default appended after it."""
     if backend.name != "postgres":

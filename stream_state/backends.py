@@ -246,6 +246,9 @@ class SqliteDialect(Dialect):
         return None
 
 
+_LOST = "lost the connection to"  # how translate_error's lost connections begin
+
+
 class PostgresDialect(Dialect):
     """PostgreSQL's members; mixed into the synchronous and the asyncio PostgreSQL database classes.
 
@@ -320,10 +323,11 @@ class PostgresDialect(Dialect):
                 f"holds ({str(original).strip()}); nothing of this call was kept, retry"
             )
         if isinstance(exc, (pw.OperationalError, pw.InterfaceError)) and self._connection_lost():
-            found = _loss_being_handled(exc)
+            found = _loss_being_handled(exc) if isinstance(exc, pw.InterfaceError) else None
             if found is not None:
-                # The rollback after the loss found the connection closed: the
-                # loss itself is what the caller needs to hear.
+                # The rollback after the loss found the connection closed ("already
+                # closed": an InterfaceError, where a new loss is an OperationalError):
+                # the loss itself is what the caller needs to hear.
                 return DatabaseUnavailable(str(found))
             # The server says nothing the client reads when it ends an idle
             # transaction: its socket just closes, as in an outage.
@@ -334,7 +338,7 @@ class PostgresDialect(Dialect):
                 else ""
             )
             return DatabaseUnavailable(
-                f"lost the connection to {self.display_url} ({str(original).strip()}){idle}; "
+                f"{_LOST} {self.display_url} ({str(original).strip()}){idle}; "
                 "the next call reconnects when the server is back"
             )
         return None
@@ -353,7 +357,7 @@ def _loss_being_handled(exc: BaseException) -> DatabaseUnavailable | None:
     for _ in range(8):  # a short chain: driver error, peewee's, ours
         if seen is None:
             return None
-        if isinstance(seen, DatabaseUnavailable) and str(seen).startswith("lost the connection"):
+        if isinstance(seen, DatabaseUnavailable) and str(seen).startswith(_LOST):
             return seen
         seen = seen.__context__
     return None

@@ -65,6 +65,27 @@ DETAIL_SEGMENTS = 300_000
 NEAR_BEFORE = 3  # segments before a hole looked at to explain it (they may overlap)
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while ``collect`` builds a timeline, then as it was.
+
+    A week of 1,000 lanes is a million short-lived rows and hundreds of
+    thousands of ticks, spans and pieces that live until the picture is
+    done and make no cycles; each full collection walked all of them again
+    (0.75 s of the 5.9 s ``collect`` took on the benchmark's week).
+    Reference counting still frees everything as usual; only cycles made
+    meanwhile, by any thread, wait until the collector runs again.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_collector_paused()
 def collect(
     streams: Iterable[Stream | int | str] | None = None,
     since: dt.datetime | None = None,
@@ -87,21 +108,6 @@ def collect(
     band, not ticks).
     """
     started = time.perf_counter()
-    with _collector_paused():
-        return _collect(streams, since, until, width, tolerance, now, fit, ticks, started)
-
-
-def _collect(
-    streams: Iterable[Stream | int | str] | None,
-    since: dt.datetime | None,
-    until: dt.datetime | None,
-    width: int,
-    tolerance: dt.timedelta,
-    now: dt.datetime | None,
-    fit: bool,
-    ticks: Severity | str,
-    started: float,
-) -> Timeline:
     now_ms = now_millis() if now is None else to_millis(now, "now")
     until_ms = now_ms if until is None else to_millis(until, "until")
     since_ms = until_ms - 86_400_000 if since is None else to_millis(since, "since")
@@ -133,26 +139,6 @@ def _collect(
         markers=markers,
         query_seconds=time.perf_counter() - started,
     )
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector off while ``collect`` builds a timeline, then as it was.
-
-    A week of 1,000 lanes is a million short-lived rows and hundreds of
-    thousands of ticks, spans and pieces that live until the picture is
-    done and make no cycles; each full collection walked all of them again
-    (0.75 s of the 5.9 s ``collect`` took on the benchmark's week).
-    Reference counting still frees everything as usual; only cycles made
-    meanwhile, by any thread, wait until the collector runs again.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _streams(streams: Iterable[Stream | int | str] | None) -> list[Stream]:

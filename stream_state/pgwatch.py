@@ -228,9 +228,7 @@ def _wait(conn: Any, deadline: float) -> None:
 
 
 # "-c name=value" or "--name=value" in libpq's options, as PostgreSQL reads them.
-_OPTION = re.compile(
-    r"(?:-c\s*|--)(statement_timeout|lock_timeout|idle_in_transaction_session_timeout)\s*=\s*(\S+)"
-)
+_OPTION = re.compile(r"(?:-c\s*|--)(" + "|".join(SERVER_DEFAULTS) + r")\s*=\s*(\S+)")
 # PostgreSQL's units for time settings; a bare number is milliseconds.
 _UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 

@@ -28,7 +28,6 @@ from stream_state import (
     ValidationError,
     aio,
 )
-from stream_state.backends import database_proxy
 from tests.test_aio import T0, at, run_async
 
 
@@ -166,13 +165,11 @@ def test_a_completion_without_a_size_reads_the_files_size_off_the_loop(backend, 
 def test_closing_writes_the_calls_already_made_and_leaves_no_thread_behind(backend):
     """A call gathered but not yet handed to the writer is a queued call: close writes it first,
     and no writer thread is started again behind the close."""
-    url, params = backend.new_target()
 
     def database_threads() -> list[str]:
         return [t.name for t in threading.enumerate() if t.name.startswith("stream_state-sqlite-")]
 
-    async def main() -> None:
-        db = await aio.open_database_async(url, **params, coalesce=True)
+    async def body(db: aio.AsyncStateDatabase) -> None:
         (cam,) = await cams(1)
         segment = await aio.begin_segment(cam, "/rec/a.mp4", started_at=T0)
         pending = asyncio.ensure_future(aio.checkpoint(segment, 4321, at=at(1)))
@@ -182,13 +179,8 @@ def test_closing_writes_the_calls_already_made_and_leaves_no_thread_behind(backe
         assert database_threads() == []
         # The models stay bound: a later call opens a new pool, and finds the write.
         assert await aio.fetch(Recording.select(Recording.size_bytes).tuples()) == [(4321,)]
-        await aio.close_database_async(db)
 
-    previous = database_proxy.obj
-    try:
-        asyncio.run(main())
-    finally:
-        database_proxy.initialize(previous)
+    coalesced(backend, body)
 
 
 def test_a_tasks_calls_keep_their_order_among_other_tasks(backend):

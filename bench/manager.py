@@ -560,6 +560,9 @@ class Row:
 
 
 def close(db: pw.Database) -> None:
+    # The run's writes opened this process's session: ended with its database,
+    # or its lease keeper goes on renewing on connections closed under it.
+    forget_process_session(db)
     if isinstance(db, pw.PostgresqlDatabase):
         db.close_all()  # type: ignore[attr-defined]
     else:
@@ -635,8 +638,7 @@ def aio_mode(backend: Backend, plan: Plan, batch: bool, coalesce: bool = False) 
     sync_db = open_database(url, **{k: v for k, v in params.items()})
     cams = make_cams(plan.streams)
     open_segments(cams, "api")
-    # The setup's session ends cleanly, so that the async database's session takes its streams.
-    forget_process_session(sync_db)
+    # The setup's session ends cleanly (close), so that the async database's session takes its streams.
     close(sync_db)
     tally = Tally()
 
